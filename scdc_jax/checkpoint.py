@@ -1,0 +1,71 @@
+"""Orbax checkpoints: a pytree of arrays plus a JSON dict of metadata, one folder per step.
+
+Saving goes through orbax's temporary-folder-then-rename, so a killed run never leaves a
+half-written step behind; restoring uses an abstract target so shapes and dtypes are checked.
+"""
+from __future__ import annotations
+
+import os
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from absl import logging as absl_logging
+
+absl_logging.set_verbosity(absl_logging.ERROR)
+
+from .errors import InputError
+
+
+def _manager(directory: str, max_to_keep: int | None = 2, read_only: bool = False) -> ocp.CheckpointManager:
+    options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=not read_only,
+                                           enable_async_checkpointing=False)
+    return ocp.CheckpointManager(os.path.abspath(directory), options=options, item_names=("state", "meta"))
+
+
+def _flatten(tree) -> tuple[dict[str, np.ndarray], object]:
+    """A flat ``{path: array}`` dict (string keys, any pytree node types) and the tree structure."""
+    pairs, treedef = jax.tree_util.tree_flatten_with_path(tree)
+    return {jax.tree_util.keystr(path): leaf for path, leaf in pairs}, treedef
+
+
+def save(directory: str, step: int, state, meta: dict, *, max_to_keep: int | None = 2) -> None:
+    """Save ``state`` (any pytree of arrays) and ``meta`` (JSON-serialisable) as ``directory/<step>``."""
+    state = {k: np.asarray(v) for k, v in _flatten(state)[0].items()}
+    with _manager(directory, max_to_keep) as mngr:
+        mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                meta=ocp.args.JsonSave(meta)), force=True)
+        mngr.wait_until_finished()
+
+
+def latest_step(directory: str) -> int | None:
+    if not os.path.isdir(directory):
+        return None
+    with _manager(directory, read_only=True) as mngr:
+        return mngr.latest_step()
+
+
+def read_meta(directory: str, step: int | None = None) -> dict:
+    step = latest_step(directory) if step is None else step
+    if step is None:
+        raise InputError(f"{directory} holds no scdc_jax checkpoint.")
+    with _manager(directory, read_only=True) as mngr:
+        return dict(mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"])
+
+
+def restore(directory: str, target, step: int | None = None):
+    """Restore ``(state, meta)`` from ``directory`` (latest step by default) onto ``target``'s structure."""
+    step = latest_step(directory) if step is None else step
+    if step is None:
+        raise InputError(f"{directory} holds no scdc_jax checkpoint.")
+    flat, treedef = _flatten(target)
+    abstract = {k: jax.ShapeDtypeStruct(np.shape(a), np.asarray(a).dtype) for k, a in flat.items()}
+    with _manager(directory, read_only=True) as mngr:
+        try:
+            out = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
+                                                             meta=ocp.args.JsonRestore()))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise InputError(f"the checkpoint in {directory} does not fit this model and data "
+                             f"({str(exc).splitlines()[0][:200]}); was it made with other genes or settings?") from None
+    state = jax.tree.unflatten(treedef, [out["state"][k] for k in flat])
+    return state, dict(out["meta"])

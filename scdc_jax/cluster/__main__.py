@@ -1,0 +1,143 @@
+"""Command line of scDeepCluster: ``python -m scdc_jax.cluster [--data-file FILE] [options]``.
+
+Without ``--data-file`` it clusters scanpy's bundled pbmc68k_reduced cells (700 PBMCs, counts
+recovered from their log-normalised values) and scores the result against their bulk labels.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+
+from ..errors import InputError, run_cli
+
+EPILOG = """examples:
+  python -m scdc_jax.cluster                                   # bundled PBMC demo, Louvain estimate
+  python -m scdc_jax.cluster --data-file data.h5 --n-clusters 16 --select-genes 2000
+  python -m scdc_jax.cluster --config configs/scdeepcluster_paper.toml --data-file data.h5
+  python -m scdc_jax.cluster --data-file cells.h5ad --layer counts --label-key cell_type --out out.h5ad
+  python -m scdc_jax.cluster --data-file data.h5 --ae-weights scdc_results   # reuse a pretrained model
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m scdc_jax.cluster", description="scDeepCluster in JAX: ZINB autoencoder pretraining, "
+        "then deep embedded clustering of single-cell RNA-seq counts.", epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    io = p.add_argument_group("input and output")
+    io.add_argument("--data-file", help="counts: scDeepCluster .h5 (X, optional Y, B), .h5ad, or CSV; "
+                    "default: scanpy's bundled pbmc68k_reduced")
+    io.add_argument("--layer", help=".h5ad: layer holding the raw counts ('raw' for .raw.X); default .X")
+    io.add_argument("--label-key", help="known labels: .obs column (.h5ad) or dataset name (.h5, default Y)")
+    io.add_argument("--save-dir", default="scdc_results", help="checkpoints and outputs (default: %(default)s)")
+    io.add_argument("--final-latent-file", help="latent CSV, cells x latent (default: SAVE_DIR/final_latent_file.txt)")
+    io.add_argument("--predict-label-file", help="one cluster a line (default: SAVE_DIR/pred_labels.txt)")
+    io.add_argument("--out", help="write an .h5ad with .obs['scdc_cluster'], .obsm['X_scdc'] and the run in .uns")
+    io.add_argument("--ae-weights", help="folder of a pretrained autoencoder checkpoint (a previous SAVE_DIR); "
+                    "skips pretraining")
+    io.add_argument("--resume", action="store_true", help="continue an interrupted run from the checkpoints in SAVE_DIR")
+    io.add_argument("--config", help="TOML file of settings (e.g. configs/scdeepcluster_paper.toml); flags override it")
+    io.add_argument("--quiet", action="store_true", help="no progress bars")
+    m = p.add_argument_group("method (defaults: the published settings)")
+    m.add_argument("--n-clusters", type=int, help="number of clusters; 0 estimates it with Louvain (default 0)")
+    m.add_argument("--knn", type=int, help="neighbours of the kNN graph for Louvain (default 20)")
+    m.add_argument("--resolution", type=float, help="Louvain/Leiden resolution (default 0.8)")
+    m.add_argument("--community", choices=["louvain", "leiden"], help="community detection when --n-clusters 0")
+    m.add_argument("--select-genes", type=int, help="select this many genes by zero rate vs mean (default 0 = all)")
+    m.add_argument("--batch-size", type=int, help="minibatch size (default 256)")
+    m.add_argument("--maxiter", type=int, help="maximum clustering epochs (default 2000)")
+    m.add_argument("--pretrain-epochs", type=int, help="autoencoder pretraining epochs (default 300)")
+    m.add_argument("--gamma", type=float, help="weight of the clustering loss (default 1)")
+    m.add_argument("--sigma", type=float, help="std of the Gaussian input noise (default 2.5)")
+    m.add_argument("--update-interval", type=int, help="epochs between target updates (default 1)")
+    m.add_argument("--tol", type=float, help="stop when fewer than this fraction of labels change (default 0.001)")
+    m.add_argument("--seed", type=int, help="seed of every random choice (default 0)")
+    m.add_argument("--devices", type=int, help="split each minibatch over this many devices (default 1)")
+    m.add_argument("--checkpoint-every", type=int, help="epochs between periodic checkpoints (default 25)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser().parse_args(argv)
+    import numpy as np
+
+    from ..io import check_counts, pbmc68k_counts, read_counts
+    from ..outputs import (atomic_path, check_writable_dir, check_writable_file, provenance, write_json,
+                           write_labels, write_matrix_csv)
+    from .config import load_config
+
+    overrides = {k: getattr(args, k) for k in (
+        "n_clusters", "knn", "resolution", "community", "select_genes", "batch_size", "maxiter",
+        "pretrain_epochs", "gamma", "sigma", "update_interval", "tol", "seed", "devices", "checkpoint_every")}
+    cfg = load_config(args.config, **overrides)
+    if args.data_file is None:
+        if args.layer or args.label_key:
+            raise InputError("--layer and --label-key need --data-file.")
+        data = pbmc68k_counts()
+    else:
+        data = read_counts(args.data_file, layer=args.layer, label_key=args.label_key)
+    check_counts(data.X, require_integer=True)
+    if cfg.select_genes > data.n_genes:
+        raise InputError(f"--select-genes {cfg.select_genes} is larger than the number of genes ({data.n_genes}).")
+    if cfg.n_clusters > data.n_cells:
+        raise InputError(f"--n-clusters {cfg.n_clusters} is more than the number of cells ({data.n_cells}).")
+
+    save_dir = check_writable_dir(args.save_dir, "save folder")
+    latent_file = args.final_latent_file or os.path.join(save_dir, "final_latent_file.txt")
+    label_file = args.predict_label_file or os.path.join(save_dir, "pred_labels.txt")
+    for path, what in ((latent_file, "latent file"), (label_file, "label file"), (args.out, "--out file")):
+        if path:
+            check_writable_file(path, what)
+    if args.out and not args.out.endswith(".h5ad"):
+        raise InputError(f"--out {args.out} must end in .h5ad.")
+
+    from .api import write_to_adata
+    from .pipeline import run
+
+    result = run(data, cfg, save_dir=save_dir, ae_weights=args.ae_weights, resume=args.resume,
+                 progress=not args.quiet)
+    command = "python -m scdc_jax.cluster " + shlex.join(argv)
+    prov = provenance(cfg.seed, cfg.to_dict(), cfg.devices, command)
+    prov["data"] = data.source
+    write_matrix_csv(latent_file, result.full_latent())
+    write_labels(label_file, result.full_labels())
+    summary = {**prov, "n_clusters": int(result.centers.shape[0]), "scores": result.scores,
+               "timings": result.timings, "stop_reason": result.stop_reason,
+               "n_cells_kept": int(len(result.cells)), "n_genes_kept": int(len(result.genes)),
+               "outputs": {"latent": latent_file, "labels": label_file, "h5ad": args.out}}
+    write_json(os.path.join(save_dir, "run.json"), summary)
+    if args.out:
+        import anndata
+        import pandas as pd
+
+        adata = anndata.AnnData(X=data.X.astype(np.float32),
+                                obs=pd.DataFrame(index=data.cell_names if data.cell_names is not None
+                                                 else [f"cell{i}" for i in range(data.n_cells)]),
+                                var=pd.DataFrame(index=data.gene_names if data.gene_names is not None
+                                                 else [f"gene{i}" for i in range(data.n_genes)]))
+        adata.obs_names_make_unique()
+        adata.var_names_make_unique()
+        if data.labels is not None:
+            adata.obs["label"] = pd.Categorical(np.asarray(data.label_names)[data.labels])
+        write_to_adata(adata, result, "scdc", extra={"seed": cfg.seed, "versions": prov["versions"],
+                                                     "n_devices": cfg.devices, "data": data.source})
+        with atomic_path(args.out) as tmp:
+            adata.write_h5ad(tmp)
+
+    k = result.centers.shape[0]
+    msg = f"{k} clusters ({result.stop_reason} after {result.timings['cluster_epochs']} clustering epochs); " \
+          f"time: pretrain {result.timings['pretrain_s']:.1f} s, total {result.timings['total_s']:.1f} s"
+    print(msg)
+    if result.scores:
+        s = result.scores
+        print(f"ARI {s['ari']:.4f}  NMI {s['nmi']:.4f}  ACC {s['acc']:.4f}")
+    print(f"wrote {latent_file}, {label_file}, {os.path.join(save_dir, 'run.json')}"
+          + (f", {args.out}" if args.out else "") + f"; model checkpoint in {os.path.join(save_dir, 'model')}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

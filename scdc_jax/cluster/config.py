@@ -1,0 +1,80 @@
+"""scDeepCluster configuration: one dataclass with the published defaults, loadable from TOML.
+
+Run with the published settings::
+
+    python -m scdc_jax.cluster --config configs/scdeepcluster_paper.toml --data-file data.h5
+"""
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+
+from ..errors import InputError
+
+
+@dataclass
+class ClusterConfig:
+    n_clusters: int = 0
+    knn: int = 20
+    resolution: float = 0.8
+    community: str = "louvain"
+    select_genes: int = 0
+    batch_size: int = 256
+    maxiter: int = 2000
+    pretrain_epochs: int = 300
+    gamma: float = 1.0
+    sigma: float = 2.5
+    update_interval: int = 1
+    tol: float = 0.001
+    lr_pretrain: float = 1e-3
+    lr_cluster: float = 1.0
+    alpha: float = 1.0
+    ridge_lambda: float = 0.0
+    kmeans_n_init: int = 20
+    encoder: list[int] = field(default_factory=lambda: [256, 64])
+    latent: int = 32
+    decoder: list[int] = field(default_factory=lambda: [64, 256])
+    seed: int = 0
+    checkpoint_every: int = 25
+    devices: int = 1
+
+    def validate(self) -> "ClusterConfig":
+        positive = ("batch_size", "maxiter", "pretrain_epochs", "sigma", "tol", "update_interval",
+                    "knn", "resolution", "lr_pretrain", "lr_cluster", "alpha", "kmeans_n_init",
+                    "latent", "checkpoint_every", "devices")
+        for name in positive:
+            value = getattr(self, name)
+            if not value > 0:
+                raise InputError(f"--{name.replace('_', '-')} must be positive, got {value}.")
+        for name in ("n_clusters", "select_genes", "gamma", "ridge_lambda"):
+            if getattr(self, name) < 0:
+                raise InputError(f"--{name.replace('_', '-')} must be zero or positive, got {getattr(self, name)}.")
+        if self.n_clusters == 1:
+            raise InputError("--n-clusters 1 makes no clustering; give 2 or more, or 0 to estimate it.")
+        if self.community not in ("louvain", "leiden"):
+            raise InputError(f"--community must be 'louvain' or 'leiden', got '{self.community}'.")
+        return self
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def load_config(path: str | None, **overrides) -> ClusterConfig:
+    """Defaults, then the TOML file's values, then the non-None ``overrides``."""
+    values: dict = {}
+    if path is not None:
+        try:
+            with open(path, "rb") as fh:
+                values = tomllib.load(fh)
+        except FileNotFoundError:
+            raise InputError(f"config file {path} does not exist.") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise InputError(f"config file {path} is not valid TOML ({exc}).") from None
+        values = values.get("scdeepcluster", values)
+    known = {f.name for f in dataclasses.fields(ClusterConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise InputError(f"config file {path} has unknown setting(s): {', '.join(unknown)}.")
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return ClusterConfig(**values).validate()

@@ -1,0 +1,67 @@
+"""Initial clusters on the pretrained latent space: k-means, or Louvain/Leiden on a kNN graph."""
+from __future__ import annotations
+
+import random
+
+import numpy as np
+
+from ..errors import InputError
+
+
+def kmeans(z: np.ndarray, n_clusters: int, *, n_init: int = 20, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """k-means with ``n_init`` restarts; returns (centres (k, d), labels (n,))."""
+    from sklearn.cluster import KMeans
+
+    if n_clusters > z.shape[0]:
+        raise InputError(f"--n-clusters {n_clusters} is more than the {z.shape[0]} cells left after filtering.")
+    km = KMeans(n_clusters=n_clusters, n_init=n_init, random_state=seed).fit(np.asarray(z, np.float64))
+    return km.cluster_centers_.astype(np.float32), km.labels_.astype(np.int64)
+
+
+def knn_connectivities(z: np.ndarray, knn: int, *, seed: int = 0):
+    """Symmetric (n, n) sparse UMAP connectivities of the ``knn`` nearest neighbours (scanpy's)."""
+    import anndata
+    import scanpy as sc
+
+    if knn >= z.shape[0]:
+        raise InputError(f"--knn {knn} must be smaller than the number of cells ({z.shape[0]}).")
+    ad = anndata.AnnData(np.asarray(z, np.float32))
+    sc.pp.neighbors(ad, n_neighbors=knn, use_rep="X", random_state=seed)
+    return ad.obsp["connectivities"]
+
+
+def community_labels(z: np.ndarray, *, knn: int = 20, resolution: float = 0.8, method: str = "louvain",
+                     seed: int = 0) -> np.ndarray:
+    """Louvain (igraph multilevel) or Leiden (leidenalg) communities of the kNN graph, relabelled
+    0..k-1 by decreasing size."""
+    import igraph as ig
+
+    conn = knn_connectivities(z, knn, seed=seed).tocoo()
+    upper = conn.row < conn.col
+    g = ig.Graph(n=z.shape[0], edges=list(zip(conn.row[upper].tolist(), conn.col[upper].tolist())))
+    g.es["weight"] = conn.data[upper].tolist()
+    if method == "leiden":
+        import leidenalg
+
+        part = leidenalg.find_partition(g, leidenalg.RBConfigurationVertexPartition, weights="weight",
+                                        resolution_parameter=resolution, seed=seed)
+        membership = np.asarray(part.membership)
+    else:
+        state = random.getstate()
+        random.seed(seed)  # igraph draws from Python's `random` module
+        try:
+            membership = np.asarray(g.community_multilevel(weights="weight", resolution=resolution).membership)
+        finally:
+            random.setstate(state)
+    sizes = np.bincount(membership)
+    rank = np.empty_like(sizes)
+    rank[np.argsort(-sizes, kind="stable")] = np.arange(len(sizes))
+    return rank[membership]
+
+
+def centres_of(z: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Per-cluster means (k, d) of ``z`` for labels 0..k-1."""
+    k = int(labels.max()) + 1
+    sums = np.zeros((k, z.shape[1]), np.float64)
+    np.add.at(sums, labels, z)
+    return (sums / np.bincount(labels, minlength=k)[:, None]).astype(np.float32)

@@ -1,0 +1,209 @@
+"""scDeepCluster training: jit-compiled epochs for ZINB pretraining and the DEC clustering stage.
+
+Each epoch is ONE compiled call: the cell order is drawn on the device, minibatches are gathered
+inside ``lax.scan`` (the last partial batch padded and masked out of the loss, so it counts as a
+full step over its real cells, as in the reference), and only the epoch's mean losses come back.
+Random keys derive from ``fold_in(seed_key, epoch)``, so any epoch can be replayed exactly after
+a resume.  Parameters are an ``nnx.State`` (``ae``) plus the cluster centres (``mu``).
+"""
+from __future__ import annotations
+
+import math
+from functools import partial
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from jax.scipy.special import gammaln
+
+from ..losses import dec_kl, log_soft_assign, target_distribution, zinb_nll
+from ..nn import ZINBAutoencoder
+
+
+class ClusterData(NamedTuple):
+    """Device arrays of one dataset (n cells, g genes, nb batches)."""
+
+    x: jax.Array          # (n, g) z-scored log expression (encoder input)
+    raw: jax.Array        # (n, g) raw counts (loss target)
+    sf: jax.Array         # (n,) size factors
+    const: jax.Array      # (n,) mean over genes of lgamma(raw + 1), the parameter-free NLL term
+    b: jax.Array | None   # (n, nb) one-hot batches, or None
+
+
+def device_data(x: np.ndarray, raw: np.ndarray, sf: np.ndarray, b: np.ndarray | None = None,
+                sharding=None) -> ClusterData:
+    """Put a prepared dataset on the device(s); ``sharding`` defaults to the default device."""
+    put = (lambda a: jax.device_put(a, sharding)) if sharding is not None else jnp.asarray
+    raw_d = put(np.asarray(raw, np.float32))
+    const = jax.jit(lambda r: gammaln(r + 1.0).mean(1))(raw_d)
+    return ClusterData(put(np.asarray(x, np.float32)), raw_d, put(np.asarray(sf, np.float32)), const,
+                       None if b is None else put(np.asarray(b, np.float32)))
+
+
+def build_model(n_genes: int, n_batches: int, cfg, seed: int):
+    """(graphdef, initial autoencoder state) with the configured sizes."""
+    key = jax.random.fold_in(jax.random.key(seed), 0)
+    model = ZINBAutoencoder(n_genes, n_batches=n_batches, encoder=tuple(cfg.encoder), latent=cfg.latent,
+                            decoder=tuple(cfg.decoder), rngs=nnx.Rngs(params=key))
+    return nnx.split(model)
+
+
+def stage_key(seed: int, stage: int, epoch: int) -> jax.Array:
+    """Key of one epoch of one stage (1 pretraining, 2 clustering)."""
+    return jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), stage), epoch)
+
+
+def _batch_plan(order: jax.Array, n: int, batch_size: int, slots: int):
+    """(steps, slots) cell indices and validity mask.
+
+    Each step takes the next ``batch_size`` cells of ``order``; ``slots >= batch_size`` rounds the
+    batch up to a multiple of the device count.  Padding (the extra slots and the tail of the last
+    batch) points at cell 0 and is masked out.
+    """
+    steps = math.ceil(n / batch_size)
+    idx = jnp.concatenate([order, jnp.zeros((steps * batch_size - n,), order.dtype)])
+    idx = jnp.pad(idx.reshape(steps, batch_size), ((0, 0), (0, slots - batch_size)))
+    pos = jnp.arange(slots)[None, :]
+    valid = (pos < batch_size) & (jnp.arange(steps)[:, None] * batch_size + pos < n)
+    return idx, valid
+
+
+def _take(data: ClusterData, idx):
+    return (data.x[idx], data.raw[idx], data.sf[idx], data.const[idx],
+            None if data.b is None else data.b[idx])
+
+
+def _masked_mean(v, mask):
+    m = mask.astype(v.dtype)
+    return (v * m).sum() / jnp.maximum(m.sum(), 1.0)
+
+
+def _noisy_zinb(model, x, raw, sf, b, mask, key, sigma, ridge):
+    """ZINB NLL (without the constant) of the denoising path: encode(x + noise) -> decode."""
+    z = model.encode(x + sigma * jax.random.normal(key, x.shape, x.dtype), b)
+    mean, disp, pi_logit = model.decode(z, b)
+    return zinb_nll(raw, mean, disp, pi_logit, sf, ridge_lambda=ridge, mask=mask, include_constant=False)
+
+
+def _constrain(a, sharding):
+    return a if sharding is None else jax.lax.with_sharding_constraint(a, sharding)
+
+
+def _slots(batch_size: int, batch_sharding) -> int:
+    if batch_sharding is None:
+        return batch_size
+    n_dev = batch_sharding.mesh.size
+    return -(-batch_size // n_dev) * n_dev
+
+
+def make_pretrain_epoch(graphdef, tx: optax.GradientTransformation, *, n: int, batch_size: int,
+                        sigma: float, ridge_lambda: float = 0.0, batch_sharding=None):
+    """``epoch(params, opt_state, data, key) -> (params, opt_state, mean_loss)``, jit-compiled.
+
+    One epoch of ZINB pretraining over a fresh permutation of the ``n`` cells.  ``mean_loss`` is
+    the full NLL per matrix element averaged over the cells of the epoch.  ``batch_sharding``
+    (optional) spreads each minibatch over a device mesh.
+    """
+
+    def loss_fn(params, xb, rb, sb, bb, mask, key):
+        return _noisy_zinb(nnx.merge(graphdef, params), xb, rb, sb, bb, mask, key, sigma, ridge_lambda)
+
+    @partial(jax.jit, donate_argnums=(0, 1))
+    def epoch(params, opt_state, data: ClusterData, key):
+        perm_key, noise_key = jax.random.split(key)
+        idx, valid = _batch_plan(jax.random.permutation(perm_key, n), n, batch_size, _slots(batch_size, batch_sharding))
+
+        def step(carry, inp):
+            params, opt_state = carry
+            i, bidx, mask = inp
+            bidx = _constrain(bidx, batch_sharding)
+            xb, rb, sb, cb, bb = _take(data, bidx)
+            loss, grads = jax.value_and_grad(loss_fn)(params, xb, rb, sb, bb, mask,
+                                                      jax.random.fold_in(noise_key, i))
+            updates, opt_state = tx.update(grads, opt_state, params)
+            params = optax.apply_updates(params, updates)
+            n_valid = mask.sum()
+            return (params, opt_state), (loss + _masked_mean(cb, mask)) * n_valid
+
+        (params, opt_state), weighted = jax.lax.scan(step, (params, opt_state),
+                                                     (jnp.arange(idx.shape[0]), idx, valid))
+        return params, opt_state, weighted.sum() / n
+
+    return epoch
+
+
+def make_cluster_epoch(graphdef, tx: optax.GradientTransformation, *, n: int, batch_size: int,
+                       sigma: float, gamma: float, alpha: float = 1.0, ridge_lambda: float = 0.0,
+                       batch_sharding=None):
+    """``epoch(params, opt_state, data, p, key) -> (params, opt_state, (loss, kl, zinb))``, jitted.
+
+    One pass over the cells in order (not shuffled) minimising ``gamma * KL(p || q) + ZINB``;
+    ``q`` comes from the clean encoder pass, ``p`` (n, k) is the fixed target of this epoch.
+    ``params`` is ``{"ae": state, "mu": (k, latent) centres}``.
+    """
+
+    def loss_fn(params, xb, rb, sb, bb, pb, mask, key):
+        model = nnx.merge(graphdef, params["ae"])
+        zinb = _noisy_zinb(model, xb, rb, sb, bb, mask, key, sigma, ridge_lambda)
+        kl = dec_kl(pb, log_soft_assign(model.encode(xb, bb), params["mu"], alpha), mask)
+        return gamma * kl + zinb, (kl, zinb)
+
+    @partial(jax.jit, donate_argnums=(0, 1))
+    def epoch(params, opt_state, data: ClusterData, p, key):
+        idx, valid = _batch_plan(jnp.arange(n), n, batch_size, _slots(batch_size, batch_sharding))
+
+        def step(carry, inp):
+            params, opt_state = carry
+            i, bidx, mask = inp
+            bidx = _constrain(bidx, batch_sharding)
+            xb, rb, sb, cb, bb = _take(data, bidx)
+            (loss, (kl, zinb)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+                params, xb, rb, sb, bb, p[bidx], mask, jax.random.fold_in(key, i))
+            updates, opt_state = tx.update(grads, opt_state, params)
+            params = optax.apply_updates(params, updates)
+            const = _masked_mean(cb, mask)
+            return (params, opt_state), jnp.stack([loss + const, kl, zinb + const]) * mask.sum()
+
+        (params, opt_state), weighted = jax.lax.scan(step, (params, opt_state),
+                                                     (jnp.arange(idx.shape[0]), idx, valid))
+        return params, opt_state, weighted.sum(0) / n
+
+    return epoch
+
+
+def make_encoder(graphdef, chunk: int = 65536):
+    """``encode(ae_params, x, b) -> z0`` (n, latent): the clean encoder pass, in chunks of cells."""
+
+    @jax.jit
+    def encode(params, x, b):
+        model = nnx.merge(graphdef, params)
+        n = x.shape[0]
+        if n <= chunk:
+            return model.encode(x, b)
+        steps = math.ceil(n / chunk)
+        pad = steps * chunk - n
+        xs = jnp.pad(x, ((0, pad), (0, 0))).reshape(steps, chunk, -1)
+        if b is None:
+            zs = jax.lax.map(lambda xc: model.encode(xc, None), xs)
+        else:
+            bs = jnp.pad(b, ((0, pad), (0, 0))).reshape(steps, chunk, -1)
+            zs = jax.lax.map(lambda a: model.encode(a[0], a[1]), (xs, bs))
+        return zs.reshape(steps * chunk, -1)[:n]
+
+    return encode
+
+
+def make_assign(graphdef, alpha: float = 1.0):
+    """``assign(params, x, b) -> (z0, q, p, labels)`` over all cells, jit-compiled."""
+    encode = make_encoder(graphdef)
+
+    @jax.jit
+    def assign(params, x, b):
+        z0 = encode(params["ae"], x, b)
+        q = jnp.exp(log_soft_assign(z0, params["mu"], alpha))
+        return z0, q, target_distribution(q), jnp.argmax(q, axis=1)
+
+    return assign

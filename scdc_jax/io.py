@@ -1,0 +1,353 @@
+"""Readers for count matrices and their labels, with validation that speaks to the user.
+
+Supported inputs
+----------------
+* scDeepCluster HDF5: root datasets ``X`` (cells x genes, int or float counts), optional ``Y``
+  (labels: float from 1 or int from 0), ``cell_types`` (names for int labels), ``B`` (one-hot
+  batches), ``gene_names``, ``cell_names``; any other 1-D dataset can serve as labels or batches.
+  ``X`` may also be a CSR group with ``data``, ``indices``, ``indptr`` and ``shape``.
+* ``.h5ad`` (AnnData): counts from ``.X``, a layer, or ``.raw`` (``layer="raw"``); labels and
+  batches from ``.obs`` columns.
+* CSV: cells x genes with a header row and a first column of cell ids; labels from a second CSV.
+
+Every reader returns a :class:`CountData`; problems a user can cause raise
+:class:`~scdc_jax.errors.InputError` with one sentence saying what is wrong and what to do.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+
+import numpy as np
+import scipy.sparse as sp
+
+from .errors import InputError
+
+HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+
+
+@dataclass
+class CountData:
+    """A cells x genes count matrix with optional annotations.
+
+    Attributes
+    ----------
+    X : (n_cells, n_genes) ndarray or scipy CSR matrix of counts.
+    labels : (n_cells,) int array of codes into ``label_names``, or None.
+    label_names : list of str (one per code), or None.
+    batch : (n_cells, n_batches) float32 one-hot matrix, or None.
+    batch_names : list of str, or None.
+    gene_names, cell_names : arrays of str, or None.
+    source : where the data came from (a path or a description).
+    """
+
+    X: np.ndarray | sp.csr_matrix
+    labels: np.ndarray | None = None
+    label_names: list[str] | None = None
+    batch: np.ndarray | None = None
+    batch_names: list[str] | None = None
+    gene_names: np.ndarray | None = None
+    cell_names: np.ndarray | None = None
+    source: str = ""
+
+    @property
+    def n_cells(self) -> int:
+        return self.X.shape[0]
+
+    @property
+    def n_genes(self) -> int:
+        return self.X.shape[1]
+
+    def subset(self, cells: np.ndarray | None = None, genes: np.ndarray | None = None) -> "CountData":
+        """Rows ``cells`` and columns ``genes`` (index arrays or boolean masks), labels kept aligned."""
+        X, out = self.X, {}
+        if cells is not None:
+            X = X[cells]
+            for name in ("labels", "batch", "cell_names"):
+                v = getattr(self, name)
+                out[name] = None if v is None else v[cells]
+        if genes is not None:
+            X = X[:, genes]
+            out["gene_names"] = None if self.gene_names is None else self.gene_names[genes]
+        return replace(self, X=X, **out)
+
+
+def _decode(arr) -> np.ndarray:
+    arr = np.asarray(arr)
+    if arr.dtype.kind in ("S", "O"):
+        return np.array([a.decode() if isinstance(a, bytes) else str(a) for a in arr.ravel()])
+    return arr
+
+
+def encode_labels(values, names=None, what: str = "labels") -> tuple[np.ndarray, list[str]]:
+    """Integer codes 0..K-1 and their names for any 1-D label array.
+
+    Numeric labels keep their numeric order; ``names`` (e.g. ``cell_types``) maps integer label
+    values from 0 to names.
+    """
+    values = _decode(values)
+    if values.ndim != 1:
+        raise InputError(f"the {what} must be a 1-D array, got shape {values.shape}.")
+    if values.dtype.kind == "f":
+        if not np.all(np.isfinite(values)):
+            raise InputError(f"the {what} contain NaN or infinite values; remove those cells or fix the {what}.")
+        if np.all(values == np.round(values)):
+            values = values.astype(np.int64)
+    uniq, codes = np.unique(values, return_inverse=True)
+    if names is not None and values.dtype.kind in "iu":
+        names = _decode(names)
+        if uniq.min() >= 0 and uniq.max() < len(names):
+            return codes.astype(np.int64), [str(names[u]) for u in uniq]
+    return codes.astype(np.int64), [str(u) for u in uniq]
+
+
+def one_hot_from_labels(values, what: str = "batch") -> tuple[np.ndarray, list[str]]:
+    codes, names = encode_labels(values, what=what)
+    return np.eye(len(names), dtype=np.float32)[codes], names
+
+
+def check_one_hot(B: np.ndarray) -> np.ndarray:
+    B = np.asarray(B, dtype=np.float32)
+    if B.ndim == 1:
+        raise InputError("the batch matrix B must be one-hot (cells x batches); got a 1-D array — "
+                         "give batch labels with --batch-key instead.")
+    if B.ndim != 2 or not np.all((B == 0) | (B == 1)) or not np.all(B.sum(1) == 1):
+        raise InputError("the batch matrix B is not one-hot: every row must hold a single 1 and 0 elsewhere.")
+    return B
+
+
+def check_counts(X, *, require_integer: bool = True, what: str = "X") -> None:
+    """Validate a count matrix: 2-D, finite, non-negative, integer-valued, not all zero."""
+    if X.ndim != 2:
+        raise InputError(f"{what} must be a 2-D cells x genes matrix, got {X.ndim} dimension(s) with shape {X.shape}.")
+    if X.shape[0] == 0 or X.shape[1] == 0:
+        raise InputError(f"{what} is empty (shape {X.shape}).")
+    vals = X.data if sp.issparse(X) else np.asarray(X)
+    if vals.dtype.kind not in "biuf":
+        raise InputError(f"{what} must hold numbers, got dtype {vals.dtype}.")
+    if vals.dtype.kind == "f" and not np.all(np.isfinite(vals)):
+        raise InputError(f"{what} contains NaN or infinite values; counts must be finite.")
+    if vals.size and vals.min() < 0:
+        raise InputError(f"{what} contains negative values; raw counts must be non-negative.")
+    if require_integer and vals.dtype.kind == "f" and not np.all(vals == np.round(vals)):
+        raise InputError(f"{what} contains non-integer values but raw counts are required; "
+                         "pass raw (unnormalised) counts, e.g. --layer counts or --layer raw for an .h5ad.")
+    if not vals.size or not np.any(vals):
+        raise InputError(f"{what} is all zeros; there is nothing to cluster.")
+
+
+def _check_length(n: int, arr, what: str) -> None:
+    if arr is not None and len(arr) != n:
+        raise InputError(f"the {what} have {len(arr)} entries but X has {n} cells; they must match.")
+
+
+def _read_h5_matrix(node, path: str):
+    import h5py
+
+    if isinstance(node, h5py.Dataset):
+        return node[()]
+    keys = set(node.keys())
+    if {"data", "indices", "indptr"} <= keys:
+        shape = node.attrs.get("shape", node["shape"][()] if "shape" in keys else None)
+        if shape is None:
+            raise InputError(f"the sparse X group in {path} has no 'shape'.")
+        enc = node.attrs.get("encoding-type", "csr_matrix")
+        enc = enc.decode() if isinstance(enc, bytes) else enc
+        cls = sp.csc_matrix if enc == "csc_matrix" else sp.csr_matrix
+        return cls((node["data"][()], node["indices"][()], node["indptr"][()]), shape=tuple(shape)).tocsr()
+    raise InputError(f"X in {path} is a group without data/indices/indptr; store X as a dense dataset or a CSR group.")
+
+
+def read_scdeepcluster_h5(path: str, *, label_key: str | None = None, batch_key: str | None = None) -> CountData:
+    """Read the scDeepCluster HDF5 layout (see module docstring)."""
+    import h5py
+
+    try:
+        f = h5py.File(path, "r")
+    except OSError as exc:
+        raise InputError(f"{path} could not be read as HDF5 ({exc}); the file may be truncated or corrupt.") from None
+    with f:
+        if "X" not in f:
+            raise InputError(f"{path} has no dataset 'X' (found: {', '.join(sorted(f.keys())) or 'nothing'}); "
+                             "the counts must be stored as X (cells x genes).")
+        try:
+            X = _read_h5_matrix(f["X"], path)
+        except OSError as exc:
+            raise InputError(f"X in {path} could not be read ({exc}); the file may be truncated.") from None
+        n = X.shape[0] if getattr(X, "ndim", 0) >= 1 else 0
+        names = f["cell_types"][()] if "cell_types" in f else None
+        labels = label_names = None
+        lk = label_key or ("Y" if "Y" in f else None)
+        if lk is not None:
+            if lk not in f:
+                raise InputError(f"{path} has no dataset '{lk}' to use as labels (found: {', '.join(sorted(f.keys()))}).")
+            y = f[lk][()]
+            _check_length(n, y, f"labels '{lk}'")
+            labels, label_names = encode_labels(y, names, what=f"labels '{lk}'")
+        batch = batch_names = None
+        if batch_key is not None:
+            if batch_key not in f:
+                raise InputError(f"{path} has no dataset '{batch_key}' to use as batches (found: {', '.join(sorted(f.keys()))}).")
+            b = f[batch_key][()]
+            _check_length(n, b, f"batch '{batch_key}'")
+            if np.ndim(b) == 2:
+                batch = check_one_hot(b)
+                batch_names = [str(i) for i in range(batch.shape[1])]
+            else:
+                batch, batch_names = one_hot_from_labels(b, what=f"batch '{batch_key}'")
+        elif "B" in f:
+            b = f["B"][()]
+            _check_length(n, b, "batch matrix B rows")
+            batch = check_one_hot(b)
+            batch_names = [str(i) for i in range(batch.shape[1])]
+        genes = _decode(f["gene_names"][()]) if "gene_names" in f else None
+        cells = _decode(f["cell_names"][()]) if "cell_names" in f else None
+    if genes is not None and getattr(X, "ndim", 0) == 2 and len(genes) != X.shape[1]:
+        raise InputError(f"{path} has {len(genes)} gene_names but X has {X.shape[1]} genes.")
+    return CountData(X=X, labels=labels, label_names=label_names, batch=batch, batch_names=batch_names,
+                     gene_names=genes, cell_names=cells, source=path)
+
+
+def from_anndata(adata, *, layer: str | None = None, label_key: str | None = None,
+                 batch_key: str | None = None, source: str = "AnnData") -> CountData:
+    """Counts (``.X``, ``.layers[layer]`` or ``.raw`` with ``layer='raw'``) and obs columns of an AnnData."""
+    if layer is None:
+        X = adata.X
+    elif layer == "raw":
+        if adata.raw is None:
+            raise InputError(f"{source} has no .raw; choose another --layer or none.")
+        if adata.raw.n_vars != adata.n_vars:
+            raise InputError(f"{source}: .raw has {adata.raw.n_vars} genes but .X has {adata.n_vars}; "
+                             "store the counts in a layer with the same genes.")
+        X = adata.raw.X
+    else:
+        if layer not in adata.layers:
+            raise InputError(f"{source} has no layer '{layer}' (layers: {', '.join(adata.layers.keys()) or 'none'}).")
+        X = adata.layers[layer]
+    if X is None:
+        raise InputError(f"{source} has no matrix in .X; give --layer.")
+    X = X.tocsr() if sp.issparse(X) else np.asarray(X)
+    labels = label_names = batch = batch_names = None
+    for key, what in ((label_key, "label"), (batch_key, "batch")):
+        if key is not None and key not in adata.obs:
+            raise InputError(f"{source} has no .obs column '{key}' for the {what}s "
+                             f"(columns: {', '.join(map(str, adata.obs.columns)) or 'none'}).")
+    if label_key is not None:
+        labels, label_names = encode_labels(np.asarray(adata.obs[label_key].astype(str)), what=f"labels '{label_key}'")
+    if batch_key is not None:
+        batch, batch_names = one_hot_from_labels(np.asarray(adata.obs[batch_key].astype(str)), what=f"batch '{batch_key}'")
+    return CountData(X=X, labels=labels, label_names=label_names, batch=batch, batch_names=batch_names,
+                     gene_names=np.asarray(adata.var_names.astype(str)),
+                     cell_names=np.asarray(adata.obs_names.astype(str)), source=source)
+
+
+def read_h5ad(path: str, **kw) -> CountData:
+    import anndata
+
+    try:
+        adata = anndata.read_h5ad(path)
+    except Exception as exc:  # anndata raises many types for malformed files
+        raise InputError(f"{path} could not be read as .h5ad ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}).") from None
+    return from_anndata(adata, source=path, **kw)
+
+
+def read_csv_counts(path: str, *, labels_csv: str | None = None) -> CountData:
+    """Cells x genes CSV (header of gene names, first column cell ids); optional labels CSV.
+
+    The labels CSV has one row per cell, either two columns (cell id, label) or one column; a
+    header row is allowed.  With cell ids, labels are matched to the counts by id.
+    """
+    import pandas as pd
+
+    try:
+        df = pd.read_csv(path, index_col=0)
+    except Exception as exc:
+        raise InputError(f"{path} could not be read as CSV ({type(exc).__name__}).") from None
+    try:
+        X = df.to_numpy(dtype=np.float64)
+    except (ValueError, TypeError):
+        raise InputError(f"{path} has non-numeric entries; expected cells x genes counts with a header row "
+                         "and a first column of cell ids.") from None
+    data = CountData(X=X, gene_names=np.asarray(df.columns.astype(str)),
+                     cell_names=np.asarray(df.index.astype(str)), source=path)
+    if labels_csv is not None:
+        try:
+            lab = pd.read_csv(labels_csv)
+        except Exception as exc:
+            raise InputError(f"{labels_csv} could not be read as CSV ({type(exc).__name__}).") from None
+        if lab.shape[1] >= 2 and set(data.cell_names) <= set(lab.iloc[:, 0].astype(str)):
+            lab = lab.set_index(lab.columns[0]).iloc[:, 0]
+            lab.index = lab.index.astype(str)
+            values = lab.loc[data.cell_names].to_numpy()
+        else:
+            values = lab.iloc[:, -1].to_numpy()
+        _check_length(data.n_cells, values, f"labels in {labels_csv}")
+        data.labels, data.label_names = encode_labels(values.astype(str), what="labels")
+    return data
+
+
+def sniff_format(path: str) -> str:
+    """'h5ad', 'h5' or 'csv' from the file's content (and name); InputError for anything else."""
+    if not os.path.exists(path):
+        raise InputError(f"{path} does not exist; give the path of an .h5, .h5ad or .csv file.")
+    if os.path.isdir(path):
+        raise InputError(f"{path} is a folder; give the path of an .h5, .h5ad or .csv file.")
+    with open(path, "rb") as fh:
+        head = fh.read(512)
+    if head.startswith(HDF5_MAGIC):
+        import h5py
+
+        try:
+            with h5py.File(path, "r") as f:
+                is_adata = "obs" in f and "var" in f
+        except OSError as exc:
+            raise InputError(f"{path} could not be read as HDF5 ({exc}); the file may be truncated or corrupt.") from None
+        return "h5ad" if is_adata else "h5"
+    low = path.lower()
+    if low.endswith((".h5", ".h5ad", ".hdf5")):
+        raise InputError(f"{path} is not an HDF5 file (its header is wrong); it may be corrupt or of another format.")
+    if low.endswith((".csv", ".csv.gz", ".tsv")):
+        return "csv"
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InputError(f"{path} is neither HDF5, .h5ad nor CSV; give the counts in one of those formats.") from None
+    if b"," in head:
+        return "csv"
+    raise InputError(f"{path} is neither HDF5, .h5ad nor CSV; give the counts in one of those formats.")
+
+
+def read_counts(path: str, *, layer: str | None = None, label_key: str | None = None,
+                batch_key: str | None = None, labels_csv: str | None = None) -> CountData:
+    """Read any supported file; the format is told from the content, not only the name."""
+    fmt = sniff_format(path)
+    if fmt == "h5ad":
+        data = read_h5ad(path, layer=layer, label_key=label_key, batch_key=batch_key)
+    elif fmt == "h5":
+        if layer is not None:
+            raise InputError(f"--layer applies to .h5ad files only; {path} is a plain HDF5 file.")
+        data = read_scdeepcluster_h5(path, label_key=label_key, batch_key=batch_key)
+    else:
+        data = read_csv_counts(path, labels_csv=labels_csv)
+    if getattr(data.X, "ndim", 0) != 2:
+        raise InputError(f"X in {path} must be a 2-D cells x genes matrix, got shape {np.shape(data.X)}.")
+    return data
+
+
+def pbmc68k_counts() -> CountData:
+    """The default dataset: scanpy's bundled ``pbmc68k_reduced`` (700 PBMCs x 765 genes).
+
+    Its ``.raw`` holds log-normalised values (per cell to 1e4, then log1p); the integer counts are
+    recovered as ``round(expm1(raw.X) * n_counts / 1e4)``.  Labels: ``obs['bulk_labels']``
+    (10 FACS-sorted populations).  No download: the file ships inside scanpy.
+    """
+    import scanpy as sc
+
+    adata = sc.datasets.pbmc68k_reduced()
+    raw = adata.raw.X
+    raw = raw.toarray() if sp.issparse(raw) else np.asarray(raw)
+    counts = np.rint(np.expm1(raw) * adata.obs["n_counts"].to_numpy()[:, None] / 1e4).astype(np.float32)
+    labels, names = encode_labels(np.asarray(adata.obs["bulk_labels"].astype(str)))
+    return CountData(X=counts, labels=labels, label_names=names,
+                     gene_names=np.asarray(adata.raw.var_names.astype(str)),
+                     cell_names=np.asarray(adata.obs_names.astype(str)), source="scanpy pbmc68k_reduced")

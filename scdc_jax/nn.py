@@ -1,0 +1,66 @@
+"""Flax (nnx) networks: the scDeepCluster ZINB autoencoder and the building blocks they share."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+
+def torch_uniform(fan_in: int):
+    """PyTorch's default Linear initialisation: uniform(+-1/sqrt(fan_in)) for weights and biases."""
+    bound = 1.0 / float(fan_in) ** 0.5
+
+    def init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init
+
+
+def torch_linear(fan_in: int, fan_out: int, rngs: nnx.Rngs) -> nnx.Linear:
+    init = torch_uniform(fan_in)
+    return nnx.Linear(fan_in, fan_out, kernel_init=init, bias_init=init, rngs=rngs)
+
+
+class ZINBAutoencoder(nnx.Module):
+    """ZINB denoising autoencoder of scDeepCluster, optionally conditioned on one-hot batches.
+
+    Encoder ``G(+B) -> 256 -> 64 -> 32`` (ReLU, linear latent); decoder ``32(+B) -> 64 -> 256``
+    (ReLU) and three heads ``256 -> G``: mean ``clip(exp, 1e-5, 1e6)``, dispersion
+    ``clip(softplus, 1e-4, 1e4)`` and the dropout logit (``pi = sigmoid``).
+    """
+
+    def __init__(self, n_genes: int, *, n_batches: int = 0, encoder: Sequence[int] = (256, 64),
+                 latent: int = 32, decoder: Sequence[int] = (64, 256), rngs: nnx.Rngs):
+        self.n_batches = n_batches
+        enc = [n_genes + n_batches, *encoder]
+        self.enc = nnx.List([torch_linear(a, b, rngs) for a, b in zip(enc[:-1], enc[1:])])
+        self.latent = torch_linear(enc[-1], latent, rngs)
+        dec = [latent + n_batches, *decoder]
+        self.dec = nnx.List([torch_linear(a, b, rngs) for a, b in zip(dec[:-1], dec[1:])])
+        self.mean_head = torch_linear(dec[-1], n_genes, rngs)
+        self.disp_head = torch_linear(dec[-1], n_genes, rngs)
+        self.pi_head = torch_linear(dec[-1], n_genes, rngs)
+
+    def _cat(self, h, b):
+        return h if b is None or self.n_batches == 0 else jnp.concatenate([h, b], axis=1)
+
+    def encode(self, x, b=None):
+        """(n, G) expression [+ (n, B) one-hot] -> (n, latent)."""
+        h = self._cat(x, b)
+        for layer in self.enc:
+            h = jax.nn.relu(layer(h))
+        return self.latent(h)
+
+    def decode(self, z, b=None):
+        """(n, latent) [+ (n, B)] -> (mean, dispersion, pi logit), each (n, G)."""
+        h = self._cat(z, b)
+        for layer in self.dec:
+            h = jax.nn.relu(layer(h))
+        mean = jnp.clip(jnp.exp(self.mean_head(h)), 1e-5, 1e6)
+        disp = jnp.clip(jax.nn.softplus(self.disp_head(h)), 1e-4, 1e4)
+        return mean, disp, self.pi_head(h)
+
+    def __call__(self, x, b=None):
+        return self.decode(self.encode(x, b), b)
