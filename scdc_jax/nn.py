@@ -64,3 +64,42 @@ class ZINBAutoencoder(nnx.Module):
 
     def __call__(self, x, b=None):
         return self.decode(self.encode(x, b), b)
+
+
+def normal_init(std: float = 0.02):
+    return jax.nn.initializers.normal(stddev=std)
+
+
+class MLP(nnx.Module):
+    """Dense layers with ReLU between them (none after the last); optional BatchNorm after each
+    hidden Dense.  Weights N(0, ``init_std``), biases 0 (GsRCL's initialisation)."""
+
+    def __init__(self, sizes: Sequence[int], *, batch_norm: bool = False, init_std: float = 0.02,
+                 rngs: nnx.Rngs):
+        self.layers = nnx.List([nnx.Linear(a, b, kernel_init=normal_init(init_std), rngs=rngs)
+                                for a, b in zip(sizes[:-1], sizes[1:])])
+        self.norms = nnx.List([nnx.BatchNorm(b, rngs=rngs) for b in sizes[1:-1]] if batch_norm else [])
+
+    def __call__(self, x):
+        last = len(self.layers) - 1
+        for i, layer in enumerate(self.layers):
+            x = layer(x)
+            if i < last:
+                if len(self.norms):
+                    x = self.norms[i](x)
+                x = jax.nn.relu(x)
+        return x
+
+
+class GsRCLNet(nnx.Module):
+    """GsRCL encoder ``G -> 4096 -> 4096 -> 4096 -> 2048`` (representation h) and projection head
+    ``2048 -> 512 -> 128``.  ``__call__`` returns (h, projection)."""
+
+    def __init__(self, n_genes: int, *, encoder: Sequence[int] = (4096, 4096, 4096, 2048),
+                 head: Sequence[int] = (512, 128), batch_norm: bool = False, rngs: nnx.Rngs):
+        self.encoder = MLP([n_genes, *encoder], batch_norm=batch_norm, rngs=rngs)
+        self.head = MLP([encoder[-1], *head], batch_norm=batch_norm, rngs=rngs)
+
+    def __call__(self, x):
+        h = self.encoder(x)
+        return h, self.head(h)
