@@ -164,7 +164,7 @@ def run(data: CountData, cfg: ClusterConfig, *, save_dir: str | None = None, ae_
         where = _resolve_ae_weights(ae_weights)
         meta = checkpoint.read_meta(where)
         _check_compatible(meta, g, nb, cfg, where)
-        restored, meta = checkpoint.restore(where, {"ae": ae})
+        restored, meta = checkpoint.restore(where, {"ae": ae, "opt": amsgrad_torch(cfg.lr_pretrain).init(ae)})
         ae = restored["ae"]
         say(f"pretrained autoencoder restored from {where} (epoch {meta.get('epoch')}); pretraining skipped")
         history["pretrain_loss"] = list(meta.get("pretrain_loss", []))

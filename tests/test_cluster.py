@@ -1,0 +1,99 @@
+"""scDeepCluster training and pipeline on small synthetic data."""
+from __future__ import annotations
+
+import jax
+import numpy as np
+import pytest
+from conftest import synthetic_counts
+
+from scdc_jax.cluster import ClusterConfig, fit, run
+from scdc_jax.cluster.train import build_model, device_data, make_pretrain_epoch, stage_key
+from scdc_jax.io import CountData
+from scdc_jax.optim import amsgrad_torch
+from scdc_jax.preprocess import prepare
+
+FAST = dict(pretrain_epochs=100, maxiter=30, batch_size=64, kmeans_n_init=5, encoder=[64, 32], decoder=[32, 64],
+            latent=8, checkpoint_every=10)
+
+
+def small_data(seed=0, **kw):
+    X, groups, batches = synthetic_counts(seed=seed, **kw)
+    return CountData(X=X, labels=groups, label_names=["a", "b", "c"])
+
+
+def test_pretrain_epoch_reduces_loss_and_is_deterministic():
+    p = prepare(small_data())
+    cfg = ClusterConfig(**FAST)
+    dd = device_data(p.x, p.raw, p.size_factors)
+
+    def train(epochs):
+        graphdef, ae = build_model(p.x.shape[1], 0, cfg, seed=1)
+        tx = amsgrad_torch()
+        opt = tx.init(ae)
+        # 240 cells in batches of 70: the last batch (30 cells) is padded and masked
+        epoch = make_pretrain_epoch(graphdef, tx, n=p.x.shape[0], batch_size=70, sigma=2.5)
+        losses = []
+        for e in range(epochs):
+            ae, opt, loss = epoch(ae, opt, dd, stage_key(1, 1, e))
+            losses.append(float(loss))
+        return ae, losses
+
+    ae1, l1 = train(15)
+    ae2, l2 = train(15)
+    assert np.all(np.isfinite(l1)) and l1[-1] < 0.9 * l1[0]
+    assert l1 == l2
+    for a, b in zip(jax.tree.leaves(ae1), jax.tree.leaves(ae2)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_run_recovers_groups_with_given_k(tmp_path):
+    res = run(small_data(), ClusterConfig(n_clusters=3, **FAST), save_dir=str(tmp_path), progress=False)
+    assert res.labels.shape == (240,) and res.latent.shape == (240, 8)
+    np.testing.assert_allclose(res.q.sum(1), 1.0, rtol=1e-5)
+    assert res.scores["ari"] > 0.9, res.scores
+    assert len(res.history["pretrain_loss"]) == 100
+    assert res.history["scores"] and res.history["scores"][0]["epoch"] == 0
+    for sub in ("pretrain", "model"):
+        assert (tmp_path / sub).is_dir()
+
+
+def test_same_seed_same_labels_and_ae_weights_skip_pretraining(tmp_path):
+    cfg = ClusterConfig(n_clusters=3, seed=5, **FAST)
+    a = run(small_data(1), cfg, save_dir=str(tmp_path / "a"), progress=False)
+    b = run(small_data(1), cfg, progress=False)
+    np.testing.assert_array_equal(a.labels, b.labels)
+    c = run(small_data(1), cfg, ae_weights=str(tmp_path / "a"), progress=False)
+    assert c.timings["pretrain_s"] < a.timings["pretrain_s"]
+    np.testing.assert_array_equal(a.labels, c.labels)
+
+
+def test_louvain_estimates_number_of_clusters():
+    cfg = ClusterConfig(n_clusters=0, knn=15, resolution=0.3, **FAST)
+    res = run(small_data(2), cfg, progress=False)
+    k = res.centers.shape[0]
+    assert 2 <= k <= 8
+    assert res.scores["ari"] > 0.7, res.scores
+
+
+def test_fit_writes_scanpy_fields():
+    import anndata
+    import pandas as pd
+
+    X, groups, _ = synthetic_counts(seed=3)
+    X[0] = 0  # filtered cell gets no cluster
+    ad = anndata.AnnData(X.astype(np.float32), obs=pd.DataFrame({"g": groups.astype(str)},
+                                                                 index=[f"c{i}" for i in range(len(X))]))
+    out = fit(ad, 3, label_key="g", random_state=0, copy=True, **FAST)
+    assert "scdc_cluster" not in ad.obs  # copy=True leaves the input alone
+    assert out.obs["scdc_cluster"].dtype.name == "category"
+    assert out.obs["scdc_cluster"].isna().sum() == 1 and pd.isna(out.obs["scdc_cluster"].iloc[0])
+    assert out.obsm["X_scdc"].shape == (240, 8)
+    assert out.uns["scdc"]["params"]["n_clusters"] == 3 and "ari" in out.uns["scdc"]["scores"]
+    out.write_h5ad(__import__("tempfile").mktemp(suffix=".h5ad"))  # .uns must be writable
+
+
+def test_more_clusters_than_cells_is_refused():
+    from scdc_jax.errors import InputError
+
+    with pytest.raises(InputError, match="more than the"):
+        run(small_data(), ClusterConfig(n_clusters=500, **FAST), progress=False)

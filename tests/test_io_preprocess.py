@@ -1,0 +1,140 @@
+"""Readers and preprocessing on small synthetic files, plus the real scDeepCluster layouts."""
+from __future__ import annotations
+
+import h5py
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from conftest import shared_file, synthetic_counts
+
+from scdc_jax.errors import InputError
+from scdc_jax.io import check_counts, encode_labels, pbmc68k_counts, read_counts
+from scdc_jax.preprocess import gene_selection_stats, normalise_log_scale, prepare, select_genes
+
+
+def write_h5(path, **datasets):
+    with h5py.File(path, "w") as f:
+        for k, v in datasets.items():
+            f.create_dataset(k, data=v)
+    return str(path)
+
+
+def test_read_dense_h5_with_float_labels_from_one(tmp_path):
+    X, groups, _ = synthetic_counts(30, 20)
+    path = write_h5(tmp_path / "a.h5", X=X.astype(np.float64), Y=(groups + 1).astype(np.float64))
+    d = read_counts(path)
+    assert d.X.shape == (30, 20)
+    np.testing.assert_array_equal(d.labels, groups)
+    assert d.label_names == ["1", "2", "3"]
+
+
+def test_read_csr_group_and_cell_type_names(tmp_path):
+    X, groups, _ = synthetic_counts(30, 20)
+    csr = sp.csr_matrix(X)
+    with h5py.File(tmp_path / "s.h5", "w") as f:
+        g = f.create_group("X")
+        for k in ("data", "indices", "indptr"):
+            g.create_dataset(k, data=getattr(csr, k))
+        g.create_dataset("shape", data=np.array(csr.shape))
+        f.create_dataset("Y", data=groups.astype(np.int64))
+        f.create_dataset("cell_types", data=np.array([b"T", b"B", b"NK"]))
+    d = read_counts(str(tmp_path / "s.h5"))
+    assert sp.issparse(d.X)
+    np.testing.assert_array_equal(d.X.toarray(), X)
+    assert [d.label_names[c] for c in d.labels[:3]] == ["T", "B", "NK"]
+
+
+def test_read_h5ad_layer_labels_batches(tmp_path):
+    import anndata
+    import pandas as pd
+
+    X, groups, batches = synthetic_counts(30, 20, n_batches=2)
+    ad = anndata.AnnData(np.log1p(X).astype(np.float32),
+                         obs=pd.DataFrame({"ct": groups.astype(str), "plate": batches.astype(str)},
+                                          index=[f"c{i}" for i in range(30)]))
+    ad.layers["counts"] = sp.csr_matrix(X.astype(np.float32))
+    ad.write_h5ad(tmp_path / "a.h5ad")
+    d = read_counts(str(tmp_path / "a.h5ad"), layer="counts", label_key="ct", batch_key="plate")
+    np.testing.assert_array_equal(d.X.toarray(), X)
+    assert d.batch.shape == (30, 2) and np.all(d.batch.sum(1) == 1)
+    np.testing.assert_array_equal(d.labels, groups)
+    with pytest.raises(InputError, match="no layer 'nope'"):
+        read_counts(str(tmp_path / "a.h5ad"), layer="nope")
+    with pytest.raises(InputError, match="no .obs column 'missing'"):
+        read_counts(str(tmp_path / "a.h5ad"), label_key="missing")
+
+
+def test_check_counts_rejects_bad_values():
+    for bad, msg in ((np.array([[1.0, -1.0]]), "negative"), (np.array([[1.0, np.nan]]), "NaN"),
+                     (np.array([[1.5, 2.0]]), "non-integer"), (np.zeros((3, 2)), "all zeros"),
+                     (np.ones(3), "2-D")):
+        with pytest.raises(InputError, match=msg):
+            check_counts(bad)
+
+
+def test_encode_labels_keeps_numeric_order():
+    codes, names = encode_labels(np.array([10, 2, 2, 10, 5]))
+    assert names == ["2", "5", "10"]
+    np.testing.assert_array_equal(codes, [2, 0, 0, 2, 1])
+
+
+def test_pbmc68k_default_is_integer_counts():
+    d = pbmc68k_counts()
+    assert d.X.shape == (700, 765)
+    assert np.all(d.X == np.round(d.X)) and d.X.min() == 0
+    assert len(d.label_names) == 10 and d.labels.shape == (700,)
+
+
+def ref_gene_stats(X, min_cells=10):
+    zr, ml = [], []
+    for j in range(X.shape[1]):
+        col = X[:, j].astype(np.float64)
+        nz = col[col > 0]
+        if len(nz) < min_cells:
+            zr.append(np.nan), ml.append(np.nan)
+        else:
+            zr.append(1 - len(nz) / len(col)), ml.append(np.mean(np.log2(nz)))
+    return np.array(zr), np.array(ml)
+
+
+def test_gene_selection_stats_and_exact_count():
+    X, _, _ = synthetic_counts(200, 150, seed=3)
+    zr, ml = gene_selection_stats(X)
+    ezr, eml = ref_gene_stats(X)
+    np.testing.assert_allclose(zr, ezr, equal_nan=True)
+    np.testing.assert_allclose(ml, eml, equal_nan=True)
+    sel = select_genes(X, 40)
+    assert sel.sum() == 40
+    np.testing.assert_array_equal(select_genes(sp.csr_matrix(X), 40), sel)
+    with pytest.raises(InputError, match="larger than the number of genes"):
+        select_genes(X, 151)
+
+
+def test_prepare_filters_and_keeps_labels_aligned():
+    X, groups, _ = synthetic_counts(40, 30)
+    X[5] = 0  # an empty cell
+    X[:, 7] = 0  # an empty gene
+    from scdc_jax.io import CountData
+
+    p = prepare(CountData(X=X, labels=groups, label_names=["a", "b", "c"]))
+    assert p.x.shape == (39, 29) and 5 not in p.cells and 7 not in p.genes
+    np.testing.assert_array_equal(p.data.labels, np.delete(groups, 5))
+    totals = np.delete(X, 5, 0)[:, np.delete(np.arange(30), 7)].sum(1)
+    np.testing.assert_allclose(p.size_factors, totals / np.median(totals), rtol=1e-6)
+    # reference transcription of normalise + log1p + scale (ddof=1)
+    raw = np.delete(np.delete(X, 5, 0), 7, 1).astype(np.float64)
+    lx = np.log1p(raw * np.median(totals) / totals[:, None])
+    np.testing.assert_allclose(p.x, (lx - lx.mean(0)) / lx.std(0, ddof=1), rtol=1e-4, atol=1e-5)
+
+
+def test_zero_spread_gene_gets_unit_divisor():
+    raw = np.array([[1.0, 2.0], [1.0, 4.0], [1.0, 6.0]])
+    out = normalise_log_scale(raw, np.array([1.0, 1.0, 1.0]) * 10)
+    assert np.all(np.isfinite(out))
+
+
+def test_real_scdeepcluster_layouts():
+    d = read_counts(shared_file("mouse_bladder_cell_select_2100.h5"))
+    assert d.X.shape == (2100, 20670) and len(d.label_names) == 16
+    p = read_counts(shared_file("10X_PBMC_select_2100_top2000.h5"))
+    assert p.labels.min() == 0 and len(p.label_names) == 8
