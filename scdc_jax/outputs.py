@@ -22,7 +22,9 @@ def check_writable_dir(path: str, what: str = "output folder") -> str:
         if parent == probe:
             break
         probe = parent
-    if not os.path.isdir(probe) or not os.access(probe, os.W_OK | os.X_OK):
+    if not os.path.isdir(probe):
+        raise InputError(f"the {what} {path} cannot be created: {probe} is a file, not a folder.")
+    if not os.access(probe, os.W_OK | os.X_OK):
         raise InputError(f"the {what} {path} is not writable (no write permission in {probe}); choose another folder.")
     return path
 

@@ -1,6 +1,16 @@
-"""scDeepCluster: ZINB autoencoder + deep embedded clustering (``python -m scdc_jax.cluster``)."""
-from .api import fit, write_to_adata
-from .config import ClusterConfig, load_config
-from .pipeline import ClusterResult, run
+"""scDeepCluster: ZINB autoencoder + deep embedded clustering (``python -m scdc_jax.cluster``).
 
-__all__ = ["ClusterConfig", "ClusterResult", "fit", "load_config", "run", "write_to_adata"]
+The public names are imported lazily so that the command line answers ``--help`` and bad input
+without loading JAX.
+"""
+from importlib import import_module
+
+_EXPORTS = {"fit": "api", "write_to_adata": "api", "ClusterConfig": "config", "load_config": "config",
+            "ClusterResult": "pipeline", "run": "pipeline"}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        return getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
