@@ -84,6 +84,8 @@ class Prepared:
     size_factors : (n_cells,) ``total / median(total)``.
     data : the filtered :class:`CountData` (labels, batches, names aligned with the rows).
     cells, genes : integer indices of the kept cells and genes in the input.
+    norm : the normalisation statistics ``{"median_total", "mean", "std"}`` (to encode new cells
+        exactly as the training cells).
     """
 
     x: np.ndarray
@@ -92,15 +94,23 @@ class Prepared:
     data: CountData
     cells: np.ndarray
     genes: np.ndarray
+    norm: dict
 
 
-def normalise_log_scale(raw: np.ndarray, totals: np.ndarray) -> np.ndarray:
-    """``zscore(log1p(raw * median(totals) / totals))`` per gene, ddof=1, zero spread -> divisor 1."""
-    x = np.log1p(raw * (np.median(totals) / totals)[:, None])
-    mean = x.mean(0)
-    std = x.std(0, ddof=1) if x.shape[0] > 1 else np.zeros(x.shape[1])
-    std[std == 0] = 1.0
-    return ((x - mean) / std).astype(np.float32)
+def normalise_log_scale(raw: np.ndarray, totals: np.ndarray, norm: dict | None = None):
+    """``zscore(log1p(raw * median(totals) / totals))`` per gene, ddof=1, zero spread -> divisor 1.
+
+    With ``norm`` (a previous call's statistics) the median total and the gene means and spreads
+    are reused instead of computed.  Returns (x float32, norm).
+    """
+    median = float(np.median(totals)) if norm is None else float(norm["median_total"])
+    x = np.log1p(raw * (median / totals)[:, None])
+    if norm is None:
+        mean = x.mean(0)
+        std = x.std(0, ddof=1) if x.shape[0] > 1 else np.zeros(x.shape[1])
+        std[std == 0] = 1.0
+        norm = {"median_total": median, "mean": mean.astype(np.float32), "std": std.astype(np.float32)}
+    return ((x - norm["mean"]) / norm["std"]).astype(np.float32), norm
 
 
 def prepare(data: CountData, *, select_genes_n: int = 0) -> Prepared:
@@ -121,5 +131,5 @@ def prepare(data: CountData, *, select_genes_n: int = 0) -> Prepared:
     raw = _dense(data.X).astype(np.float32)
     totals = cell_tot[keep_c].astype(np.float64)
     sf = (totals / np.median(totals)).astype(np.float32)
-    return Prepared(x=normalise_log_scale(raw, totals), raw=raw, size_factors=sf,
-                    data=data, cells=keep_c, genes=genes)
+    x, norm = normalise_log_scale(raw, totals)
+    return Prepared(x=x, raw=raw, size_factors=sf, data=data, cells=keep_c, genes=genes, norm=norm)

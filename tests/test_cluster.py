@@ -97,3 +97,52 @@ def test_more_clusters_than_cells_is_refused():
 
     with pytest.raises(InputError, match="more than the"):
         run(small_data(), ClusterConfig(n_clusters=500, **FAST), progress=False)
+
+
+def test_predict_held_out_cells_matches_full_run(tmp_path):
+    from scdc_jax.cluster import predict
+    from scdc_jax.metrics import clustering_scores
+
+    X, groups, _ = synthetic_counts(300, 120, seed=4)
+    genes = np.array([f"g{i}" for i in range(120)])
+    full = CountData(X=X, labels=groups, label_names=["a", "b", "c"], gene_names=genes)
+    train = full.subset(cells=np.arange(240))
+    res = run(train, ClusterConfig(n_clusters=3, **FAST), save_dir=str(tmp_path), progress=False)
+    # held-out cells with the genes shuffled: matched back by name
+    perm = np.random.default_rng(0).permutation(120)
+    query = full.subset(cells=np.arange(240, 300), genes=perm)
+    out = predict(str(tmp_path), query)
+    assert out["q"].shape == (60, 3) and out["latent"].shape == (60, 8)
+    assert clustering_scores(groups[240:], out["labels"])["ari"] > 0.9
+    # the training cells themselves get the labels of the run
+    again = predict(str(tmp_path), train)
+    assert np.mean(again["labels"] == res.labels) > 0.95
+    from scdc_jax.errors import InputError
+
+    with pytest.raises(InputError, match="lacks 1 of the model"):
+        predict(str(tmp_path), full.subset(genes=np.arange(119)))
+    dup = full.subset(cells=np.arange(10))
+    dup.gene_names = np.array(["g0"] * 120)
+    with pytest.raises(InputError, match="duplicate gene names"):
+        predict(str(tmp_path), dup)
+    nameless = CountData(X=X[:, :100])
+    with pytest.raises(InputError, match="cannot be matched"):
+        predict(str(tmp_path), nameless)
+
+
+def test_batch_variant_follows_groups_not_batches():
+    from scdc_jax.metrics import clustering_scores
+
+    X, groups, batches = synthetic_counts(300, 120, seed=6, n_batches=2, batch_effect=1.0)
+    onehot = np.eye(2, dtype=np.float32)[batches]
+    cfg = ClusterConfig(n_clusters=3, **FAST)
+    plain = run(CountData(X=X, labels=groups, label_names=["a", "b", "c"]), cfg, progress=False)
+    with_b = run(CountData(X=X, labels=groups, label_names=["a", "b", "c"], batch=onehot, batch_names=["p", "q"]),
+                 cfg, progress=False)
+    ari_b_groups = with_b.scores["ari"]
+    ari_b_batch = clustering_scores(batches, with_b.labels)["ari"]
+    ari_plain_batch = clustering_scores(batches, plain.labels)["ari"]
+    assert ari_b_groups > 0.9, with_b.scores
+    assert ari_b_batch < 0.1
+    # without B the batch effect is strong enough to pull the clusters towards the batches
+    assert ari_plain_batch > 0.3 and plain.scores["ari"] < 0.7, (plain.scores, ari_plain_batch)

@@ -129,7 +129,8 @@ def test_prepare_filters_and_keeps_labels_aligned():
 
 def test_zero_spread_gene_gets_unit_divisor():
     raw = np.array([[1.0, 2.0], [1.0, 4.0], [1.0, 6.0]])
-    out = normalise_log_scale(raw, np.array([1.0, 1.0, 1.0]) * 10)
+    out, norm = normalise_log_scale(raw, np.array([1.0, 1.0, 1.0]) * 10)
+    assert norm["std"][0] == 1.0
     assert np.all(np.isfinite(out))
 
 

@@ -12,7 +12,10 @@ import sys
 
 from ..errors import InputError, run_cli
 
-EPILOG = """examples:
+EPILOG = """subcommand:
+  python -m scdc_jax.cluster predict --model SAVE_DIR --data-file NEW.h5ad   # assign new cells
+
+examples:
   python -m scdc_jax.cluster                                   # bundled PBMC demo, Louvain estimate
   python -m scdc_jax.cluster --data-file data.h5 --n-clusters 16 --select-genes 2000
   python -m scdc_jax.cluster --config configs/scdeepcluster_paper.toml --data-file data.h5
@@ -31,6 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "default: scanpy's bundled pbmc68k_reduced")
     io.add_argument("--layer", help=".h5ad: layer holding the raw counts ('raw' for .raw.X); default .X")
     io.add_argument("--label-key", help="known labels: .obs column (.h5ad) or dataset name (.h5, default Y)")
+    io.add_argument("--batch-key", help="batches: .obs column (.h5ad) or 1-D dataset (.h5); an .h5 with a one-hot "
+                    "B uses it automatically; switches on the batch-conditioned model")
     io.add_argument("--save-dir", default="scdc_results", help="checkpoints and outputs (default: %(default)s)")
     io.add_argument("--final-latent-file", help="latent CSV, cells x latent (default: SAVE_DIR/final_latent_file.txt)")
     io.add_argument("--predict-label-file", help="one cluster a line (default: SAVE_DIR/pred_labels.txt)")
@@ -59,8 +64,66 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def build_predict_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m scdc_jax.cluster predict",
+                                description="Assign new cells with a saved model: latent coordinates, soft "
+                                "assignments q and hard labels. The query needs the model's genes (matched by name "
+                                "when both have names).")
+    p.add_argument("--model", required=True, help="a finished run's --save-dir (or its model/ folder)")
+    p.add_argument("--data-file", required=True, help="query counts (.h5, .h5ad or CSV)")
+    p.add_argument("--layer", help=".h5ad layer with the counts ('raw' for .raw.X)")
+    p.add_argument("--label-key", help="known labels of the query, to score the assignment")
+    p.add_argument("--batch-key", help="batches of the query (batch-conditioned models)")
+    p.add_argument("--save-dir", default="scdc_predict", help="output folder (default: %(default)s)")
+    p.add_argument("--out", help="also write an .h5ad with .obs['scdc_cluster'], .obsm['X_scdc'], .obsm['scdc_q']")
+    return p
+
+
+def predict_main(argv: list[str]) -> int:
+    args = build_predict_parser().parse_args(argv)
+    from ..io import read_counts
+    from ..outputs import check_writable_dir, check_writable_file, write_labels, write_matrix_csv
+
+    data = read_counts(args.data_file, layer=args.layer, label_key=args.label_key, batch_key=args.batch_key)
+    save_dir = check_writable_dir(args.save_dir, "save folder")
+    if args.out:
+        check_writable_file(args.out, "--out file")
+    from .inference import predict
+
+    res = predict(args.model, data)
+    write_matrix_csv(os.path.join(save_dir, "latent.csv"), res["latent"])
+    write_matrix_csv(os.path.join(save_dir, "q.csv"), res["q"])
+    write_labels(os.path.join(save_dir, "pred_labels.txt"), res["labels"])
+    if args.out:
+        import anndata
+        import numpy as np
+        import pandas as pd
+
+        from ..outputs import write_h5ad
+
+        ad = anndata.AnnData(X=data.X.astype(np.float32))
+        if data.cell_names is not None:
+            ad.obs_names = data.cell_names
+        lab = res["labels"]
+        ad.obs["scdc_cluster"] = pd.Categorical(np.where(lab >= 0, lab.astype(str), None),
+                                                categories=[str(i) for i in range(res["q"].shape[1])])
+        ad.obsm["X_scdc"], ad.obsm["scdc_q"] = res["latent"], res["q"]
+        write_h5ad(args.out, ad)
+    print(f"assigned {int((res['labels'] >= 0).sum())} of {data.n_cells} cells to {res['q'].shape[1]} clusters; "
+          f"wrote {save_dir}/latent.csv, q.csv, pred_labels.txt" + (f", {args.out}" if args.out else ""))
+    if data.labels is not None:
+        from ..metrics import clustering_scores
+
+        ok = res["labels"] >= 0
+        s = clustering_scores(data.labels[ok], res["labels"][ok])
+        print(f"against --label-key: ARI {s['ari']:.4f}  NMI {s['nmi']:.4f}  ACC {s['acc']:.4f}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "predict":
+        return predict_main(argv[1:])
     args = build_parser().parse_args(argv)
     import numpy as np
 
@@ -74,11 +137,11 @@ def main(argv: list[str] | None = None) -> int:
         "pretrain_epochs", "gamma", "sigma", "update_interval", "tol", "seed", "devices", "checkpoint_every")}
     cfg = load_config(args.config, **overrides)
     if args.data_file is None:
-        if args.layer or args.label_key:
-            raise InputError("--layer and --label-key need --data-file.")
+        if args.layer or args.label_key or args.batch_key:
+            raise InputError("--layer, --label-key and --batch-key need --data-file.")
         data = pbmc68k_counts()
     else:
-        data = read_counts(args.data_file, layer=args.layer, label_key=args.label_key)
+        data = read_counts(args.data_file, layer=args.layer, label_key=args.label_key, batch_key=args.batch_key)
     check_counts(data.X, require_integer=True)
     if cfg.select_genes > data.n_genes:
         raise InputError(f"--select-genes {cfg.select_genes} is larger than the number of genes ({data.n_genes}).")

@@ -286,9 +286,11 @@ def run(data: CountData, cfg: ClusterConfig, *, save_dir: str | None = None, ae_
 
     gene_names = None if prep.data.gene_names is None else [str(x) for x in prep.data.gene_names]
     if save_dir:
-        checkpoint.save(sub(MODEL), 0, {"params": params},
+        checkpoint.save(sub(MODEL), 0, {"params": params, "norm_mean": prep.norm["mean"],
+                                        "norm_std": prep.norm["std"]},
                         _ckpt_meta(MODEL, len(history["cluster"]), cfg, g, nb, n_clusters=k,
-                                   gene_names=gene_names, batch_names=prep.data.batch_names))
+                                   gene_names=gene_names, batch_names=prep.data.batch_names,
+                                   median_total=prep.norm["median_total"]))
     scores = clustering_scores(labels_true, last) if labels_true is not None else None
     return ClusterResult(labels=last, latent=np.asarray(z0), q=np.asarray(q), centers=np.asarray(params["mu"]),
                          cells=prep.cells, genes=prep.genes, n_cells_input=data.n_cells, config=cfg.to_dict(),

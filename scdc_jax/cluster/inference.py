@@ -1,0 +1,95 @@
+"""Assign new cells with a saved scDeepCluster model (``save_dir/model``).
+
+The query must hold the model's genes: matched by name (and reordered) when both sides have
+names, otherwise by position with the same gene count.  Cells are normalised with the TRAINING
+statistics (median total, gene means and spreads) and encoded by the clean encoder pass.
+"""
+from __future__ import annotations
+
+import os
+
+import jax.numpy as jnp
+import numpy as np
+import scipy.sparse as sp
+
+from .. import checkpoint
+from ..errors import InputError
+from ..io import CountData, check_counts
+from ..preprocess import normalise_log_scale
+from .config import ClusterConfig
+from .train import build_model, make_assign
+
+
+def _model_dir(path: str) -> str:
+    for cand in (os.path.join(path, "model"), path):
+        if checkpoint.latest_step(cand) is not None and checkpoint.read_meta(cand).get("stage") == "model":
+            return cand
+    raise InputError(f"{path} holds no final scdc_jax model (look for the 'model' folder of a finished run's --save-dir).")
+
+
+def align_genes(data: CountData, model_genes: list[str] | None, n_genes: int) -> CountData:
+    """Reorder the query's genes to the model's; refuse when they cannot be matched."""
+    if model_genes is not None and data.gene_names is not None:
+        names = np.asarray(data.gene_names).astype(str)
+        uniq, counts = np.unique(names, return_counts=True)
+        if np.any(counts > 1):
+            raise InputError(f"the query has duplicate gene names (e.g. '{uniq[counts > 1][0]}'); make them unique first.")
+        pos = {g: i for i, g in enumerate(names)}
+        missing = [g for g in model_genes if g not in pos]
+        if missing:
+            raise InputError(f"the query lacks {len(missing)} of the model's {len(model_genes)} genes "
+                             f"(e.g. '{missing[0]}'); the model needs all of its genes.")
+        return data.subset(genes=np.array([pos[g] for g in model_genes]))
+    if data.n_genes != n_genes:
+        raise InputError(f"the query has {data.n_genes} genes and the model {n_genes}, and without gene names on "
+                         "both sides they cannot be matched; give gene names or the same genes in the same order.")
+    return data
+
+
+def _align_batches(data: CountData, meta: dict) -> np.ndarray | None:
+    nb = int(meta["n_batches"])
+    if nb == 0:
+        return None
+    if data.batch is None:
+        raise InputError(f"the model was trained with {nb} batches; give the query's batches (B or --batch-key).")
+    names = meta.get("batch_names")
+    if data.batch_names is not None and names is not None and set(data.batch_names) <= set(names):
+        cols = [names.index(b) for b in data.batch_names]
+        out = np.zeros((data.n_cells, nb), np.float32)
+        out[:, cols] = data.batch
+        return out
+    if data.batch.shape[1] != nb:
+        raise InputError(f"the query has {data.batch.shape[1]} batches, the model {nb}; they must be the same batches.")
+    return data.batch
+
+
+def predict(model: str, data: CountData) -> dict:
+    """Latent coordinates, soft assignments and labels of ``data``'s cells under a saved model.
+
+    Returns ``{"latent": (n, d), "q": (n, k), "labels": (n,)}`` for every query cell; cells with
+    no counts in the model's genes get NaN rows and label -1.
+    """
+    where = _model_dir(model)
+    meta = checkpoint.read_meta(where)
+    cfg = ClusterConfig(**meta["config"])
+    n_genes, k = int(meta["n_genes"]), int(meta["n_clusters"])
+    data = align_genes(data, meta.get("gene_names"), n_genes)
+    check_counts(data.X, require_integer=True)
+    b = _align_batches(data, meta)
+    graphdef, ae = build_model(n_genes, int(meta["n_batches"]), cfg, cfg.seed)
+    template = {"params": {"ae": ae, "mu": jnp.zeros((k, cfg.latent))},
+                "norm_mean": np.zeros(n_genes, np.float32), "norm_std": np.zeros(n_genes, np.float32)}
+    state, _ = checkpoint.restore(where, template)
+    raw = (data.X.toarray() if sp.issparse(data.X) else np.asarray(data.X)).astype(np.float32)
+    totals = raw.sum(1).astype(np.float64)
+    ok = totals > 0
+    norm = {"median_total": meta["median_total"], "mean": np.asarray(state["norm_mean"]),
+            "std": np.asarray(state["norm_std"])}
+    x, _ = normalise_log_scale(raw[ok], totals[ok], norm)
+    z0, q, _, labels = make_assign(graphdef, cfg.alpha)(state["params"], jnp.asarray(x),
+                                                         None if b is None else jnp.asarray(b[ok]))
+    n = data.n_cells
+    out = {"latent": np.full((n, cfg.latent), np.nan, np.float32), "q": np.full((n, k), np.nan, np.float32),
+           "labels": np.full(n, -1, np.int64)}
+    out["latent"][ok], out["q"][ok], out["labels"][ok] = np.asarray(z0), np.asarray(q), np.asarray(labels)
+    return out
