@@ -43,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     io.add_argument("--ae-weights", help="folder of a pretrained autoencoder checkpoint (a previous SAVE_DIR); "
                     "skips pretraining")
     io.add_argument("--resume", action="store_true", help="continue an interrupted run from the checkpoints in SAVE_DIR")
+    io.add_argument("--plot", metavar="DIR", help="write PNGs: UMAP of the latent space by cluster (and label, "
+                    "batch), loss curves, ARI/NMI trajectory")
     io.add_argument("--config", help="TOML file of settings (e.g. configs/scdeepcluster_paper.toml); flags override it")
     io.add_argument("--quiet", action="store_true", help="no progress bars")
     m = p.add_argument_group("method (defaults: the published settings)")
@@ -154,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     for path, what in ((latent_file, "latent file"), (label_file, "label file"), (args.out, "--out file")):
         if path:
             check_writable_file(path, what)
+    if args.plot:
+        check_writable_dir(args.plot, "--plot folder")
     if args.out and not args.out.endswith(".h5ad"):
         raise InputError(f"--out {args.out} must end in .h5ad.")
 
@@ -190,6 +194,11 @@ def main(argv: list[str] | None = None) -> int:
         with atomic_path(args.out) as tmp:
             adata.write_h5ad(tmp)
 
+    if args.plot:
+        from .plots import plot_run
+
+        kept = data.subset(cells=result.cells)
+        print("wrote " + ", ".join(plot_run(result, kept, args.plot, seed=cfg.seed)))
     k = result.centers.shape[0]
     msg = f"{k} clusters ({result.stop_reason} after {result.timings['cluster_epochs']} clustering epochs); " \
           f"time: pretrain {result.timings['pretrain_s']:.1f} s, total {result.timings['total_s']:.1f} s"
