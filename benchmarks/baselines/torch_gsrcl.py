@@ -61,7 +61,7 @@ def copy_from_jax(model: GsRCLNet, state) -> GsRCLNet:
             for i, lin in enumerate(linears):
                 p = d[part]["layers"][i]
                 lin.weight.copy_(torch.as_tensor(np.asarray(p["kernel"]).T.copy(), dtype=ref.dtype))
-                lin.bias.copy_(torch.as_tensor(np.asarray(p["bias"]), dtype=ref.dtype))
+                lin.bias.copy_(torch.as_tensor(np.asarray(p["bias"]).copy(), dtype=ref.dtype))
     return model
 
 

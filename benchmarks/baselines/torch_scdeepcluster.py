@@ -94,7 +94,7 @@ def copy_from_jax(model: ZINBAutoencoder, state) -> ZINBAutoencoder:
     with torch.no_grad():
         for layer, p in pairs:
             layer.weight.copy_(torch.as_tensor(_np(p["kernel"]).T.copy(), dtype=ref.dtype))
-            layer.bias.copy_(torch.as_tensor(_np(p["bias"]), dtype=ref.dtype))
+            layer.bias.copy_(torch.as_tensor(_np(p["bias"]).copy(), dtype=ref.dtype))
     return model
 
 
