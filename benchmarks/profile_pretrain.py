@@ -1,0 +1,88 @@
+"""Where a scdc_jax pretraining epoch spends its time: timing variants of the loss, the noise and the PRNG.
+
+A diagnostic, not product code: it swaps functions inside scdc_jax.cluster.train (restored after
+each compile) and times the variants alternately.  python benchmarks/profile_pretrain.py ROUNDS
+"""
+import os
+import statistics
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+from scdc_jax.cluster import train
+from scdc_jax.cluster.config import ClusterConfig
+from scdc_jax.io import read_counts
+from scdc_jax.preprocess import prepare
+from scdc_jax.optim import amsgrad_torch
+from scdc_jax import losses
+
+prep = prepare(read_counts(os.path.join(os.path.dirname(ROOT), 'shared', 'data', 'mouse_bladder_cell_select_2100.h5')), select_genes_n=2000)
+n, g = prep.x.shape
+cfg = ClusterConfig()
+graphdef, state = train.build_model(g, 0, cfg, 0)
+data = train.device_data(prep.x, prep.raw, prep.size_factors)
+tx = amsgrad_torch()
+
+orig_zinb = train.zinb_nll
+orig_noisy = train._noisy_zinb
+
+def zinb_no_lgamma(x, mean, disp, pi_logit, scale_factor, *, ridge_lambda=0.0, mask=None, include_constant=True):
+    mu = mean * scale_factor[:, None]
+    log_theta = jnp.log(disp + 1e-10)
+    t2 = (disp + x) * jnp.log1p(mu / (disp + 1e-10)) + x * (log_theta - jnp.log(mu + 1e-10))
+    log_pi = jax.nn.log_sigmoid(pi_logit); log_1mpi = jax.nn.log_sigmoid(-pi_logit)
+    nb = t2 - log_1mpi
+    zero = -jnp.logaddexp(log_pi, log_1mpi + disp * (log_theta - jnp.log(disp + mu + 1e-10)))
+    el = jnp.where(x <= 1e-8, zero, nb)
+    return losses._masked_mean_rows(el.mean(1), mask)
+
+def mse_loss(x, mean, disp, pi_logit, scale_factor, *, ridge_lambda=0.0, mask=None, include_constant=True):
+    el = (mean * scale_factor[:, None] - x) ** 2 + disp + pi_logit
+    return losses._masked_mean_rows(el.mean(1), mask)
+
+def noisy_without_noise(model, x, raw, sf, b, mask, key, sigma, ridge):
+    z = model.encode(x, b)
+    mean, disp, pi_logit = model.decode(z, b)
+    return train.zinb_nll(raw, mean, disp, pi_logit, sf, ridge_lambda=ridge, mask=mask, include_constant=False)
+
+def noisy_uniform_noise(model, x, raw, sf, b, mask, key, sigma, ridge):
+    # cheaper noise: uniform bits (not Gaussian; timing only)
+    z = model.encode(x + sigma * jax.random.uniform(key, x.shape, x.dtype), b)
+    mean, disp, pi_logit = model.decode(z, b)
+    return train.zinb_nll(raw, mean, disp, pi_logit, sf, ridge_lambda=ridge, mask=mask, include_constant=False)
+
+def make(variant):
+    train.zinb_nll = {"no_lgamma": zinb_no_lgamma, "mse_only": mse_loss}.get(variant, orig_zinb)
+    train._noisy_zinb = {"no_noise": noisy_without_noise, "uniform_noise": noisy_uniform_noise,
+                         "no_noise_mse": noisy_without_noise}.get(variant, orig_noisy)
+    if variant == "no_noise_mse":
+        train.zinb_nll = mse_loss
+    ep = train.make_pretrain_epoch(graphdef, tx, n=n, batch_size=256, sigma=2.5)
+    st = {"s": None}
+    params = jax.tree.map(jnp.array, state)
+    st["s"] = [params, tx.init(params)]
+    rbg = variant in ("rbg", "unsafe_rbg")
+    impl = variant if rbg else None
+    def run(i):
+        key = jax.random.key(i, impl=impl) if rbg else train.stage_key(0, 1, i)
+        p, o, l = ep(*st["s"], data, key)
+        jax.block_until_ready(l)
+        st["s"] = [p, o]
+    run(0)  # compile
+    train.zinb_nll, train._noisy_zinb = orig_zinb, orig_noisy
+    return run
+
+variants = sys.argv[2].split(",") if len(sys.argv) > 2 else ["baseline", "no_lgamma", "no_noise", "rbg", "unsafe_rbg", "uniform_noise", "mse_only", "no_noise_mse"]
+runs = {v: make(v) for v in variants}
+R = int(sys.argv[1]) if len(sys.argv) > 1 else 5
+times = {v: [] for v in variants}
+for r in range(R):
+    for v in variants:
+        t0 = time.perf_counter(); runs[v](r + 1); times[v].append(time.perf_counter() - t0)
+base = statistics.median(times["baseline"])
+for v in variants:
+    m = statistics.median(times[v])
+    print(f"{v:14s} median {m:.3f} s  ({m / base:.2f} of baseline)  rounds {[round(t, 3) for t in times[v]]}")
