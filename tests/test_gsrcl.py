@@ -169,11 +169,25 @@ def tiny_toml(tmp_path):
     return p
 
 
-def test_cli_user_errors_are_one_sentence(tmp_path):
+def cli_error(args, capsys) -> str:
+    """Run the CLI in-process; it must exit with code 2 and one sentence on stderr."""
+    from scdc_jax.errors import run_cli as wrap
+    from scdc_jax.gsrcl.__main__ import main
+
+    with pytest.raises(SystemExit) as exc:
+        wrap(main, args)
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err.startswith("error:") and len(err.strip().splitlines()) == 1
+    return err
+
+
+def test_cli_user_errors_are_one_sentence(tmp_path, capsys):
+    assert "--devices 8 asked for" in cli_error(["--devices", "8"], capsys)
+    assert "labelled data file" in cli_error([], capsys)
+    assert "does not exist" in cli_error(["--data-file", str(tmp_path / "missing.h5")], capsys)
+    assert "must be positive" in cli_error(["--epochs", "5", "--eval-every", "0"], capsys)
+
+
+def test_cli_devices_beyond_available_in_a_fresh_process():
     r = run_cli(["--devices", "8"])
     assert r.returncode == 2 and r.stderr.startswith("error:") and "Traceback" not in r.stderr
-    assert len(r.stderr.strip().splitlines()) == 1
-    r = run_cli([])
-    assert r.returncode == 2 and "labelled data file" in r.stderr
-    r = run_cli(["--data-file", str(tmp_path / "missing.h5")])
-    assert r.returncode == 2 and "does not exist" in r.stderr

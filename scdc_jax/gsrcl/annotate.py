@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 
 import numpy as np
 
@@ -94,10 +95,16 @@ def train_reference(data, cfg: GsRCLConfig, out_dir: str, *, log=print) -> dict:
         raise InputError("no cell type has enough cells to train a classifier.")
     from .. import checkpoint
 
+    model_dir = os.path.join(out_dir, "model")
+    if os.path.exists(model_dir):
+        if not os.path.exists(os.path.join(out_dir, "reference.json")):
+            raise InputError(f"{out_dir} already holds a 'model' folder that is not a GsRCL reference; "
+                             "choose another output folder.")
+        shutil.rmtree(model_dir)  # a previous reference in the same folder is replaced
     os.makedirs(out_dir, exist_ok=True)
     meta = {"config": dataclasses.asdict(cfg), "n_genes": int(x.shape[1]), "cell_types": list(svms),
             "final_loss": losses[-1], "source": data.source}
-    checkpoint.save(os.path.join(out_dir, "model"), cfg.n_epochs, jax_to_numpy(params), meta, max_to_keep=1)
+    checkpoint.save(model_dir, cfg.n_epochs, jax_to_numpy(params), meta, max_to_keep=1)
     with atomic_path(os.path.join(out_dir, "svms.joblib")) as tmp:
         joblib.dump(svms, tmp)
     with atomic_path(os.path.join(out_dir, "genes.txt")) as tmp:
