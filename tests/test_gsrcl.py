@@ -191,3 +191,21 @@ def test_cli_user_errors_are_one_sentence(tmp_path, capsys):
 def test_cli_devices_beyond_available_in_a_fresh_process():
     r = run_cli(["--devices", "8"])
     assert r.returncode == 2 and r.stderr.startswith("error:") and "Traceback" not in r.stderr
+
+
+def test_svm_on_distances_matches_sklearn_svc():
+    from sklearn.svm import SVC
+
+    from scdc_jax.gsrcl.protocol import sq_distances, svm_search
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(60, 5))
+    y = (x[:, 0] + 0.5 * rng.normal(size=60) > 0).astype(int)
+    np.testing.assert_allclose(sq_distances(x[:3], x), ((x[:3, None] - x[None]) ** 2).sum(-1), atol=1e-9)
+    cfg = load_config(None, svm_gamma=[0.1], svm_c=[10.0], svm_cv=3)
+    grid = svm_search(x[:40], y[:40], cfg, 0)
+    ref = SVC(gamma=0.1, C=10.0).fit(x[:40], y[:40])
+    np.testing.assert_allclose(grid.decision_function(x[40:]), ref.decision_function(x[40:]), atol=1e-6)
+    scale = load_config(None, svm_gamma=["scale"], svm_c=[1.0], svm_cv=3)
+    np.testing.assert_array_equal(svm_search(x[:40], y[:40], scale, 0).predict(x[40:]),
+                                  SVC(gamma="scale").fit(x[:40], y[:40]).predict(x[40:]))
