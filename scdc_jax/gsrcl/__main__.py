@@ -1,0 +1,202 @@
+"""Command line of GsRCL.
+
+``python -m scdc_jax.gsrcl [evaluate] --data-file F`` runs the one-vs-rest evaluation protocol;
+``train-reference`` and ``annotate`` build a reference and label new cells with it.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+import time
+
+from ..errors import InputError, run_cli
+
+COMMANDS = ("evaluate", "train-reference", "annotate")
+
+EPILOG = """examples:
+  python -m scdc_jax.gsrcl --data-file baron_mouse1.h5 --config configs/gsrcl_cpu.toml
+  python -m scdc_jax.gsrcl --data-file cells.h5ad --label-key cell_type --cell-type B --cell-type T
+  XLA_FLAGS=--xla_force_host_platform_device_count=4 python -m scdc_jax.gsrcl --devices 4 --data-file d.h5
+  python -m scdc_jax.gsrcl train-reference --data-file ref.h5 --out ref_model --config configs/gsrcl_cpu.toml
+  python -m scdc_jax.gsrcl annotate --reference ref_model --data-file query.h5ad --out query_annotated.h5ad --plot calls.png
+
+subcommands: evaluate (default), train-reference, annotate; 'python -m scdc_jax.gsrcl SUBCOMMAND --help'
+"""
+
+
+def _data_args(p: argparse.ArgumentParser, labels: bool = True) -> None:
+    g = p.add_argument_group("input")
+    g.add_argument("--data-file", help="counts, cells x genes: scDeepCluster-style .h5 (X, Y, cell_types, "
+                   "gene_names), .h5ad, or CSV (header row, first column cell ids)")
+    g.add_argument("--layer", help=".h5ad: layer holding the counts ('raw' for .raw.X); default .X")
+    if labels:
+        g.add_argument("--label-key", help="labels: .obs column (.h5ad) or dataset name (.h5, default Y)")
+        g.add_argument("--labels-csv", help="labels for a CSV data file: (cell id, label) or one label a line")
+
+
+def _method_args(p: argparse.ArgumentParser) -> None:
+    m = p.add_argument_group("method (defaults: the published settings; flags override --config)")
+    m.add_argument("--config", help="TOML settings, e.g. configs/gsrcl_paper.toml or configs/gsrcl_cpu.toml")
+    m.add_argument("--loss", choices=["simclr", "supcon"], help="contrastive loss (default simclr)")
+    m.add_argument("--epochs", type=int, help="training epochs (default 3000 simclr, 1000 supcon)")
+    m.add_argument("--eval-every", type=int, help="epochs between model-selection evaluations (default 50)")
+    m.add_argument("--batch-size", type=int, help="cells per step (default 8192; full batch when fewer)")
+    m.add_argument("--lr", type=float, help="Adam learning rate (default 1e-4)")
+    m.add_argument("--temperature", type=float, help="contrastive temperature (default 0.07)")
+    m.add_argument("--noise-std", type=float, help="std of the Gaussian view noise (default 1)")
+    m.add_argument("--n-jobs", type=int, help="parallel jobs of the SVM grid searches (default 1)")
+    m.add_argument("--seed", type=int, help="seed of the splits, initialisation and noise (default 0)")
+    m.add_argument("--devices", type=int, help="split each batch over this many devices (default 1)")
+    m.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m scdc_jax.gsrcl", epilog=EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                description="GsRCL in JAX: contrastive representations of cells learnt from "
+                                "Gaussian-noise views; one-vs-rest cell-type identification with SVMs.")
+    sub = p.add_subparsers(dest="command")
+    ev = sub.add_parser("evaluate", help="the paper's evaluation protocol (default)",
+                        description="One-vs-rest cell-type identification: SVM on GsRCL representations vs on "
+                        "log genes, per cell type, stratified 5-fold CV; writes CSV, text and JSON results.")
+    _data_args(ev)
+    ev.add_argument("--cell-type", action="append", help="evaluate only this cell type (repeatable); default all")
+    ev.add_argument("--out-dir", default="gsrcl_results", help="results folder (default: %(default)s)")
+    _method_args(ev)
+    tr = sub.add_parser("train-reference", help="train an encoder and per-type SVMs on a labelled reference",
+                        description="Train one NT-Xent encoder on all reference cells and one calibrated SVM per "
+                        "cell type; save them to --out for 'annotate'.")
+    _data_args(tr)
+    tr.add_argument("--out", required=True, help="folder for the reference model")
+    _method_args(tr)
+    an = sub.add_parser("annotate", help="label query cells with a trained reference",
+                        description="Align the query's genes to the reference, encode, and call each cell the "
+                        "most probable type, or Unassigned at or below --cutoff.")
+    an.add_argument("--reference", required=True, help="folder made by train-reference")
+    _data_args(an, labels=False)
+    an.add_argument("--cutoff", type=float, default=0.5, help="top probability at or below which a cell is "
+                    "Unassigned (default: %(default)s)")
+    an.add_argument("--out", help="output: .csv of probabilities and calls (default annotations.csv), or .h5ad "
+                    "(copy of an .h5ad query with .obs columns gsrcl_call and gsrcl_prob_<type>)")
+    an.add_argument("--plot", help="write a 2-D PCA picture of the query coloured by call (e.g. calls.png)")
+    return p
+
+
+def _read(args, labels: bool = True):
+    from ..io import read_counts
+
+    if args.data_file is None:
+        raise InputError("a labelled data file is needed: give --data-file (.h5 with Y, .h5ad with "
+                         "--label-key, or CSV with --labels-csv)." if labels else
+                         "a query data file is needed: give --data-file.")
+    if labels:
+        data = read_counts(args.data_file, layer=args.layer, label_key=args.label_key, labels_csv=args.labels_csv)
+    else:
+        data = read_counts(args.data_file, layer=args.layer)
+    from ..io import check_counts
+
+    check_counts(data.X, require_integer=False)
+    return data
+
+
+def _config(args):
+    from .config import load_config
+
+    keys = ("loss", "epochs", "eval_every", "batch_size", "lr", "temperature", "noise_std", "n_jobs", "seed",
+            "devices")
+    cfg = load_config(args.config, **{k: getattr(args, k) for k in keys})
+    from ..parallel import make_mesh
+
+    make_mesh(cfg.devices)  # a bad --devices fails here, before any data is read
+    return cfg
+
+
+def cmd_evaluate(args, argv) -> int:
+    from ..outputs import atomic_path, check_writable_dir, provenance, write_json
+    from .protocol import evaluate, results_table, text_summary
+
+    cfg = _config(args)
+    out_dir = check_writable_dir(args.out_dir, "results folder")
+    data = _read(args)
+    dataset = os.path.splitext(os.path.basename(data.source))[0]
+    t0 = time.perf_counter()
+    results = evaluate(data, cfg, cell_types=args.cell_type, progress=not args.quiet)
+    seconds = time.perf_counter() - t0
+    os.makedirs(out_dir, exist_ok=True)
+    table = results_table(results, dataset)
+    with atomic_path(os.path.join(out_dir, "results.csv")) as tmp:
+        table.to_csv(tmp, index=False)
+    summary = text_summary(results, dataset) + f"total time {seconds:.1f} s on {cfg.devices} device(s)\n"
+    with atomic_path(os.path.join(out_dir, "summary.txt")) as tmp:
+        with open(tmp, "w") as fh:
+            fh.write(summary)
+    prov = provenance(cfg.seed, cfg.to_dict(), cfg.devices, "python -m scdc_jax.gsrcl " + shlex.join(argv))
+    write_json(os.path.join(out_dir, "results.json"),
+               {**prov, "data": data.source, "n_cells": data.n_cells, "n_genes": data.n_genes,
+                "seconds": seconds, **results})
+    print(summary, end="")
+    print(f"wrote {os.path.join(out_dir, 'results.csv')}, summary.txt and results.json")
+    return 0
+
+
+def cmd_train_reference(args, argv) -> int:
+    from ..outputs import check_writable_dir
+    from .annotate import train_reference
+
+    cfg = _config(args)
+    check_writable_dir(args.out, "reference folder")
+    data = _read(args)
+    meta = train_reference(data, cfg, args.out)
+    print(f"trained a reference of {len(meta['cell_types'])} cell types on {data.n_cells} cells x "
+          f"{data.n_genes} genes; wrote {args.out}")
+    return 0
+
+
+def cmd_annotate(args, argv) -> int:
+    from ..outputs import atomic_path, check_writable_file
+    from .annotate import UNASSIGNED, annotate, plot_calls
+
+    out = args.out or "annotations.csv"
+    check_writable_file(out, "--out file")
+    if args.plot:
+        check_writable_file(args.plot, "--plot file")
+    if out.endswith(".h5ad") and not (args.data_file or "").endswith(".h5ad"):
+        raise InputError("--out .h5ad needs an .h5ad query (it writes a copy of it); use a .csv --out instead.")
+    query = _read(args, labels=False)
+    df, h = annotate(args.reference, query, cutoff=args.cutoff)
+    if out.endswith(".h5ad"):
+        import anndata
+        import pandas as pd
+
+        adata = anndata.read_h5ad(args.data_file)
+        adata.obs["gsrcl_call"] = pd.Categorical(df["call"].to_numpy())
+        for col in df.columns.drop("call"):
+            adata.obs[f"gsrcl_prob_{col}"] = df[col].to_numpy()
+        with atomic_path(out) as tmp:
+            adata.write_h5ad(tmp)
+    else:
+        with atomic_path(out) as tmp:
+            df.to_csv(tmp)
+    if args.plot:
+        plot_calls(h, df["call"].to_numpy(), args.plot)
+    counts = df["call"].value_counts()
+    print(f"annotated {len(df)} cells ({int(counts.get(UNASSIGNED, 0))} Unassigned); wrote {out}"
+          + (f" and {args.plot}" if args.plot else ""))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or (argv[0] not in COMMANDS and argv[0] not in ("-h", "--help")):
+        argv_cmd = ["evaluate", *argv]
+    else:
+        argv_cmd = argv
+    args = build_parser().parse_args(argv_cmd)
+    run = {"evaluate": cmd_evaluate, "train-reference": cmd_train_reference, "annotate": cmd_annotate}
+    return run[args.command](args, argv)
+
+
+if __name__ == "__main__":
+    run_cli(main)

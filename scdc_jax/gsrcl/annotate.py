@@ -1,0 +1,190 @@
+"""Annotating new cells with a GsRCL reference (the reference's web predictor, as a library).
+
+``train_reference`` trains ONE self-supervised (NT-Xent) encoder on the whole labelled
+reference, so one encoder serves every cell type, and one calibrated SVM per type on its
+representation.  ``annotate`` aligns a query to the reference genes, encodes it and calls each
+cell the type of highest normalised probability, or "Unassigned" at or below a cutoff.
+
+Reference folder layout: ``model/`` (orbax checkpoint of the network, meta = config),
+``svms.joblib`` (one classifier per type), ``genes.txt`` (one gene a line), ``reference.json``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+
+import numpy as np
+
+from ..errors import InputError
+from ..outputs import atomic_path, write_json
+from .config import GsRCLConfig
+from .protocol import svm_search
+from .train import Trainer, build_model, log_transform, make_encode
+
+UNASSIGNED = "Unassigned"
+
+
+def align_genes(X, query_genes, reference_genes) -> np.ndarray:
+    """Reorder the query's columns to the reference genes: missing genes zero, extra genes dropped.
+
+    X : (n, q) counts with ``query_genes`` (q,); returns dense (n, r) float32 for the r reference
+    genes.  Raises InputError for duplicate gene names or when half or fewer query genes match.
+    """
+    query_genes = np.asarray(query_genes, dtype=str)
+    reference_genes = np.asarray(reference_genes, dtype=str)
+    for genes, what in ((query_genes, "query"), (reference_genes, "reference")):
+        uniq, counts = np.unique(genes, return_counts=True)
+        if (counts > 1).any():
+            dup = ", ".join(uniq[counts > 1][:5])
+            raise InputError(f"the {what} has duplicate gene names ({dup}); make them unique first.")
+    pos = {g: i for i, g in enumerate(reference_genes)}
+    q_idx = np.array([i for i, g in enumerate(query_genes) if g in pos], dtype=np.int64)
+    if len(q_idx) * 2 <= len(query_genes):
+        raise InputError(f"only {len(q_idx)} of the query's {len(query_genes)} genes are in the reference; "
+                         "more than half must match (same gene naming, e.g. symbols vs Ensembl ids?).")
+    r_idx = np.array([pos[query_genes[i]] for i in q_idx], dtype=np.int64)
+    X = X.toarray() if hasattr(X, "toarray") else np.asarray(X)
+    out = np.zeros((X.shape[0], len(reference_genes)), np.float32)
+    out[:, r_idx] = X[:, q_idx]
+    return out
+
+
+def call_types(probs: np.ndarray, names: list[str], cutoff: float = 0.5):
+    """Normalise per-type probabilities (n, k) to sum to 1; call argmax or Unassigned at or below cutoff."""
+    probs = np.asarray(probs, np.float64)
+    total = probs.sum(1, keepdims=True)
+    probs = np.where(total > 0, probs / np.where(total > 0, total, 1.0), 1.0 / probs.shape[1])
+    top = probs.argmax(1)
+    calls = np.where(probs[np.arange(len(top)), top] > cutoff, np.asarray(names, dtype=object)[top], UNASSIGNED)
+    return probs, calls
+
+
+def _calibrated_svm(h, y, cfg, seed):
+    from sklearn.calibration import CalibratedClassifierCV
+    from sklearn.svm import SVC
+
+    search = svm_search(h, y, cfg, seed)
+    cv = max(2, min(3, int(y.sum()), int(len(y) - y.sum())))
+    clf = CalibratedClassifierCV(SVC(kernel="rbf", **search.best_params_), ensemble=False, cv=cv)
+    return clf.fit(h, y)
+
+
+def train_reference(data, cfg: GsRCLConfig, out_dir: str, *, log=print) -> dict:
+    """Train the reference encoder (NT-Xent on all cells) and one calibrated SVM per cell type."""
+    import joblib
+
+    if data.labels is None:
+        raise InputError("a reference needs cell-type labels; give a labelled data file.")
+    if data.gene_names is None:
+        raise InputError("a reference needs gene names to align queries to; this data file has none.")
+    cfg = dataclasses.replace(cfg, loss="simclr")
+    x = log_transform(data.X)
+    trainer = Trainer(x.shape[1], cfg)
+    params, losses = trainer.fit(x, None, cfg.seed)
+    h = trainer.encode(params, x)
+    names, svms = list(data.label_names), {}
+    for code, name in enumerate(names):
+        y = (data.labels == code).astype(np.int64)
+        if min(y.sum(), len(y) - y.sum()) < max(cfg.svm_cv, 2):
+            log(f"skipping cell type '{name}': {int(y.sum())} cells are too few for its classifier.")
+            continue
+        svms[name] = _calibrated_svm(h, y, cfg, cfg.seed + code)
+    if not svms:
+        raise InputError("no cell type has enough cells to train a classifier.")
+    from .. import checkpoint
+
+    model_dir = os.path.join(out_dir, "model")
+    if os.path.exists(model_dir):
+        if not os.path.exists(os.path.join(out_dir, "reference.json")):
+            raise InputError(f"{out_dir} already holds a 'model' folder that is not a GsRCL reference; "
+                             "choose another output folder.")
+        shutil.rmtree(model_dir)  # a previous reference in the same folder is replaced
+    os.makedirs(out_dir, exist_ok=True)
+    meta = {"config": dataclasses.asdict(cfg), "n_genes": int(x.shape[1]), "cell_types": list(svms),
+            "final_loss": losses[-1], "source": data.source}
+    checkpoint.save(model_dir, cfg.n_epochs, jax_to_numpy(params), meta, max_to_keep=1)
+    with atomic_path(os.path.join(out_dir, "svms.joblib")) as tmp:
+        joblib.dump(svms, tmp)
+    with atomic_path(os.path.join(out_dir, "genes.txt")) as tmp:
+        with open(tmp, "w") as fh:
+            fh.write("\n".join(map(str, data.gene_names)) + "\n")
+    write_json(os.path.join(out_dir, "reference.json"), meta)
+    return meta
+
+
+def jax_to_numpy(tree):
+    import jax
+
+    return jax.tree.map(np.asarray, jax.device_get(tree))
+
+
+def load_reference(reference_dir: str):
+    """(config, graphdef, params, svms dict, reference genes) of a folder from ``train_reference``."""
+    import joblib
+
+    from .. import checkpoint
+
+    paths = [os.path.join(reference_dir, p) for p in ("model", "svms.joblib", "genes.txt", "reference.json")]
+    missing = [p for p in paths if not os.path.exists(p)]
+    if missing:
+        raise InputError(f"{reference_dir} is not a GsRCL reference folder (missing {', '.join(map(os.path.basename, missing))}); "
+                         "make one with 'python -m scdc_jax.gsrcl train-reference'.")
+    with open(paths[3]) as fh:
+        meta = json.load(fh)
+    cfg = GsRCLConfig(**meta["config"])
+    graphdef, template = build_model(meta["n_genes"], cfg, 0)
+    params, _ = checkpoint.restore(paths[0], jax_to_numpy(template))
+    svms = joblib.load(paths[1])
+    with open(paths[2]) as fh:
+        genes = np.array([g for g in fh.read().split("\n") if g])
+    return cfg, graphdef, params, svms, genes
+
+
+def annotate(reference_dir: str, query, cutoff: float = 0.5):
+    """Annotate a query :class:`~scdc_jax.io.CountData` with gene names.
+
+    Returns (pandas DataFrame of per-type probabilities plus ``call``, indexed by cell, and the
+    (n, d) representation).
+    """
+    import pandas as pd
+
+    if not 0.0 <= cutoff < 1.0:
+        raise InputError(f"--cutoff must lie in [0, 1), got {cutoff}.")
+    if query.gene_names is None:
+        raise InputError("the query has no gene names, so it cannot be aligned to the reference genes.")
+    cfg, graphdef, params, svms, genes = load_reference(reference_dir)
+    x = log_transform(align_genes(query.X, query.gene_names, genes))
+    h = make_encode(graphdef)(params, x)
+    names = list(svms)
+    raw = np.column_stack([svms[n].predict_proba(h)[:, 1] for n in names])
+    probs, calls = call_types(raw, names, cutoff)
+    index = query.cell_names if query.cell_names is not None else [f"cell{i}" for i in range(len(x))]
+    df = pd.DataFrame(probs, columns=names, index=pd.Index(index, name="cell"))
+    df["call"] = calls
+    return df, h
+
+
+def plot_calls(h: np.ndarray, calls, path: str) -> None:
+    """2-D PCA of the representation coloured by call, saved as an image."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.decomposition import PCA
+
+    xy = PCA(2).fit_transform(h) if h.shape[0] > 2 and h.shape[1] >= 2 else np.zeros((len(h), 2))
+    fig, ax = plt.subplots(figsize=(7, 5.5))
+    calls = np.asarray(calls)
+    for c in sorted(set(calls.tolist()), key=lambda s: (s == UNASSIGNED, s)):
+        m = calls == c
+        ax.scatter(xy[m, 0], xy[m, 1], s=6, label=f"{c} ({m.sum()})", c="lightgrey" if c == UNASSIGNED else None)
+    ax.set_xlabel("PC 1")
+    ax.set_ylabel("PC 2")
+    ax.set_title("GsRCL annotation (PCA of the representation)")
+    ax.legend(fontsize=7, markerscale=2, loc="best")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format=os.path.splitext(path)[1][1:] or "png")
+    plt.close(fig)

@@ -1,0 +1,96 @@
+"""GsRCL configuration: one dataclass with the published defaults, loadable from TOML.
+
+Run with the published settings::
+
+    python -m scdc_jax.gsrcl --config configs/gsrcl_paper.toml --data-file data.h5
+
+``epochs = 0`` means the published count for the loss: 3000 for SimCLR, 1000 for SupCon.
+"""
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+
+from ..errors import InputError
+
+PUBLISHED_EPOCHS = {"simclr": 3000, "supcon": 1000}
+
+
+@dataclass
+class GsRCLConfig:
+    loss: str = "simclr"
+    temperature: float = 0.07
+    lr: float = 1e-4
+    weight_decay: float = 1e-6
+    batch_size: int = 8192
+    epochs: int = 0
+    eval_every: int = 50
+    noise_std: float = 1.0
+    encoder: list[int] = field(default_factory=lambda: [4096, 4096, 4096, 2048])
+    head: list[int] = field(default_factory=lambda: [512, 128])
+    n_folds: int = 5
+    val_fraction: float = 0.2
+    svm_gamma: list = field(default_factory=lambda: ["scale", 1e-4, 1e-3, 1e-2])
+    svm_c: list[float] = field(default_factory=lambda: [0.1, 1.0, 10.0, 100.0])
+    svm_cv: int = 5
+    n_jobs: int = 1
+    seed: int = 0
+    devices: int = 1
+
+    @property
+    def n_epochs(self) -> int:
+        return self.epochs or PUBLISHED_EPOCHS[self.loss]
+
+    def validate(self) -> "GsRCLConfig":
+        if self.loss not in PUBLISHED_EPOCHS:
+            raise InputError(f"--loss must be 'simclr' or 'supcon', got '{self.loss}'.")
+        for name in ("temperature", "lr", "batch_size", "eval_every", "noise_std", "n_folds", "svm_cv",
+                     "n_jobs", "devices"):
+            value = getattr(self, name)
+            if not value > 0:
+                raise InputError(f"--{name.replace('_', '-')} must be positive, got {value}.")
+        for name in ("weight_decay", "epochs", "seed"):
+            if getattr(self, name) < 0:
+                raise InputError(f"--{name.replace('_', '-')} must be zero or positive, got {getattr(self, name)}.")
+        if self.n_folds < 2 or self.svm_cv < 2:
+            raise InputError("n_folds and svm_cv must be at least 2 for cross-validation.")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise InputError(f"val_fraction must lie strictly between 0 and 1, got {self.val_fraction}.")
+        for name in ("encoder", "head"):
+            sizes = getattr(self, name)
+            if not sizes or any(int(s) <= 0 for s in sizes):
+                raise InputError(f"{name} layer sizes must be a non-empty list of positive integers, got {sizes}.")
+        if not self.svm_gamma or any(g != "scale" and not (isinstance(g, (int, float)) and g > 0)
+                                     for g in self.svm_gamma):
+            raise InputError(f"svm_gamma must be a list of 'scale' or positive numbers, got {self.svm_gamma}.")
+        if not self.svm_c or any(not c > 0 for c in self.svm_c):
+            raise InputError(f"svm_c must be a list of positive numbers, got {self.svm_c}.")
+        return self
+
+    def svm_grid(self) -> dict:
+        return {"gamma": list(self.svm_gamma), "C": [float(c) for c in self.svm_c]}
+
+    def to_dict(self) -> dict:
+        return {**dataclasses.asdict(self), "n_epochs": self.n_epochs}
+
+
+def load_config(path: str | None, **overrides) -> GsRCLConfig:
+    """Defaults, then the TOML file's values (top level or a ``[gsrcl]`` table), then the non-None
+    ``overrides``."""
+    values: dict = {}
+    if path is not None:
+        try:
+            with open(path, "rb") as fh:
+                values = tomllib.load(fh)
+        except FileNotFoundError:
+            raise InputError(f"config file {path} does not exist.") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise InputError(f"config file {path} is not valid TOML ({exc}).") from None
+        values = values.get("gsrcl", values)
+    known = {f.name for f in dataclasses.fields(GsRCLConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise InputError(f"config file {path} has unknown setting(s): {', '.join(unknown)}.")
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return GsRCLConfig(**values).validate()

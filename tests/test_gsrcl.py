@@ -1,0 +1,211 @@
+"""GsRCL: configuration, batching, training, the evaluation protocol, multi-device equality, CLI."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import h5py
+import numpy as np
+import pytest
+from conftest import ROOT, synthetic_counts
+
+from scdc_jax.errors import InputError
+from scdc_jax.gsrcl.config import load_config
+from scdc_jax.gsrcl.protocol import evaluate, make_task, results_table, text_summary
+from scdc_jax.gsrcl.train import Trainer, log_transform, make_batches
+from scdc_jax.io import CountData
+
+TINY = dict(encoder=[16, 8], head=[8, 4], epochs=6, eval_every=3, n_folds=2, svm_cv=2,
+            svm_gamma=["scale"], svm_c=[1.0], lr=1e-3)
+
+
+def write_h5(path, counts, labels, names=None):
+    with h5py.File(path, "w") as f:
+        f["X"] = counts.astype(np.int32)
+        f["Y"] = labels.astype(np.int64)
+        f["cell_types"] = np.array(names or [f"type{i}" for i in range(labels.max() + 1)], dtype="S")
+        f["gene_names"] = np.array([f"g{i}" for i in range(counts.shape[1])], dtype="S")
+        f["cell_names"] = np.array([f"c{i}" for i in range(counts.shape[0])], dtype="S")
+    return str(path)
+
+
+def run_cli(args, env_extra=None, timeout=150):
+    env = {**os.environ, "PYTHONPATH": ROOT, **(env_extra or {})}
+    return subprocess.run([sys.executable, "-m", "scdc_jax.gsrcl", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_config_defaults_and_validation(tmp_path):
+    cfg = load_config(None)
+    assert (cfg.temperature, cfg.lr, cfg.weight_decay, cfg.batch_size) == (0.07, 1e-4, 1e-6, 8192)
+    assert cfg.n_epochs == 3000 and load_config(None, loss="supcon").n_epochs == 1000
+    assert cfg.encoder == [4096, 4096, 4096, 2048] and cfg.head == [512, 128]
+    paper = load_config(os.path.join(ROOT, "configs", "gsrcl_paper.toml"))
+    assert paper.to_dict() == cfg.to_dict()
+    assert load_config(os.path.join(ROOT, "configs", "gsrcl_cpu.toml")).encoder == [64, 64, 32]
+    for bad in (dict(lr=0), dict(batch_size=-1), dict(temperature=0.0), dict(loss="byol"),
+                dict(encoder=[8, 0]), dict(svm_gamma=[-1.0]), dict(val_fraction=1.0)):
+        with pytest.raises(InputError):
+            load_config(None, **bad)
+    p = tmp_path / "c.toml"
+    p.write_text("[gsrcl]\nepochz = 3\n")
+    with pytest.raises(InputError, match="unknown"):
+        load_config(str(p))
+
+
+def test_batches_keep_every_row_in_order_and_pad():
+    x = np.arange(30 * 2, dtype=np.float32).reshape(30, 2)
+    b = make_batches(x, np.arange(30) % 3, batch_size=8, n_devices=3)
+    assert b.x.shape == (4, 9, 2) and int(b.mask.sum()) == 30
+    ids = np.asarray(b.ids)[np.asarray(b.mask)]
+    np.testing.assert_array_equal(ids, np.arange(30))
+    np.testing.assert_array_equal(np.asarray(b.x)[np.asarray(b.mask)], x)
+    full = make_batches(x, None, batch_size=8192, n_devices=4)
+    assert full.x.shape == (1, 32, 2) and int(full.mask.sum()) == 30
+
+
+@pytest.mark.parametrize("loss", ["simclr", "supcon"])
+def test_training_lowers_the_loss(loss):
+    counts, y, _ = synthetic_counts(48, 30, seed=1)
+    cfg = load_config(None, **{**TINY, "epochs": 16, "eval_every": 8, "lr": 3e-3, "loss": loss})
+    seen = []
+    trainer = Trainer(30, cfg)
+    params, losses = trainer.fit(log_transform(counts), y, seed=0, callback=lambda e, p: seen.append(e))
+    assert seen == [8, 16] and len(losses) == 16
+    assert np.all(np.isfinite(losses)) and losses[-1] < losses[0]
+    assert trainer.encode(params, log_transform(counts)).shape == (48, 8)
+
+
+def test_small_types_are_skipped_with_a_reason():
+    labels = np.array([0] * 20 + [1] * 20 + [2] * 3)
+    cfg = load_config(None, **TINY)
+    task = make_task(labels, 0, "big", cfg)
+    assert not isinstance(task, str) and len(task.folds) == 2
+    assert len(np.intersect1d(task.val, task.train)) == 0 and len(task.val) + len(task.train) == 43
+    msg = make_task(labels, 2, "rare", cfg)
+    assert isinstance(msg, str) and "rare" in msg and "skipping" in msg
+
+
+def test_evaluate_protocol_on_synthetic_data():
+    counts, y, _ = synthetic_counts(60, 30, n_groups=3, seed=2)
+    y[:2] = 3  # a type with 2 cells: too small, skipped
+    data = CountData(X=counts, labels=y, label_names=["a", "b", "c", "tiny"], source="synthetic")
+    cfg = load_config(None, **TINY)
+    res = evaluate(data, cfg, cell_types=["a", "tiny"], progress=False, log=lambda m: None)
+    assert [t["cell_type"] for t in res["tasks"]] == ["a"] and "tiny" in res["skipped"][0]
+    task = res["tasks"][0]
+    assert len(task["folds"]) == 2 and all(f["best_epoch"] in (3, 6) for f in task["folds"])
+    for method in ("raw", "gsrcl"):
+        assert -1 <= task[method]["mcc_mean"] <= 1 and task[method]["mcc_se"] >= 0
+    assert task["raw"]["mcc_mean"] > 0.5  # the groups are separable in gene space
+    table = results_table(res, "synthetic")
+    assert list(table["method"]) == ["raw", "gsrcl"]
+    assert "MCC GsRCL" in text_summary(res, "synthetic")
+    with pytest.raises(InputError, match="not among"):
+        evaluate(data, cfg, cell_types=["zzz"], progress=False)
+
+
+MULTI_DEVICE = textwrap.dedent("""
+    import os
+    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+    import jax, numpy as np
+    from scdc_jax.gsrcl.config import load_config
+    from scdc_jax.gsrcl.train import build_model, make_batches, make_loss_fn
+    from scdc_jax.parallel import make_mesh, replicated
+    assert len(jax.devices()) == 4
+    rng = np.random.default_rng(0)
+    x = np.log1p(rng.poisson(2.0, size=(30, 20))).astype(np.float32)
+    y = rng.integers(0, 2, 30)
+    out = {}
+    for loss in ("simclr", "supcon"):
+        cfg = load_config(None, encoder=[16, 8], head=[8, 4], loss=loss)
+        graphdef, params = build_model(20, cfg, 0)
+        f = jax.jit(jax.value_and_grad(make_loss_fn(graphdef, loss=loss)))
+        key = jax.random.key(3)
+        one = make_batches(x, y, 8192, 1)
+        l1, g1 = f(params, one.x[0], one.mask[0], one.ids[0], one.labels[0], key)
+        mesh = make_mesh(4)
+        four = make_batches(x, y, 8192, 4, mesh)
+        assert four.x.shape[1] == 32 and len(four.x.sharding.device_set) == 4
+        l4, g4 = f(jax.device_put(params, replicated(mesh)), four.x[0], four.mask[0], four.ids[0],
+                   four.labels[0], key)
+        np.testing.assert_allclose(float(l4), float(l1), rtol=1e-5)
+        for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g4)):
+            np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-4, atol=1e-6)
+        out[loss] = float(l1)
+    print("OK", out)
+""")
+
+
+def test_four_devices_match_one_device():
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    r = subprocess.run([sys.executable, "-c", MULTI_DEVICE], cwd=ROOT, env=env, capture_output=True,
+                       text=True, timeout=150)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "OK" in r.stdout
+
+
+def test_cli_four_devices_tiny_run(tmp_path):
+    counts, y, _ = synthetic_counts(46, 25, n_groups=2, seed=4)
+    path = write_h5(tmp_path / "d.h5", counts, y)
+    out = tmp_path / "res"
+    r = run_cli(["--data-file", path, "--devices", "4", "--epochs", "4", "--eval-every", "2", "--quiet",
+                 "--cell-type", "type0", "--out-dir", str(out), "--config", str(tiny_toml(tmp_path))],
+                env_extra={"XLA_FLAGS": "--xla_force_host_platform_device_count=4"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads((out / "results.json").read_text())
+    assert res["n_devices"] == 4 and res["tasks"][0]["cell_type"] == "type0"
+    assert (out / "results.csv").read_text().startswith("dataset,cell_type")
+    assert "MCC raw" in (out / "summary.txt").read_text()
+
+
+def tiny_toml(tmp_path):
+    p = tmp_path / "tiny.toml"
+    p.write_text("[gsrcl]\nencoder = [16, 8]\nhead = [8, 4]\nn_folds = 2\nsvm_cv = 2\n"
+                 "svm_gamma = ['scale']\nsvm_c = [1.0]\nlr = 1e-3\n")
+    return p
+
+
+def cli_error(args, capsys) -> str:
+    """Run the CLI in-process; it must exit with code 2 and one sentence on stderr."""
+    from scdc_jax.errors import run_cli as wrap
+    from scdc_jax.gsrcl.__main__ import main
+
+    with pytest.raises(SystemExit) as exc:
+        wrap(main, args)
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err.startswith("error:") and len(err.strip().splitlines()) == 1
+    return err
+
+
+def test_cli_user_errors_are_one_sentence(tmp_path, capsys):
+    assert "--devices 8 asked for" in cli_error(["--devices", "8"], capsys)
+    assert "labelled data file" in cli_error([], capsys)
+    assert "does not exist" in cli_error(["--data-file", str(tmp_path / "missing.h5")], capsys)
+    assert "must be positive" in cli_error(["--epochs", "5", "--eval-every", "0"], capsys)
+
+
+def test_cli_devices_beyond_available_in_a_fresh_process():
+    r = run_cli(["--devices", "8"])
+    assert r.returncode == 2 and r.stderr.startswith("error:") and "Traceback" not in r.stderr
+
+
+def test_svm_on_distances_matches_sklearn_svc():
+    from sklearn.svm import SVC
+
+    from scdc_jax.gsrcl.protocol import sq_distances, svm_search
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(60, 5))
+    y = (x[:, 0] + 0.5 * rng.normal(size=60) > 0).astype(int)
+    np.testing.assert_allclose(sq_distances(x[:3], x), ((x[:3, None] - x[None]) ** 2).sum(-1), atol=1e-9)
+    cfg = load_config(None, svm_gamma=[0.1], svm_c=[10.0], svm_cv=3)
+    grid = svm_search(x[:40], y[:40], cfg, 0)
+    ref = SVC(gamma=0.1, C=10.0).fit(x[:40], y[:40])
+    np.testing.assert_allclose(grid.decision_function(x[40:]), ref.decision_function(x[40:]), atol=1e-6)
+    scale = load_config(None, svm_gamma=["scale"], svm_c=[1.0], svm_cv=3)
+    np.testing.assert_array_equal(svm_search(x[:40], y[:40], scale, 0).predict(x[40:]),
+                                  SVC(gamma="scale").fit(x[:40], y[:40]).predict(x[40:]))
