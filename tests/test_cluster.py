@@ -146,3 +146,29 @@ def test_batch_variant_follows_groups_not_batches():
     assert ari_b_batch < 0.1
     # without B the batch effect is strong enough to pull the clusters towards the batches
     assert ari_plain_batch > 0.3 and plain.scores["ari"] < 0.7, (plain.scores, ari_plain_batch)
+
+
+def test_non_finite_loss_stops_with_stage_epoch_and_checkpoint(tmp_path, monkeypatch):
+    import jax.numpy as jnp
+
+    from scdc_jax.cluster import pipeline
+    from scdc_jax.errors import TrainingDiverged
+
+    real = pipeline.make_pretrain_epoch
+
+    def poisoned(*a, **kw):
+        epoch = real(*a, **kw)
+        calls = {"n": 0}
+
+        def wrapped(params, opt, data, key):
+            calls["n"] += 1
+            params, opt, loss = epoch(params, opt, data, key)
+            return params, opt, (jnp.nan if calls["n"] == 14 else loss)
+
+        return wrapped
+
+    monkeypatch.setattr(pipeline, "make_pretrain_epoch", poisoned)
+    with pytest.raises(TrainingDiverged, match=r"pretraining loss became non-finite at epoch 14; the last good "
+                                               r"checkpoint is epoch 10 in .*pretrain"):
+        run(small_data(), ClusterConfig(n_clusters=3, **FAST), save_dir=str(tmp_path), progress=False)
+    assert not (tmp_path / "model").exists()
