@@ -49,7 +49,7 @@ def test_help_lists_reference_flags():
 def test_small_run_writes_outputs(tmp_path):
     data = make_h5(tmp_path / "d.h5")
     out = cli("--data-file", data, "--n-clusters", "3", "--save-dir", tmp_path / "res", "--out",
-              tmp_path / "res.h5ad", *TINY)
+              tmp_path / "res.h5ad", "--plot", tmp_path / "plots", *TINY)
     assert out.returncode == 0, out.stderr
     labels = np.loadtxt(tmp_path / "res" / "pred_labels.txt")
     latent = np.loadtxt(tmp_path / "res" / "final_latent_file.txt", delimiter=",")
@@ -58,6 +58,8 @@ def test_small_run_writes_outputs(tmp_path):
     run = json.loads((tmp_path / "res" / "run.json").read_text())
     assert run["seed"] == 0 and run["config"]["n_clusters"] == 3 and "jax" in run["versions"]
     assert "ARI" in out.stdout
+    for png in ("umap.png", "losses.png", "scores.png"):
+        assert (tmp_path / "plots" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     import anndata
 
     ad = anndata.read_h5ad(tmp_path / "res.h5ad")

@@ -7,9 +7,9 @@ Run with the published settings::
 from __future__ import annotations
 
 import dataclasses
-import tomllib
 from dataclasses import dataclass, field
 
+from ..configfile import load_dataclass_config
 from ..errors import InputError
 
 
@@ -62,19 +62,4 @@ class ClusterConfig:
 
 def load_config(path: str | None, **overrides) -> ClusterConfig:
     """Defaults, then the TOML file's values, then the non-None ``overrides``."""
-    values: dict = {}
-    if path is not None:
-        try:
-            with open(path, "rb") as fh:
-                values = tomllib.load(fh)
-        except FileNotFoundError:
-            raise InputError(f"config file {path} does not exist.") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise InputError(f"config file {path} is not valid TOML ({exc}).") from None
-        values = values.get("scdeepcluster", values)
-    known = {f.name for f in dataclasses.fields(ClusterConfig)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise InputError(f"config file {path} has unknown setting(s): {', '.join(unknown)}.")
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    return ClusterConfig(**values).validate()
+    return load_dataclass_config(ClusterConfig, path, "scdeepcluster", overrides)

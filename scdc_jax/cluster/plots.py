@@ -24,6 +24,17 @@ def _scatter(ax, xy, values, title, names=None):
         ax.legend(markerscale=3, fontsize=7, frameon=False, loc="center left", bbox_to_anchor=(1.0, 0.5))
 
 
+def _save(fig, path: str) -> str:
+    import matplotlib.pyplot as plt
+
+    from ..outputs import atomic_path
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+    return path
+
+
 def plot_run(result, data, out_dir: str, *, seed: int = 0) -> list[str]:
     """Write ``umap.png``, ``losses.png`` and (with labels) ``scores.png`` into ``out_dir``.
 
@@ -36,8 +47,6 @@ def plot_run(result, data, out_dir: str, *, seed: int = 0) -> list[str]:
     import anndata
     import matplotlib.pyplot as plt
     import scanpy as sc
-
-    from ..outputs import atomic_path
 
     os.makedirs(out_dir, exist_ok=True)
     written = []
@@ -56,11 +65,7 @@ def plot_run(result, data, out_dir: str, *, seed: int = 0) -> list[str]:
         _scatter(ax, xy, np.asarray(vals), title, names)
     fig.suptitle("scDeepCluster latent space (UMAP)")
     fig.tight_layout()
-    path = os.path.join(out_dir, "umap.png")
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    written.append(path)
+    written.append(_save(fig, os.path.join(out_dir, "umap.png")))
 
     h = result.history
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
@@ -74,11 +79,7 @@ def plot_run(result, data, out_dir: str, *, seed: int = 0) -> list[str]:
         axes[1].legend(frameon=False)
     axes[1].set(title="clustering stage", xlabel="epoch", ylabel="loss")
     fig.tight_layout()
-    path = os.path.join(out_dir, "losses.png")
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    written.append(path)
+    written.append(_save(fig, os.path.join(out_dir, "losses.png")))
 
     if h.get("scores"):
         fig, ax = plt.subplots(figsize=(5.5, 3.8))
@@ -88,9 +89,5 @@ def plot_run(result, data, out_dir: str, *, seed: int = 0) -> list[str]:
         ax.set(title="agreement with the known labels", xlabel="clustering epoch", ylim=(0, 1))
         ax.legend(frameon=False)
         fig.tight_layout()
-        path = os.path.join(out_dir, "scores.png")
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=110, format="png")
-        plt.close(fig)
-        written.append(path)
+        written.append(_save(fig, os.path.join(out_dir, "scores.png")))
     return written

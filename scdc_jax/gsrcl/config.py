@@ -9,9 +9,9 @@ Run with the published settings::
 from __future__ import annotations
 
 import dataclasses
-import tomllib
 from dataclasses import dataclass, field
 
+from ..configfile import load_dataclass_config
 from ..errors import InputError
 
 PUBLISHED_EPOCHS = {"simclr": 3000, "supcon": 1000}
@@ -78,19 +78,4 @@ class GsRCLConfig:
 def load_config(path: str | None, **overrides) -> GsRCLConfig:
     """Defaults, then the TOML file's values (top level or a ``[gsrcl]`` table), then the non-None
     ``overrides``."""
-    values: dict = {}
-    if path is not None:
-        try:
-            with open(path, "rb") as fh:
-                values = tomllib.load(fh)
-        except FileNotFoundError:
-            raise InputError(f"config file {path} does not exist.") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise InputError(f"config file {path} is not valid TOML ({exc}).") from None
-        values = values.get("gsrcl", values)
-    known = {f.name for f in dataclasses.fields(GsRCLConfig)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise InputError(f"config file {path} has unknown setting(s): {', '.join(unknown)}.")
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    return GsRCLConfig(**values).validate()
+    return load_dataclass_config(GsRCLConfig, path, "gsrcl", overrides)
