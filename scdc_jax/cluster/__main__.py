@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
 
     from ..io import check_counts, pbmc68k_counts, read_counts
-    from ..outputs import (atomic_path, check_writable_dir, check_writable_file, provenance, write_json,
+    from ..outputs import (check_writable_dir, check_writable_file, provenance, write_h5ad, write_json,
                            write_labels, write_matrix_csv)
     from .config import load_config
 
@@ -191,8 +191,7 @@ def main(argv: list[str] | None = None) -> int:
             adata.obs["label"] = pd.Categorical(np.asarray(data.label_names)[data.labels])
         write_to_adata(adata, result, "scdc", extra={"seed": cfg.seed, "versions": prov["versions"],
                                                      "n_devices": cfg.devices, "data": data.source})
-        with atomic_path(args.out) as tmp:
-            adata.write_h5ad(tmp)
+        write_h5ad(args.out, adata)
 
     if args.plot:
         from .plots import plot_run
