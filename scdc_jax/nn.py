@@ -80,13 +80,14 @@ class MLP(nnx.Module):
                                 for a, b in zip(sizes[:-1], sizes[1:])])
         self.norms = nnx.List([nnx.BatchNorm(b, rngs=rngs) for b in sizes[1:-1]] if batch_norm else [])
 
-    def __call__(self, x):
+    def __call__(self, x, mask=None):
+        """``mask`` (n,) marks the rows that count in the BatchNorm statistics (default all)."""
         last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
             x = layer(x)
             if i < last:
                 if len(self.norms):
-                    x = self.norms[i](x)
+                    x = self.norms[i](x, mask=None if mask is None else mask[:, None])
                 x = jax.nn.relu(x)
         return x
 
@@ -100,6 +101,6 @@ class GsRCLNet(nnx.Module):
         self.encoder = MLP([n_genes, *encoder], batch_norm=batch_norm, rngs=rngs)
         self.head = MLP([encoder[-1], *head], batch_norm=batch_norm, rngs=rngs)
 
-    def __call__(self, x):
-        h = self.encoder(x)
-        return h, self.head(h)
+    def __call__(self, x, mask=None):
+        h = self.encoder(x, mask)
+        return h, self.head(h, mask)

@@ -113,30 +113,44 @@ MULTI_DEVICE = textwrap.dedent("""
     os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
     import jax, numpy as np
     from scdc_jax.gsrcl.config import load_config
-    from scdc_jax.gsrcl.train import build_model, make_batches, make_loss_fn
+    from scdc_jax.gsrcl.train import Trainer, build_model, make_batches, make_loss_fn, split_params
     from scdc_jax.parallel import make_mesh, replicated
     assert len(jax.devices()) == 4
     rng = np.random.default_rng(0)
     x = np.log1p(rng.poisson(2.0, size=(30, 20))).astype(np.float32)
     y = rng.integers(0, 2, 30)
     out = {}
-    for loss in ("simclr", "supcon"):
+    for loss, bn, augment in (("simclr", False, "gaussian"), ("supcon", False, "gaussian"),
+                              ("simclr", True, "gaussian"), ("simclr", False, "dropout")):
         cfg = load_config(None, encoder=[16, 8], head=[8, 4], loss=loss)
-        graphdef, params = build_model(20, cfg, 0)
-        f = jax.jit(jax.value_and_grad(make_loss_fn(graphdef, loss=loss)))
+        graphdef, state = build_model(20, cfg, 0, batch_norm=bn)
+        params, stats = split_params(state)
+        f = jax.jit(jax.value_and_grad(make_loss_fn(graphdef, loss=loss, augment=augment), has_aux=True))
         key = jax.random.key(3)
         one = make_batches(x, y, 8192, 1)
-        l1, g1 = f(params, one.x[0], one.mask[0], one.ids[0], one.labels[0], key)
+        (l1, s1), g1 = f(params, stats, one.x[0], one.mask[0], one.ids[0], one.labels[0], key)
         mesh = make_mesh(4)
         four = make_batches(x, y, 8192, 4, mesh)
         assert four.x.shape[1] == 32 and len(four.x.sharding.device_set) == 4
-        l4, g4 = f(jax.device_put(params, replicated(mesh)), four.x[0], four.mask[0], four.ids[0],
-                   four.labels[0], key)
+        rep = lambda t: jax.device_put(t, replicated(mesh))
+        (l4, s4), g4 = f(rep(params), rep(stats), four.x[0], four.mask[0], four.ids[0], four.labels[0], key)
         np.testing.assert_allclose(float(l4), float(l1), rtol=1e-5)
-        for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g4)):
-            np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-4, atol=1e-6)
-        out[loss] = float(l1)
-    print("OK", out)
+        # float32 tolerance relative to the gradients' scale (with BatchNorm the gradients of the
+        # biases before it are 0 up to rounding, ~1e-6, while other gradients reach ~30)
+        scale = max(float(np.abs(a).max()) for a in jax.tree.leaves(g1))
+        for a, b in zip(jax.tree.leaves(g1) + jax.tree.leaves(s1), jax.tree.leaves(g4) + jax.tree.leaves(s4)):
+            np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-4, atol=1e-6 * max(1.0, scale))
+        assert len(jax.tree.leaves(s1)) == (4 if bn else 0)  # mean and var of the 2 hidden BatchNorms
+        out[(loss, bn, augment)] = float(l1)
+    # whole training runs: the loss curve on 4 devices is the 1-device curve (batches of 8 -> 4 steps)
+    curves = {}
+    for n in (1, 4):
+        cfg = load_config(None, encoder=[16, 8], head=[8, 4], batch_size=8, epochs=6, eval_every=3,
+                          lr=1e-3, devices=n, batch_norm=True)
+        curves[n] = Trainer(20, cfg).fit(x, None, seed=5)[1]
+    np.testing.assert_allclose(curves[4], curves[1], rtol=2e-4)
+    assert curves[1][-1] < curves[1][0]
+    print("OK", out, curves[1])
 """)
 
 

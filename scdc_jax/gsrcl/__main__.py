@@ -46,7 +46,14 @@ def _method_args(p: argparse.ArgumentParser) -> None:
     m.add_argument("--lr", type=float, help="Adam learning rate (default 1e-4)")
     m.add_argument("--temperature", type=float, help="contrastive temperature (default 0.07)")
     m.add_argument("--noise-std", type=float, help="std of the Gaussian view noise (default 1)")
+    m.add_argument("--augment", choices=["gaussian", "dropout"], help="views: gaussian noise (GsRCL, default) or "
+                   "dropout, the random-gene-masking baseline")
+    m.add_argument("--dropout", type=float, help="masking baseline: share of genes zeroed per view (default 0.9)")
+    m.add_argument("--n-top-genes", type=int, help="masking baseline: scanpy preprocessing to this many highly "
+                   "variable genes (default 0: log1p of all genes)")
     m.add_argument("--n-jobs", type=int, help="parallel jobs of the SVM grid searches (default 1)")
+    m.add_argument("--svm-workers", type=int, help="background threads running SVM grid searches while the "
+                   "encoder trains (default 1; 0 runs them in turn)")
     m.add_argument("--seed", type=int, help="seed of the splits, initialisation and noise (default 0)")
     m.add_argument("--devices", type=int, help="split each batch over this many devices (default 1)")
     m.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -63,7 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "log genes, per cell type, stratified 5-fold CV; writes CSV, text and JSON results.")
     _data_args(ev)
     ev.add_argument("--cell-type", action="append", help="evaluate only this cell type (repeatable); default all")
-    ev.add_argument("--out-dir", default="gsrcl_results", help="results folder (default: %(default)s)")
+    ev.add_argument("--out-dir", default="gsrcl_results", help="results folder (default: %(default)s); finished "
+                    "folds are kept in its folds/ subfolder")
+    ev.add_argument("--resume", action="store_true", help="reuse the finished folds in --out-dir/folds of an "
+                    "interrupted run with the same settings and data")
     _method_args(ev)
     tr = sub.add_parser("train-reference", help="train an encoder and per-type SVMs on a labelled reference",
                         description="Train one NT-Xent encoder on all reference cells and one calibrated SVM per "
@@ -105,7 +115,7 @@ def _config(args):
     from .config import load_config
 
     keys = ("loss", "epochs", "eval_every", "batch_size", "lr", "temperature", "noise_std", "n_jobs", "seed",
-            "devices")
+            "devices", "augment", "dropout", "n_top_genes", "svm_workers")
     cfg = load_config(args.config, **{k: getattr(args, k) for k in keys})
     from ..parallel import make_mesh
 
@@ -122,7 +132,8 @@ def cmd_evaluate(args, argv) -> int:
     data = _read(args)
     dataset = os.path.splitext(os.path.basename(data.source))[0]
     t0 = time.perf_counter()
-    results = evaluate(data, cfg, cell_types=args.cell_type, progress=not args.quiet)
+    results = evaluate(data, cfg, cell_types=args.cell_type, progress=not args.quiet,
+                       fold_dir=os.path.join(out_dir, "folds"), resume=args.resume)
     seconds = time.perf_counter() - t0
     os.makedirs(out_dir, exist_ok=True)
     table = results_table(results, dataset)

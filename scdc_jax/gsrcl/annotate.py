@@ -103,6 +103,7 @@ def train_reference(data, cfg: GsRCLConfig, out_dir: str, *, log=print) -> dict:
         shutil.rmtree(model_dir)  # a previous reference in the same folder is replaced
     os.makedirs(out_dir, exist_ok=True)
     meta = {"config": dataclasses.asdict(cfg), "n_genes": int(x.shape[1]), "cell_types": list(svms),
+            "batch_norm": bool(trainer.batch_norm),
             "final_loss": losses[-1], "source": data.source}
     checkpoint.save(model_dir, cfg.n_epochs, jax_to_numpy(params), meta, max_to_keep=1)
     with atomic_path(os.path.join(out_dir, "svms.joblib")) as tmp:
@@ -134,7 +135,7 @@ def load_reference(reference_dir: str):
     with open(paths[3]) as fh:
         meta = json.load(fh)
     cfg = GsRCLConfig(**meta["config"])
-    graphdef, template = build_model(meta["n_genes"], cfg, 0)
+    graphdef, template = build_model(meta["n_genes"], cfg, 0, bool(meta.get("batch_norm", False)))
     params, _ = checkpoint.restore(paths[0], jax_to_numpy(template))
     svms = joblib.load(paths[1])
     with open(paths[2]) as fh:

@@ -27,6 +27,10 @@ class GsRCLConfig:
     epochs: int = 0
     eval_every: int = 50
     noise_std: float = 1.0
+    augment: str = "gaussian"      # "gaussian" (GsRCL) or "dropout" (the random-gene-masking baseline)
+    dropout: float = 0.9           # masking baseline: probability that an input gene is zeroed
+    n_top_genes: int = 0           # masking baseline: scanpy preprocessing to this many HVGs (0: log1p, all genes)
+    batch_norm: object = "auto"    # "auto": BatchNorm when a training set has more than 8192 cells
     encoder: list[int] = field(default_factory=lambda: [4096, 4096, 4096, 2048])
     head: list[int] = field(default_factory=lambda: [512, 128])
     n_folds: int = 5
@@ -35,6 +39,7 @@ class GsRCLConfig:
     svm_c: list[float] = field(default_factory=lambda: [0.1, 1.0, 10.0, 100.0])
     svm_cv: int = 5
     n_jobs: int = 1
+    svm_workers: int = 1           # background threads for SVM grid searches while the encoder trains (0: none)
     seed: int = 0
     devices: int = 1
 
@@ -53,6 +58,14 @@ class GsRCLConfig:
         for name in ("weight_decay", "epochs", "seed"):
             if getattr(self, name) < 0:
                 raise InputError(f"--{name.replace('_', '-')} must be zero or positive, got {getattr(self, name)}.")
+        if self.augment not in ("gaussian", "dropout"):
+            raise InputError(f"augment must be 'gaussian' or 'dropout', got '{self.augment}'.")
+        if not 0.0 < self.dropout < 1.0:
+            raise InputError(f"--dropout must lie strictly between 0 and 1, got {self.dropout}.")
+        if self.n_top_genes < 0 or self.svm_workers < 0:
+            raise InputError("n_top_genes and svm_workers must be zero or positive.")
+        if self.batch_norm not in ("auto", True, False):
+            raise InputError(f"batch_norm must be \"auto\", true or false, got {self.batch_norm!r}.")
         if self.n_folds < 2 or self.svm_cv < 2:
             raise InputError("n_folds and svm_cv must be at least 2 for cross-validation.")
         if not 0.0 < self.val_fraction < 1.0:
@@ -67,6 +80,13 @@ class GsRCLConfig:
         if not self.svm_c or any(not c > 0 for c in self.svm_c):
             raise InputError(f"svm_c must be a list of positive numbers, got {self.svm_c}.")
         return self
+
+    @property
+    def method(self) -> str:
+        """The name of the learnt representation in results tables."""
+        if self.augment == "dropout":
+            return f"masking_hvg{self.n_top_genes}" if self.n_top_genes else "masking"
+        return "gsrcl"
 
     def svm_grid(self) -> dict:
         return {"gamma": list(self.svm_gamma), "C": [float(c) for c in self.svm_c]}

@@ -19,7 +19,6 @@ import time
 import zlib
 from dataclasses import dataclass, field
 
-import jax
 import numpy as np
 import scipy.sparse as sp
 from sklearn.base import BaseEstimator, ClassifierMixin
@@ -146,29 +145,70 @@ def _fold_seed(seed: int, cell_type: str, fold: int) -> int:
     return (seed * 1_000_003 + zlib.crc32(cell_type.encode()) * 31 + fold) % (2 ** 31)
 
 
-def run_fold(trainer: Trainer, x: np.ndarray, task: Task, fold: int, cfg) -> dict:
-    """Train, select and score one outer fold; returns the raw and GsRCL scores and the selection."""
+def _val_mcc(h_tr, y_tr, h_val, y_val, cfg, seed) -> float:
+    search = svm_search(h_tr, y_tr, cfg, seed)
+    return float(matthews_corrcoef(y_val, search.predict(h_val)))
+
+
+def _fit_and_score(x_tr, y_tr, x_te, y_te, cfg, seed):
+    search = svm_search(x_tr, y_tr, cfg, seed)
+    return search, svm_scores(search, x_te, y_te)
+
+
+class _Inline:
+    """A stand-in for an executor that runs each job at once (``svm_workers = 0``)."""
+
+    def submit(self, fn, *args):
+        from concurrent.futures import Future
+
+        f = Future()
+        f.set_result(fn(*args))
+        return f
+
+
+def run_fold(trainer: Trainer, x: np.ndarray, task: Task, fold: int, cfg, pool=None, x_rep=None) -> dict:
+    """Train, select and score one outer fold; returns the raw and learnt-representation scores and
+    the selection.
+
+    ``x`` is the log expression (the raw-gene baseline's input) and ``x_rep`` the encoder's input
+    (default ``x``; the masking baseline's scanpy-preprocessed genes).  The SVM grid searches
+    (the raw baseline and each model-selection point) run on ``pool`` while the encoder trains;
+    results are taken in epoch order, so the selection is the same as when run one by one.
+    """
+    pool = pool if pool is not None else _Inline()
+    x_rep = x if x_rep is None else x_rep
     tr, te = task.folds[fold]
     y = task.y
     seed = _fold_seed(cfg.seed, task.cell_type, fold)
-    best = {"mcc": -np.inf, "epoch": 0, "params": None}
-    history = []
+    raw_job = pool.submit(_fit_and_score, x[tr], y[tr], x[te], y[te], cfg, seed)
+    best = {"mcc": -np.inf, "epoch": 0, "h_tr": None, "h_te": None}
+    history: list[dict] = []
+    pending: list[tuple] = []
+    max_pending = max(2, 2 * int(getattr(cfg, "svm_workers", 1)))
 
-    def select(epoch, params):
-        h_tr, h_val = trainer.encode(params, x[tr]), trainer.encode(params, x[task.val])
-        search = svm_search(h_tr, y[tr], cfg, seed)
-        mcc = float(matthews_corrcoef(y[task.val], search.predict(h_val)))
-        history.append({"epoch": epoch, "val_mcc": mcc})
-        if mcc > best["mcc"]:
-            best.update(mcc=mcc, epoch=epoch, params=jax.device_get(params))
+    def collect(block: bool):
+        while pending and (block or pending[0][1].done()):
+            epoch, job, h_tr, h_te = pending.pop(0)
+            mcc = job.result()
+            history.append({"epoch": epoch, "val_mcc": mcc})
+            if mcc > best["mcc"]:
+                best.update(mcc=mcc, epoch=epoch, h_tr=h_tr, h_te=h_te)
+
+    def select(epoch, state):
+        h_tr, h_val, h_te = (trainer.encode(state, x_rep[i]) for i in (tr, task.val, te))
+        pending.append((epoch, pool.submit(_val_mcc, h_tr, y[tr], h_val, y[task.val], cfg, seed), h_tr, h_te))
+        collect(block=False)
+        while len(pending) > max_pending:  # bounds the encodings held in memory
+            pending[0][1].result()
+            collect(block=False)
 
     t0 = time.perf_counter()
-    _, losses = trainer.fit(x[tr], y[tr], seed, callback=select)
+    _, losses = trainer.fit(x_rep[tr], y[tr], seed, callback=select)
     train_s = time.perf_counter() - t0
-    h_tr, h_te = trainer.encode(best["params"], x[tr]), trainer.encode(best["params"], x[te])
-    gs = svm_search(h_tr, y[tr], cfg, seed)
-    raw = svm_search(x[tr], y[tr], cfg, seed)
-    return {"fold": fold, "gsrcl": svm_scores(gs, h_te, y[te]), "raw": svm_scores(raw, x[te], y[te]),
+    collect(block=True)
+    gs, gs_scores = _fit_and_score(best["h_tr"], y[tr], best["h_te"], y[te], cfg, seed)
+    raw, raw_scores = raw_job.result()
+    return {"fold": fold, "gsrcl": gs_scores, "raw": raw_scores,
             "best_epoch": best["epoch"], "best_val_mcc": best["mcc"], "selection": history,
             "gsrcl_svm": gs.best_params_, "raw_svm": raw.best_params_, "final_loss": losses[-1],
             "train_s": train_s}
@@ -194,19 +234,111 @@ def select_types(label_names: list[str], wanted: list[str] | None) -> list[int]:
     return [label_names.index(w) for w in wanted]
 
 
-def evaluate(data, cfg, *, cell_types: list[str] | None = None, progress: bool = True, log=print) -> dict:
+def masking_input(X, n_top_genes: int) -> np.ndarray:
+    """The masking baseline's input: scanpy's preprocessing (genes seen in no cell dropped,
+    per-cell normalisation to the median total, log1p, the ``n_top_genes`` most variable genes,
+    scaling to unit variance clipped at 10) of the counts ``X`` (cells, genes).  Every cell is
+    kept, so the splits stay those of the task.  With ``n_top_genes = 0``: ``log(1 + x)``."""
+    if not n_top_genes:
+        return log_transform(X)
+    import anndata
+    import scanpy as sc
+
+    ad = anndata.AnnData(X.astype(np.float32) if sp.issparse(X) else np.asarray(X, np.float32))
+    sc.pp.filter_genes(ad, min_cells=1)
+    if n_top_genes >= ad.n_vars:
+        raise InputError(f"--n-top-genes {n_top_genes} is not below the {ad.n_vars} expressed genes; choose fewer.")
+    sc.pp.normalize_total(ad)
+    sc.pp.log1p(ad)
+    sc.pp.highly_variable_genes(ad, n_top_genes=n_top_genes, subset=True)
+    sc.pp.scale(ad, max_value=10)
+    return np.asarray(ad.X, np.float32)
+
+
+def _jsonable(obj):
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (np.floating, float)):
+        return float(obj)
+    return obj
+
+
+class FoldStore:
+    """Completed folds kept on disk so that an interrupted evaluation resumes where it stopped.
+
+    One JSON file per (cell type, fold) in ``directory``, written atomically, plus a fingerprint
+    of the configuration and data: resuming with anything else is refused.
+    """
+
+    def __init__(self, directory: str, fingerprint: dict, resume: bool):
+        import json
+        import os
+
+        self.directory = directory
+        key_file = os.path.join(directory, "fingerprint.json")
+        if os.path.isdir(directory) and os.path.exists(key_file):
+            if not resume:
+                import shutil
+
+                shutil.rmtree(directory)
+            else:
+                with open(key_file) as fh:
+                    saved = json.load(fh)
+                if saved != _jsonable(fingerprint):
+                    raise InputError(f"{directory} holds folds of a different configuration or data file; "
+                                     "run without --resume to start afresh.")
+        os.makedirs(directory, exist_ok=True)
+        from ..outputs import write_json
+
+        write_json(key_file, _jsonable(fingerprint))
+
+    def _path(self, cell_type: str, fold: int) -> str:
+        import os
+
+        return os.path.join(self.directory, f"{zlib.crc32(cell_type.encode()):08x}_{fold}.json")
+
+    def get(self, cell_type: str, fold: int):
+        import json
+
+        try:
+            with open(self._path(cell_type, fold)) as fh:
+                return json.load(fh)
+        except FileNotFoundError:
+            return None
+
+    def put(self, cell_type: str, fold: int, result: dict) -> None:
+        from ..outputs import write_json
+
+        write_json(self._path(cell_type, fold), _jsonable(result))
+
+
+def evaluate(data, cfg, *, cell_types: list[str] | None = None, progress: bool = True, log=print,
+             fold_dir: str | None = None, resume: bool = False) -> dict:
     """Run the protocol on a labelled :class:`~scdc_jax.io.CountData`.
 
-    Returns ``{"tasks": [{cell_type, n_cells, folds: [...], raw: summary, gsrcl: summary}],
-    "skipped": [sentences]}``.
+    Returns ``{"method", "tasks": [{cell_type, n_cells, folds: [...], raw: summary, gsrcl: summary}],
+    "skipped": [sentences]}`` (``gsrcl`` holds the learnt representation's scores, whichever
+    augmentation ``cfg`` uses).  With ``fold_dir`` every finished fold is saved there; with
+    ``resume`` the folds already there are reused rather than recomputed.
     """
+    from concurrent.futures import ThreadPoolExecutor
+
     if data.labels is None:
         raise InputError("GsRCL's evaluation needs cell-type labels; give a labelled data file "
                          "(HDF5 with Y, .h5ad with --label-key, or CSV with --labels-csv).")
     names = list(data.label_names)
     codes = select_types(names, cell_types)
     x = log_transform(data.X)
-    trainer = Trainer(x.shape[1], cfg)
+    x_rep = masking_input(data.X, cfg.n_top_genes) if cfg.augment == "dropout" else x
+    trainer = Trainer(x_rep.shape[1], cfg)
+    store = None
+    if fold_dir is not None:
+        store = FoldStore(fold_dir, {"config": cfg.to_dict(), "shape": list(x.shape), "source": str(data.source),
+                                     "cell_types": names}, resume)
     tasks, skipped = [], []
     for code in codes:
         task = make_task(data.labels, code, names[code], cfg)
@@ -219,20 +351,30 @@ def evaluate(data, cfg, *, cell_types: list[str] | None = None, progress: bool =
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(tasks) * cfg.n_folds, desc="GsRCL folds", unit="fold")
+        bar = tqdm(total=len(tasks) * cfg.n_folds, desc=f"{cfg.method} folds", unit="fold")
     results = []
-    for task in tasks:
-        folds = []
-        for k in range(cfg.n_folds):
-            folds.append(run_fold(trainer, x, task, k, cfg))
-            if bar is not None:
-                bar.set_postfix_str(f"{task.cell_type} fold {k}")
-                bar.update()
-        results.append({"cell_type": task.cell_type, "n_cells": int(task.y.sum()), "folds": folds,
-                        "raw": summarise(folds, "raw"), "gsrcl": summarise(folds, "gsrcl")})
-    if bar is not None:
-        bar.close()
-    return {"tasks": results, "skipped": skipped}
+    pool = ThreadPoolExecutor(cfg.svm_workers) if cfg.svm_workers > 0 else None
+    try:
+        for task in tasks:
+            folds = []
+            for k in range(cfg.n_folds):
+                result = store.get(task.cell_type, k) if store is not None else None
+                if result is None:
+                    result = run_fold(trainer, x, task, k, cfg, pool=pool, x_rep=x_rep)
+                    if store is not None:
+                        store.put(task.cell_type, k, result)
+                folds.append(result)
+                if bar is not None:
+                    bar.set_postfix_str(f"{task.cell_type} fold {k}")
+                    bar.update()
+            results.append({"cell_type": task.cell_type, "n_cells": int(task.y.sum()), "folds": folds,
+                            "raw": summarise(folds, "raw"), "gsrcl": summarise(folds, "gsrcl")})
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+        if bar is not None:
+            bar.close()
+    return {"method": cfg.method, "tasks": results, "skipped": skipped}
 
 
 def results_table(results: dict, dataset: str):
@@ -240,18 +382,21 @@ def results_table(results: dict, dataset: str):
     import pandas as pd
 
     rows = []
+    learnt = results.get("method", "gsrcl")
     for t in results["tasks"]:
         for method in ("raw", "gsrcl"):
             rows.append({"dataset": dataset, "cell_type": t["cell_type"], "n_cells": t["n_cells"],
-                         "method": method, **t[method]})
+                         "method": learnt if method == "gsrcl" else method, **t[method]})
     return pd.DataFrame(rows, columns=["dataset", "cell_type", "n_cells", "method",
                                        *[f"{m}_{s}" for m in METRICS for s in ("mean", "se")]])
 
 
 def text_summary(results: dict, dataset: str) -> str:
-    lines = [f"GsRCL one-vs-rest evaluation on {dataset} (mean +- standard error over folds)",
-             f"{'cell type':<28}{'cells':>6}  {'MCC raw':>15}  {'MCC GsRCL':>15}  {'F1 raw':>15}  "
-             f"{'F1 GsRCL':>15}  {'AP raw':>15}  {'AP GsRCL':>15}"]
+    rep = {"gsrcl": "GsRCL"}.get(results.get("method", "gsrcl"), results.get("method", ""))[:9]
+    lines = [f"{rep} one-vs-rest evaluation on {dataset} (mean +- standard error over folds; raw = SVM on "
+             "log genes)",
+             f"{'cell type':<28}{'cells':>6}  {'MCC raw':>15}  {'MCC ' + rep:>15}  {'F1 raw':>15}  "
+             f"{'F1 ' + rep:>15}  {'AP raw':>15}  {'AP ' + rep:>15}"]
     for t in results["tasks"]:
         cells = [f"{t[m][f'{k}_mean']:.3f} +- {t[m][f'{k}_se']:.3f}" for k in METRICS for m in ("raw", "gsrcl")]
         lines.append(f"{t['cell_type'][:27]:<28}{t['n_cells']:>6}  " + "  ".join(f"{c:>15}" for c in cells))

@@ -1,17 +1,21 @@
-"""GsRCL encoder training: Gaussian-noise views, NT-Xent or SupCon on the global batch.
+"""GsRCL encoder training: two augmented views per cell, NT-Xent or SupCon on the global batch.
 
 An epoch is the training cells in their given order, in batches of ``batch_size`` (full batch
 when fewer cells), never shuffled.  Several epochs run as ONE compiled call (``lax.scan`` over
 epochs around a scan over batches).  With a device mesh the parameters are replicated and every
-batch is padded to a multiple of the device count (padding masked out of the loss, no row
-dropped) and split over the "data" axis; the loss is written on the global batch, so NT-Xent's
-negatives come from all devices and XLA inserts the collectives.
+batch is padded to a multiple of the device count (padding masked out of the loss and of the
+BatchNorm statistics, no row dropped) and split over the "data" axis; the loss is written on the
+global batch, so NT-Xent's negatives come from all devices and XLA inserts the collectives.
 
-The noise of cell ``i`` at step ``s`` of epoch ``e`` is drawn from a key folded with ``e``, ``s``,
-the view and ``i`` itself, so it does not depend on padding or on the number of devices.
+Views: ``augment = "gaussian"`` (GsRCL) adds N(0, noise_std^2) to every gene of the log
+expression; ``augment = "dropout"`` (the random-gene-masking baseline) zeroes each input with
+probability ``dropout`` and scales the rest by 1 / (1 - dropout), as a Dropout first layer would.
+The draw for cell ``i`` at step ``s`` of epoch ``e`` is keyed by ``e``, ``s``, the view and ``i``
+itself, so it does not depend on padding or on the number of devices.
 
-BatchNorm (the reference adds it when a fold has more than 8192 cells) is not used here: the
-network is built without it, so runs on more than 8192 training cells differ from the reference.
+BatchNorm after each hidden Dense is used when the training set has more than 8192 cells
+(``batch_norm = "auto"``, the published rule) or when forced on/off; its running statistics are
+part of the saved network state and are used (eval mode) when encoding.
 """
 from __future__ import annotations
 
@@ -38,11 +42,28 @@ def log_transform(X) -> np.ndarray:
     return np.log1p(X.astype(np.float32))
 
 
-def build_model(n_genes: int, cfg, seed: int):
-    """(graphdef, params) of a freshly initialised GsRCL network."""
-    model = GsRCLNet(n_genes, encoder=tuple(cfg.encoder), head=tuple(cfg.head), batch_norm=False,
+BATCH_NORM_ABOVE = 8192  # the reference adds BatchNorm when a training set has more cells
+
+
+def use_batch_norm(cfg, n_train: int) -> bool:
+    """Whether a network trained on ``n_train`` cells has BatchNorm under ``cfg.batch_norm``."""
+    mode = getattr(cfg, "batch_norm", "auto")
+    if mode == "auto":
+        return n_train > BATCH_NORM_ABOVE
+    return bool(mode)
+
+
+def build_model(n_genes: int, cfg, seed: int, batch_norm: bool = False):
+    """(graphdef, state) of a freshly initialised GsRCL network; ``state`` holds the parameters
+    and, with BatchNorm, its running statistics."""
+    model = GsRCLNet(n_genes, encoder=tuple(cfg.encoder), head=tuple(cfg.head), batch_norm=batch_norm,
                      rngs=nnx.Rngs(params=jax.random.key(seed)))
     return nnx.split(model)
+
+
+def split_params(state):
+    """(trainable parameters, everything else: BatchNorm statistics) of a network state."""
+    return nnx.split_state(state, nnx.Param, ...)
 
 
 class Batches(NamedTuple):
@@ -78,73 +99,92 @@ def make_batches(x: np.ndarray, labels: np.ndarray | None, batch_size: int, n_de
     return Batches(*(jax.device_put(a, sh) for a in arrays))
 
 
-def _views(x, ids, key, noise_std):
-    """Two noisy views of the rows ``x`` (n, g), the noise keyed by cell id."""
-    def noise(k):
-        return jax.vmap(lambda i: jax.random.normal(jax.random.fold_in(k, i), x.shape[1:], x.dtype))(ids)
+def _views(x, ids, key, noise_std, augment="gaussian", dropout=0.9):
+    """Two augmented views of the rows ``x`` (n, g), the randomness keyed by cell id."""
+    g = x.shape[1:]
+    if augment == "dropout":
+        keep = 1.0 - dropout
 
-    k1, k2 = jax.random.fold_in(key, 0), jax.random.fold_in(key, 1)
-    return x + noise_std * noise(k1), x + noise_std * noise(k2)
+        def view(k):
+            kept = jax.vmap(lambda i: jax.random.bernoulli(jax.random.fold_in(k, i), keep, g))(ids)
+            return jnp.where(kept, x / keep, 0.0)
+    else:
+        def view(k):
+            return x + noise_std * jax.vmap(lambda i: jax.random.normal(jax.random.fold_in(k, i), g, x.dtype))(ids)
+
+    return view(jax.random.fold_in(key, 0)), view(jax.random.fold_in(key, 1))
 
 
-def make_loss_fn(graphdef, *, loss: str = "simclr", temperature: float = 0.07, noise_std: float = 1.0):
-    """``loss_fn(params, x, mask, ids, labels, key) -> scalar``: the contrastive loss of one batch.
+def make_loss_fn(graphdef, *, loss: str = "simclr", temperature: float = 0.07, noise_std: float = 1.0,
+                 augment: str = "gaussian", dropout: float = 0.9):
+    """``loss_fn(params, stats, x, mask, ids, labels, key) -> (scalar, new stats)``: the
+    contrastive loss of one batch (``stats``: BatchNorm statistics, empty without BatchNorm).
 
-    x : (b, g) log expression; mask : (b,) valid rows; ids : (b,) cell ids keying the noise;
+    x : (b, g) log expression; mask : (b,) valid rows; ids : (b,) cell ids keying the views;
     labels : (b,) ints (SupCon only).
     """
 
-    def loss_fn(params, x, mask, ids, labels, key):
-        model = nnx.merge(graphdef, params)
-        v1, v2 = _views(x, ids, key, noise_std)
-        _, z1 = model(v1)
-        _, z2 = model(v2)
+    def loss_fn(params, stats, x, mask, ids, labels, key):
+        model = nnx.merge(graphdef, params, stats, copy=True)
+        model.train()
+        v1, v2 = _views(x, ids, key, noise_std, augment, dropout)
+        _, z1 = model(v1, mask=mask)
+        _, z2 = model(v2, mask=mask)
         if loss == "supcon":
-            return supcon(z1, z2, labels, temperature=temperature, mask=mask)
-        return ntxent(z1, z2, temperature=temperature, mask=mask)
+            value = supcon(z1, z2, labels, temperature=temperature, mask=mask)
+        else:
+            value = ntxent(z1, z2, temperature=temperature, mask=mask)
+        return value, nnx.state(model, nnx.BatchStat)
 
     return loss_fn
 
 
 def make_train_epochs(graphdef, tx: optax.GradientTransformation, cfg, *, n_epochs: int):
-    """``run(params, opt_state, batches, key, epoch0) -> (params, opt_state, losses (n_epochs,))``.
+    """``run(state, opt_state, batches, key, epoch0) -> (state, opt_state, losses (n_epochs,))``.
 
-    ``n_epochs`` epochs from epoch number ``epoch0`` in one jit-compiled call; each loss is the
-    epoch's mean over its cells.
+    ``n_epochs`` epochs from epoch number ``epoch0`` in one jit-compiled call; ``state`` is the
+    network state (parameters and BatchNorm statistics); each loss is the epoch's mean over its
+    cells.
     """
-    loss_fn = make_loss_fn(graphdef, loss=cfg.loss, temperature=cfg.temperature, noise_std=cfg.noise_std)
-    grad_fn = jax.value_and_grad(loss_fn)
+    loss_fn = make_loss_fn(graphdef, loss=cfg.loss, temperature=cfg.temperature, noise_std=cfg.noise_std,
+                           augment=getattr(cfg, "augment", "gaussian"), dropout=getattr(cfg, "dropout", 0.9))
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
     @partial(jax.jit, donate_argnums=(0, 1))
-    def run(params, opt_state, batches: Batches, key, epoch0):
+    def run(state, opt_state, batches: Batches, key, epoch0):
         steps = batches.x.shape[0]
+        params, stats = split_params(state)
 
         def step(carry, inp):
-            params, opt_state, ekey = carry
+            params, stats, opt_state, ekey = carry
             s, x, mask, ids, labels = inp
-            loss, grads = grad_fn(params, x, mask, ids, labels, jax.random.fold_in(ekey, s))
+            (loss, stats), grads = grad_fn(params, stats, x, mask, ids, labels, jax.random.fold_in(ekey, s))
             updates, opt_state = tx.update(grads, opt_state, params)
-            return (optax.apply_updates(params, updates), opt_state, ekey), loss * mask.sum()
+            return (optax.apply_updates(params, updates), stats, opt_state, ekey), loss * mask.sum()
 
         def epoch(carry, e):
-            params, opt_state = carry
-            (params, opt_state, _), weighted = jax.lax.scan(
-                step, (params, opt_state, jax.random.fold_in(key, e)),
+            params, stats, opt_state = carry
+            (params, stats, opt_state, _), weighted = jax.lax.scan(
+                step, (params, stats, opt_state, jax.random.fold_in(key, e)),
                 (jnp.arange(steps), batches.x, batches.mask, batches.ids, batches.labels))
-            return (params, opt_state), weighted.sum() / batches.mask.sum()
+            return (params, stats, opt_state), weighted.sum() / batches.mask.sum()
 
-        (params, opt_state), losses = jax.lax.scan(epoch, (params, opt_state), epoch0 + jnp.arange(n_epochs))
-        return params, opt_state, losses
+        (params, stats, opt_state), losses = jax.lax.scan(epoch, (params, stats, opt_state),
+                                                          epoch0 + jnp.arange(n_epochs))
+        return nnx.merge_state(params, stats), opt_state, losses
 
     return run
 
 
 def make_encode(graphdef, chunk: int = 4096):
-    """``encode(params, x) -> h`` (n, d) as a NumPy array, the representation of clean inputs."""
+    """``encode(state, x) -> h`` (n, d) as a NumPy array, the representation of clean inputs
+    (BatchNorm, if any, uses its running statistics)."""
 
     @jax.jit
-    def _encode(params, x):
-        return nnx.merge(graphdef, params).encoder(x)
+    def _encode(state, x):
+        model = nnx.merge(graphdef, state)
+        model.eval()
+        return model.encoder(x)
 
     def encode(params, x: np.ndarray) -> np.ndarray:
         return np.concatenate([np.asarray(_encode(params, jnp.asarray(x[i:i + chunk])))
@@ -157,46 +197,85 @@ class Trainer:
     """Trains GsRCL encoders of one configuration on one gene set, on ``cfg.devices`` devices.
 
     ``fit(x, labels, seed, callback)`` trains a fresh network for ``cfg.n_epochs`` epochs; every
-    ``cfg.eval_every`` epochs (and at the end) it calls ``callback(epoch, params)``.
+    ``cfg.eval_every`` epochs (and at the end) it calls ``callback(epoch, state)``.  With
+    ``ckpt_dir`` the network and optimiser are saved there at every such point, and a later
+    ``fit`` with the same arguments continues from the latest one.
     """
 
     def __init__(self, n_genes: int, cfg):
         self.cfg = cfg
         self.n_genes = n_genes
         self.mesh = make_mesh(cfg.devices) if cfg.devices > 1 else None
-        self.graphdef, _ = build_model(n_genes, cfg, 0)
         self.tx = adam_coupled_l2(cfg.lr, cfg.weight_decay)
-        self.encode = make_encode(self.graphdef)
-        self._runs: dict[int, object] = {}
+        self.batch_norm = False
+        self._graphs: dict[bool, tuple] = {}
+        self._runs: dict[tuple, object] = {}
+
+    def _graph(self, batch_norm: bool):
+        if batch_norm not in self._graphs:
+            graphdef, _ = build_model(self.n_genes, self.cfg, 0, batch_norm)
+            self._graphs[batch_norm] = (graphdef, make_encode(graphdef))
+        return self._graphs[batch_norm]
+
+    @property
+    def graphdef(self):
+        return self._graph(self.batch_norm)[0]
+
+    def encode(self, state, x: np.ndarray) -> np.ndarray:
+        """The representation of ``x`` under ``state`` of the network last trained by ``fit``."""
+        return self._graph(self.batch_norm)[1](state, x)
 
     def _run(self, n_epochs: int):
-        if n_epochs not in self._runs:
-            self._runs[n_epochs] = make_train_epochs(self.graphdef, self.tx, self.cfg, n_epochs=n_epochs)
-        return self._runs[n_epochs]
+        key = (self.batch_norm, n_epochs)
+        if key not in self._runs:
+            self._runs[key] = make_train_epochs(self.graphdef, self.tx, self.cfg, n_epochs=n_epochs)
+        return self._runs[key]
 
     def init(self, seed: int):
-        _, params = build_model(self.n_genes, self.cfg, seed)
+        _, state = build_model(self.n_genes, self.cfg, seed, self.batch_norm)
         if self.mesh is not None:
-            params = jax.device_put(params, replicated(self.mesh))
-        return params, self.tx.init(params)
+            state = jax.device_put(state, replicated(self.mesh))
+        return state, self.tx.init(split_params(state)[0])
 
-    def fit(self, x: np.ndarray, labels: np.ndarray | None, seed: int, callback=None):
-        """Returns (final params, list of per-epoch losses)."""
+    def _restore(self, ckpt_dir: str, state, opt_state):
+        from .. import checkpoint
+
+        step = checkpoint.latest_step(ckpt_dir)
+        if step is None:
+            return state, opt_state, []
+        template = jax.tree.map(np.asarray, jax.device_get({"state": state, "opt": opt_state}))
+        saved, meta = checkpoint.restore(ckpt_dir, template, step)
+        sharding = replicated(self.mesh) if self.mesh is not None else None
+        put = (lambda t: jax.device_put(t, sharding)) if sharding is not None else jax.device_put
+        return put(saved["state"]), put(saved["opt"]), list(meta["losses"])
+
+    def fit(self, x: np.ndarray, labels: np.ndarray | None, seed: int, callback=None,
+            ckpt_dir: str | None = None):
+        """Returns (final network state, list of per-epoch losses)."""
         cfg = self.cfg
-        params, opt_state = self.init(seed)
+        self.batch_norm = use_batch_norm(cfg, len(x))
+        state, opt_state = self.init(seed)
+        losses: list[float] = []
+        if ckpt_dir is not None:
+            state, opt_state, losses = self._restore(ckpt_dir, state, opt_state)
         batches = make_batches(x, labels, cfg.batch_size, cfg.devices, self.mesh)
         key = jax.random.fold_in(jax.random.key(seed), 1)
-        losses: list[float] = []
-        done = 0
+        done = len(losses)
         while done < cfg.n_epochs:
-            n = min(cfg.eval_every, cfg.n_epochs - done)
-            params, opt_state, chunk = self._run(n)(params, opt_state, batches, key, jnp.int32(done))
+            n = min(cfg.eval_every - done % cfg.eval_every, cfg.n_epochs - done)
+            state, opt_state, chunk = self._run(n)(state, opt_state, batches, key, jnp.int32(done))
             chunk = np.asarray(chunk)  # blocks: keeps forced CPU devices from queueing too much work
             losses.extend(chunk.tolist())
             done += n
             if not np.all(np.isfinite(chunk)):
-                raise TrainingDiverged(f"the GsRCL loss became non-finite by epoch {done}; lower --lr.")
-            if callback is not None:
-                callback(done, params)
-        return params, losses
+                where = f"; the last good checkpoint is in {ckpt_dir}" if ckpt_dir else ""
+                raise TrainingDiverged(f"the GsRCL loss became non-finite in contrastive training by epoch "
+                                       f"{done}{where}; lower --lr.")
+            if ckpt_dir is not None:
+                from .. import checkpoint
 
+                checkpoint.save(ckpt_dir, done, jax.device_get({"state": state, "opt": opt_state}),
+                                {"losses": losses, "seed": seed}, max_to_keep=1)
+            if callback is not None:
+                callback(done, state)
+        return state, losses
