@@ -100,7 +100,10 @@ def dec_kl(p, log_q, mask=None):
 
 
 def _l2_normalise(z):
-    return z / jnp.maximum(jnp.linalg.norm(z, axis=1, keepdims=True), 1e-12)
+    """``z / max(||z||, 1e-12)`` row-wise, with a finite gradient at a zero row (which a norm
+    would make NaN): a dropout view can zero every input of a cell."""
+    sq = jnp.sum(z * z, axis=1, keepdims=True)
+    return z * jax.lax.rsqrt(jnp.maximum(sq, 1e-24))
 
 
 def ntxent(z1, z2, *, temperature: float = 0.07, mask=None):

@@ -223,3 +223,50 @@ def test_svm_on_distances_matches_sklearn_svc():
     scale = load_config(None, svm_gamma=["scale"], svm_c=[1.0], svm_cv=3)
     np.testing.assert_array_equal(svm_search(x[:40], y[:40], scale, 0).predict(x[40:]),
                                   SVC(gamma="scale").fit(x[:40], y[:40]).predict(x[40:]))
+
+
+def test_background_svm_searches_select_as_in_turn_and_masking_baseline_runs():
+    counts, y, _ = synthetic_counts(60, 40, n_groups=3, seed=2)
+    data = CountData(X=counts, labels=y, label_names=["a", "b", "c"], source="synthetic")
+    inline = evaluate(data, load_config(None, **TINY, svm_workers=0), cell_types=["b"], progress=False)
+    threads = evaluate(data, load_config(None, **TINY, svm_workers=2), cell_types=["b"], progress=False)
+    for a, b in zip(inline["tasks"][0]["folds"], threads["tasks"][0]["folds"]):
+        assert a["selection"] == b["selection"] and a["best_epoch"] == b["best_epoch"]
+        assert a["gsrcl"] == b["gsrcl"] and a["raw"] == b["raw"]
+    cfg = load_config(None, **TINY, augment="dropout", n_top_genes=20)
+    masked = evaluate(data, cfg, cell_types=["b"], progress=False)
+    assert masked["method"] == "masking_hvg20" and cfg.method in text_summary(masked, "s")
+    assert list(results_table(masked, "s")["method"]) == ["raw", "masking_hvg20"]
+    assert masked["tasks"][0]["raw"] == inline["tasks"][0]["raw"]  # the raw baseline is the same
+    with pytest.raises(InputError, match="n-top-genes"):
+        evaluate(data, load_config(None, **TINY, augment="dropout", n_top_genes=400), progress=False)
+
+
+def test_sigkill_during_evaluation_then_resume_gives_the_same_results(tmp_path):
+    import signal
+    import time
+
+    counts, y, _ = synthetic_counts(80, 30, n_groups=3, seed=6)
+    path = write_h5(tmp_path / "d.h5", counts, y)
+    common = ["--data-file", path, "--config", str(tiny_toml(tmp_path)), "--epochs", "40", "--eval-every", "10",
+              "--quiet"]
+    ref = run_cli([*common, "--out-dir", str(tmp_path / "ref")], timeout=300)
+    assert ref.returncode == 0, ref.stderr[-2000:]
+
+    out = tmp_path / "killed"
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    proc = subprocess.Popen([sys.executable, "-m", "scdc_jax.gsrcl", *common, "--out-dir", str(out)], cwd=ROOT,
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and len(list((out / "folds").glob("*_*.json"))) < 2:
+        assert proc.poll() is None, "the run finished before it could be interrupted"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = len(list((out / "folds").glob("*_*.json")))
+    assert 2 <= done < 6 and not (out / "results.csv").exists()
+    resumed = run_cli([*common, "--out-dir", str(out), "--resume"], timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert (out / "results.csv").read_text() == (tmp_path / "ref" / "results.csv").read_text()
+    changed = run_cli([*common, "--out-dir", str(out), "--resume", "--lr", "0.01"])
+    assert changed.returncode == 2 and "different configuration" in changed.stderr

@@ -193,3 +193,15 @@ def test_supcon_matches_reference_and_masks_padding():
     got_pad = losses.supcon(jnp.asarray(p1, jnp.float32), jnp.asarray(p2, jnp.float32), jnp.asarray(py),
                             mask=jnp.arange(13) < 10)
     np.testing.assert_allclose(float(got_pad), expected, rtol=1e-4)
+
+
+def test_contrastive_gradients_stay_finite_for_a_zero_projection():
+    import jax
+
+    from scdc_jax.losses import ntxent, supcon
+
+    z1 = jnp.asarray(np.random.default_rng(0).normal(size=(4, 3)), jnp.float32).at[1].set(0.0)
+    z2 = jnp.asarray(np.random.default_rng(1).normal(size=(4, 3)), jnp.float32)
+    for f in (lambda a, b: ntxent(a, b), lambda a, b: supcon(a, b, jnp.array([0, 1, 0, 1]))):
+        value, grads = jax.value_and_grad(f, argnums=(0, 1))(z1, z2)
+        assert np.isfinite(float(value)) and all(np.isfinite(np.asarray(g)).all() for g in grads)

@@ -392,8 +392,9 @@ def results_table(results: dict, dataset: str):
 
 
 def text_summary(results: dict, dataset: str) -> str:
-    rep = {"gsrcl": "GsRCL"}.get(results.get("method", "gsrcl"), results.get("method", ""))[:9]
-    lines = [f"{rep} one-vs-rest evaluation on {dataset} (mean +- standard error over folds; raw = SVM on "
+    name = {"gsrcl": "GsRCL"}.get(results.get("method", "gsrcl"), results.get("method", ""))
+    rep = name[:9]
+    lines = [f"{name} one-vs-rest evaluation on {dataset} (mean +- standard error over folds; raw = SVM on "
              "log genes)",
              f"{'cell type':<28}{'cells':>6}  {'MCC raw':>15}  {'MCC ' + rep:>15}  {'F1 raw':>15}  "
              f"{'F1 ' + rep:>15}  {'AP raw':>15}  {'AP ' + rep:>15}"]
