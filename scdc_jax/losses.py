@@ -19,6 +19,46 @@ def _masked_mean_rows(per_row: jax.Array, mask: jax.Array | None) -> jax.Array:
     return (per_row * mask).sum() / jnp.maximum(mask.sum(), 1.0)
 
 
+_STIRLING_SHIFT = 6  # recurrence steps lifting small arguments into the range where Stirling's series is exact in f32
+_HALF_LOG_2PI = 0.9189385332046727
+
+
+def _lgamma_digamma(z):
+    """``(lgamma(z), digamma(z))`` for ``z > 0``, sharing one Stirling evaluation.
+
+    Arguments below 6 are shifted by the recurrence ``Gamma(z + 6) = Gamma(z) z (z+1) ... (z+5)``;
+    the series then errs by less than 1e-8.  Cheaper than the general (reflection-handling)
+    ``gammaln``/``digamma``, which dominate the ZINB loss on CPUs; accurate to float32 rounding
+    (tested against SciPy in float64).
+    """
+    small = z < _STIRLING_SHIFT
+    p = jnp.ones_like(z)
+    dp = jnp.zeros_like(z)
+    for i in range(_STIRLING_SHIFT):
+        f = jnp.where(small, z + i, 1.0)
+        dp = dp * f + jnp.where(small, p, 0.0)
+        p = p * f
+    w = jnp.where(small, z + _STIRLING_SHIFT, z)
+    inv = 1.0 / w
+    inv2 = inv * inv
+    log_w = jnp.log(w)
+    lg = (w - 0.5) * log_w - w + _HALF_LOG_2PI + inv * (1.0 / 12 - inv2 * (1.0 / 360 - inv2 / 1260)) - jnp.log(p)
+    dg = log_w - 0.5 * inv - inv2 * (1.0 / 12 - inv2 * (1.0 / 120 - inv2 / 252)) - dp / p
+    return lg, dg
+
+
+@jax.custom_jvp
+def lgamma_pos(z):
+    """``lgamma(z)`` for positive ``z`` (see :func:`_lgamma_digamma`); its derivative is digamma."""
+    return _lgamma_digamma(z)[0]
+
+
+@lgamma_pos.defjvp
+def _lgamma_pos_jvp(primals, tangents):
+    lg, dg = _lgamma_digamma(primals[0])
+    return lg, dg * tangents[0]
+
+
 def zinb_nll_elements(x, mean, disp, pi_logit, scale_factor, *, include_constant: bool = True):
     """Elementwise ZINB negative log-likelihood.
 
@@ -33,21 +73,24 @@ def zinb_nll_elements(x, mean, disp, pi_logit, scale_factor, *, include_constant
 
     Returns
     -------
-    (n, g) array; the reference's formula in a stable form (log-sigmoid for ``log pi`` and
-    ``log(1 - pi)``, logaddexp for the zero case).
+    (n, g) array: the reference's formula in a stable form.  With ``theta' = theta + eps``,
+    ``r = log1p(mu / theta')`` (so ``log(theta' + mu) = log theta' + r``) and
+    ``s = softplus(logit) = -log(1 - pi)`` (so ``log pi = logit - s``):
+
+    * zero count: ``s - logaddexp(logit, -theta r)``
+      (= ``-log(pi + (1 - pi) (theta' / (theta' + mu))^theta)``);
+    * otherwise: ``lgamma(theta') - lgamma(x + theta') + (theta + x) r + x (log theta' - log(mu + eps)) + s``.
     """
     mu = mean * scale_factor[:, None]
-    log_theta = jnp.log(disp + EPS)
-    log_pi = jax.nn.log_sigmoid(pi_logit)
-    log_1mpi = jax.nn.log_sigmoid(-pi_logit)
-    t1 = gammaln(disp + EPS) - gammaln(x + disp + EPS)
+    theta = disp + EPS
+    r = jnp.log1p(mu / theta)
+    s = jax.nn.softplus(pi_logit)
+    zero_case = -jnp.logaddexp(pi_logit, -disp * r)
+    nb_case = (lgamma_pos(theta) - lgamma_pos(x + theta) + (disp + x) * r
+               + x * (jnp.log(theta) - jnp.log(mu + EPS)))
     if include_constant:
-        t1 = t1 + gammaln(x + 1.0)
-    t2 = (disp + x) * jnp.log1p(mu / (disp + EPS)) + x * (log_theta - jnp.log(mu + EPS))
-    nb_case = t1 + t2 - log_1mpi
-    log_nb_zero = disp * (log_theta - jnp.log(disp + mu + EPS))
-    zero_case = -jnp.logaddexp(log_pi, log_1mpi + log_nb_zero)
-    return jnp.where(x <= 1e-8, zero_case, nb_case)
+        nb_case = nb_case + gammaln(x + 1.0)
+    return s + jnp.where(x <= 1e-8, zero_case, nb_case)
 
 
 def zinb_nll(x, mean, disp, pi_logit, scale_factor, *, ridge_lambda: float = 0.0, mask=None,
