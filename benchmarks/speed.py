@@ -62,20 +62,20 @@ def bench_scdeepcluster(args, torch_device):
     from scdc_jax.preprocess import prepare
 
     prep = prepare(read_counts(args.scdc_file), select_genes_n=args.select_genes)
-    n, g = prep.x.shape
+    n, g = prep.shape
     cfg = ClusterConfig()
     k = args.n_clusters
 
     # scdc_jax, float32
     graphdef, state = build_model(g, 0, cfg, seed=0)
-    data = device_data(prep.x, prep.raw, prep.size_factors)
+    data = device_data(prep.raw, prep.norm)
     tx_pre, tx_clu = amsgrad_torch(cfg.lr_pretrain), adadelta_torch(cfg.lr_cluster)
     pre = make_pretrain_epoch(graphdef, tx_pre, n=n, batch_size=cfg.batch_size, sigma=cfg.sigma)
     clu = make_cluster_epoch(graphdef, tx_clu, n=n, batch_size=cfg.batch_size, sigma=cfg.sigma, gamma=cfg.gamma)
     rng = np.random.default_rng(0)
-    z0 = make_assign(graphdef)({"ae": state, "mu": jnp.zeros((k, cfg.latent))}, data.x, None)[0]
+    z0 = make_assign(graphdef)({"ae": state, "mu": jnp.zeros((k, cfg.latent))}, data)[0]
     mu = jnp.asarray(np.asarray(z0)[rng.choice(n, k, replace=False)])
-    p_jax = make_assign(graphdef)({"ae": state, "mu": mu}, data.x, None)[2]
+    p_jax = make_assign(graphdef)({"ae": state, "mu": mu}, data)[2]
     jstate = {"pre": [jax.tree.map(jnp.array, state), None], "clu": [None, None], "ep": 0}
     jstate["pre"][1] = tx_pre.init(jstate["pre"][0])
     cparams = {"ae": jax.tree.map(jnp.array, state), "mu": mu}
@@ -103,7 +103,7 @@ def bench_scdeepcluster(args, torch_device):
         m_clu = tsc.copy_from_jax(tsc.build_model(g, dtype=dtype, device=torch_device), state)
         mu_t = torch.nn.Parameter(torch.as_tensor(np.asarray(mu), **to))
         o_clu = tsc.cluster_optimizer(m_clu, mu_t)
-        gen = torch.Generator().manual_seed(0)
+        gen = torch.Generator(device=torch_device).manual_seed(0)
 
         def t_pre(m=m_pre, o=o_pre, x=x, raw=raw, sf=sf, gen=gen):
             tsc.pretrain_epoch(m, o, x, raw, sf, batch_size=cfg.batch_size, sigma=cfg.sigma, generator=gen)
@@ -183,7 +183,7 @@ def bench_gsrcl(args, torch_device):
     net = tg.copy_from_jax(tg.build_model(g, **sizes, device=torch_device), state)
     opt = tg.make_optimizer(net)
     xt = torch.as_tensor(x, device=torch_device)
-    gen = torch.Generator().manual_seed(0)
+    gen = torch.Generator(device=torch_device).manual_seed(0)
 
     def torch_step():
         float(tg.random_step(net, opt, xt, gen))

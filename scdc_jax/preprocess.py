@@ -33,10 +33,12 @@ def gene_selection_stats(X, *, min_cells: int = 10) -> tuple[np.ndarray, np.ndar
         logsum = np.asarray(sp.csc_matrix((np.log2(Xc.data.astype(np.float64)), Xc.indices, Xc.indptr),
                                           shape=Xc.shape).sum(0)).ravel()
     else:
-        Xd = np.asarray(X, dtype=np.float64)
-        nz = Xd > 0
-        detected = nz.sum(0).astype(np.float64)
-        logsum = np.where(nz, np.log2(np.where(nz, Xd, 1.0)), 0.0).sum(0)
+        detected, logsum = np.zeros(X.shape[1]), np.zeros(X.shape[1])
+        for rows in _row_chunks(n, 4096):
+            block = np.asarray(X[rows], dtype=np.float64)
+            nz = block > 0
+            detected += nz.sum(0)
+            logsum += np.log2(np.where(nz, block, 1.0)).sum(0)
     zero_rate = 1.0 - detected / n
     with np.errstate(invalid="ignore", divide="ignore"):
         mean_log2 = logsum / detected
@@ -77,10 +79,10 @@ def select_genes(X, n_genes: int, *, decay: float = 1.5, y_offset: float = 0.02,
 
 @dataclass
 class Prepared:
-    """Model-ready arrays for scDeepCluster (all float32, cells x genes unless noted).
+    """Model-ready data for scDeepCluster (cells x genes unless noted).
 
-    x : z-scored log-normalised expression (encoder input).
-    raw : filtered raw counts (loss target).
+    raw : filtered raw counts (loss target), float32, dense or CSR as the input was; never
+        densified whole here (the encoder input is computed from it per minibatch on the device).
     size_factors : (n_cells,) ``total / median(total)``.
     data : the filtered :class:`CountData` (labels, batches, names aligned with the rows).
     cells, genes : integer indices of the kept cells and genes in the input.
@@ -88,33 +90,78 @@ class Prepared:
         exactly as the training cells).
     """
 
-    x: np.ndarray
-    raw: np.ndarray
+    raw: np.ndarray | sp.csr_matrix
     size_factors: np.ndarray
     data: CountData
     cells: np.ndarray
     genes: np.ndarray
     norm: dict
 
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.raw.shape
 
-def normalise_log_scale(raw: np.ndarray, totals: np.ndarray, norm: dict | None = None):
+    @property
+    def x(self) -> np.ndarray:
+        """The encoder input as one dense float32 host array (for small data and comparisons;
+        training computes it per minibatch on the device instead)."""
+        return normalise_log_scale(self.raw, _row_totals(self.raw), self.norm)[0]
+
+
+def _row_totals(raw) -> np.ndarray:
+    return np.asarray(raw.sum(1), np.float64).ravel()
+
+
+def _row_chunks(n: int, chunk: int):
+    for start in range(0, n, chunk):
+        yield slice(start, min(start + chunk, n))
+
+
+def gene_log_stats(raw, scale: np.ndarray, *, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+    """Per-gene mean and spread (ddof=1, zero spread -> 1) of ``log1p(raw * scale[:, None])``.
+
+    ``raw`` is dense or CSR; it is densified ``chunk`` rows at a time (float64), and the chunks'
+    means and squared deviations are merged exactly (Chan et al.), so memory stays at one chunk.
+    """
+    n, g = raw.shape
+    count, mean, m2 = 0, np.zeros(g), np.zeros(g)
+    for rows in _row_chunks(n, chunk):
+        block = _dense(raw[rows]).astype(np.float64)
+        block = np.log1p(block * scale[rows, None])
+        nb = block.shape[0]
+        mb = block.mean(0)
+        m2b = ((block - mb) ** 2).sum(0)
+        delta = mb - mean
+        total = count + nb
+        mean = mean + delta * (nb / total)
+        m2 = m2 + m2b + delta ** 2 * (count * nb / total)
+        count = total
+    std = np.sqrt(m2 / (n - 1)) if n > 1 else np.zeros(g)
+    std[std == 0] = 1.0
+    return mean, std
+
+
+def normalise_log_scale(raw, totals: np.ndarray, norm: dict | None = None, *, chunk: int = 4096):
     """``zscore(log1p(raw * median(totals) / totals))`` per gene, ddof=1, zero spread -> divisor 1.
 
     With ``norm`` (a previous call's statistics) the median total and the gene means and spreads
-    are reused instead of computed.  Returns (x float32, norm).
+    are reused instead of computed.  ``raw`` is dense or CSR; the float64 work runs ``chunk`` rows
+    at a time into the float32 result.  Returns (dense x float32, norm).
     """
     median = float(np.median(totals)) if norm is None else float(norm["median_total"])
-    x = np.log1p(raw * (median / totals)[:, None])
+    scale = median / np.asarray(totals, np.float64)
     if norm is None:
-        mean = x.mean(0)
-        std = x.std(0, ddof=1) if x.shape[0] > 1 else np.zeros(x.shape[1])
-        std[std == 0] = 1.0
+        mean, std = gene_log_stats(raw, scale, chunk=chunk)
         norm = {"median_total": median, "mean": mean.astype(np.float32), "std": std.astype(np.float32)}
-    return ((x - norm["mean"]) / norm["std"]).astype(np.float32), norm
+    x = np.empty(raw.shape, np.float32)
+    for rows in _row_chunks(raw.shape[0], chunk):
+        block = np.log1p(_dense(raw[rows]).astype(np.float64) * scale[rows, None])
+        x[rows] = (block - norm["mean"]) / norm["std"]
+    return x, norm
 
 
 def prepare(data: CountData, *, select_genes_n: int = 0) -> Prepared:
-    """Run the full preprocessing on validated raw counts."""
+    """Run the full preprocessing on validated raw counts (sparse input stays sparse)."""
     check_counts(data.X, require_integer=True)
     genes = np.arange(data.n_genes)
     if select_genes_n:
@@ -128,8 +175,15 @@ def prepare(data: CountData, *, select_genes_n: int = 0) -> Prepared:
     cell_tot = np.asarray(X.sum(1)).ravel()
     keep_c = np.flatnonzero(cell_tot > 0)
     data = data.subset(cells=keep_c, genes=keep_g)
-    raw = _dense(data.X).astype(np.float32)
+    if sp.issparse(data.X):
+        raw = sp.csr_matrix(data.X, dtype=np.float32)
+        raw.sum_duplicates()
+        raw.eliminate_zeros()
+    else:
+        raw = np.asarray(data.X, dtype=np.float32)
     totals = cell_tot[keep_c].astype(np.float64)
-    sf = (totals / np.median(totals)).astype(np.float32)
-    x, norm = normalise_log_scale(raw, totals)
-    return Prepared(x=x, raw=raw, size_factors=sf, data=data, cells=keep_c, genes=genes, norm=norm)
+    median = float(np.median(totals))
+    mean, std = gene_log_stats(raw, median / totals)
+    norm = {"median_total": median, "mean": mean.astype(np.float32), "std": std.astype(np.float32)}
+    return Prepared(raw=raw, size_factors=(totals / median).astype(np.float32), data=data, cells=keep_c,
+                    genes=genes, norm=norm)

@@ -24,14 +24,14 @@ def small_data(seed=0, **kw):
 def test_pretrain_epoch_reduces_loss_and_is_deterministic():
     p = prepare(small_data())
     cfg = ClusterConfig(**FAST)
-    dd = device_data(p.x, p.raw, p.size_factors)
+    dd = device_data(p.raw, p.norm)
 
     def train(epochs):
-        graphdef, ae = build_model(p.x.shape[1], 0, cfg, seed=1)
+        graphdef, ae = build_model(p.shape[1], 0, cfg, seed=1)
         tx = amsgrad_torch()
         opt = tx.init(ae)
         # 240 cells in batches of 70: the last batch (30 cells) is padded and masked
-        epoch = make_pretrain_epoch(graphdef, tx, n=p.x.shape[0], batch_size=70, sigma=2.5)
+        epoch = make_pretrain_epoch(graphdef, tx, n=p.shape[0], batch_size=70, sigma=2.5)
         losses = []
         for e in range(epochs):
             ae, opt, loss = epoch(ae, opt, dd, stage_key(1, 1, e))
@@ -172,3 +172,29 @@ def test_non_finite_loss_stops_with_stage_epoch_and_checkpoint(tmp_path, monkeyp
                                                r"checkpoint is epoch 10 in .*pretrain"):
         run(small_data(), ClusterConfig(n_clusters=3, **FAST), save_dir=str(tmp_path), progress=False)
     assert not (tmp_path / "model").exists()
+
+
+def test_sparse_rows_give_the_dense_batches_and_the_same_run():
+    import scipy.sparse as sp
+
+    from scdc_jax.cluster.train import batch_rows, ell_rows, use_sparse_rows
+
+    X, groups, _ = synthetic_counts(seed=3)
+    X[np.random.default_rng(0).random(X.shape) < 0.7] = 0  # sparse enough for ELL rows to be smaller
+    csr = sp.csr_matrix(X)
+    cols, vals = ell_rows(csr)
+    assert cols.shape == (240, np.diff(csr.indptr).max()) and use_sparse_rows(csr) and not use_sparse_rows(X)
+    p = prepare(CountData(X=csr))
+    ell, dense = device_data(p.raw, p.norm), device_data(p.raw, p.norm, sparse=False)
+    assert ell.cols is not None and ell.counts.shape[1] < p.shape[1] and dense.cols is None
+    idx = jax.numpy.array([5, 0, 239, 5, 17])
+    for a, b in zip(batch_rows(ell, idx), batch_rows(dense, idx)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    np.testing.assert_allclose(np.asarray(batch_rows(dense, idx)[0]), p.x[np.asarray(idx)], rtol=1e-5, atol=1e-5)
+    # lgamma(x + 1) summed over the non-zeros or over all genes: equal up to summation order
+    np.testing.assert_allclose(np.asarray(ell.const), np.asarray(dense.const), rtol=1e-5)
+    cfg = ClusterConfig(n_clusters=3, **{**FAST, "pretrain_epochs": 20, "maxiter": 5})
+    res_sparse = run(CountData(X=csr, labels=groups, label_names=["a", "b", "c"]), cfg, progress=False)
+    res_dense = run(CountData(X=X, labels=groups, label_names=["a", "b", "c"]), cfg, progress=False)
+    np.testing.assert_array_equal(res_sparse.labels, res_dense.labels)
+    np.testing.assert_array_equal(res_sparse.latent, res_dense.latent)

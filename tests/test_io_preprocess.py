@@ -8,7 +8,7 @@ import scipy.sparse as sp
 from conftest import shared_file, synthetic_counts
 
 from scdc_jax.errors import InputError
-from scdc_jax.io import check_counts, encode_labels, pbmc68k_counts, read_counts
+from scdc_jax.io import CountData, check_counts, encode_labels, pbmc68k_counts, read_counts
 from scdc_jax.preprocess import gene_selection_stats, normalise_log_scale, prepare, select_genes
 
 
@@ -114,10 +114,9 @@ def test_prepare_filters_and_keeps_labels_aligned():
     X, groups, _ = synthetic_counts(40, 30)
     X[5] = 0  # an empty cell
     X[:, 7] = 0  # an empty gene
-    from scdc_jax.io import CountData
 
     p = prepare(CountData(X=X, labels=groups, label_names=["a", "b", "c"]))
-    assert p.x.shape == (39, 29) and 5 not in p.cells and 7 not in p.genes
+    assert p.shape == (39, 29) and p.x.shape == (39, 29) and 5 not in p.cells and 7 not in p.genes
     np.testing.assert_array_equal(p.data.labels, np.delete(groups, 5))
     totals = np.delete(X, 5, 0)[:, np.delete(np.arange(30), 7)].sum(1)
     np.testing.assert_allclose(p.size_factors, totals / np.median(totals), rtol=1e-6)
@@ -139,3 +138,29 @@ def test_real_scdeepcluster_layouts():
     assert d.X.shape == (2100, 20670) and len(d.label_names) == 16
     p = read_counts(shared_file("10X_PBMC_select_2100_top2000.h5"))
     assert p.labels.min() == 0 and len(p.label_names) == 8
+
+
+def test_gene_log_stats_merge_chunks_exactly():
+    from scdc_jax.preprocess import gene_log_stats
+
+    X, _, _ = synthetic_counts(50, 20, seed=5)
+    X[:, 3] = 0  # zero spread
+    scale = np.random.default_rng(0).uniform(0.5, 2.0, 50)
+    lx = np.log1p(X * scale[:, None])
+    for chunk in (7, 50, 4096):
+        mean, std = gene_log_stats(sp.csr_matrix(X), scale, chunk=chunk)
+        np.testing.assert_allclose(mean, lx.mean(0), rtol=1e-12, atol=1e-12)
+        expected = lx.std(0, ddof=1)
+        expected[3] = 1.0
+        np.testing.assert_allclose(std, expected, rtol=1e-10, atol=1e-12)
+
+
+def test_prepare_keeps_sparse_input_sparse():
+    X, groups, _ = synthetic_counts(40, 30, seed=2)
+    dense = prepare(CountData(X=X))
+    sparse = prepare(CountData(X=sp.csr_matrix(X)))
+    assert sp.issparse(sparse.raw) and sparse.raw.dtype == np.float32
+    np.testing.assert_array_equal(sparse.raw.toarray(), dense.raw)
+    for k in ("mean", "std"):
+        np.testing.assert_array_equal(sparse.norm[k], dense.norm[k])
+    np.testing.assert_array_equal(sparse.x, dense.x)

@@ -98,8 +98,9 @@ def train_step(model, opt, x, noise1, noise2, temperature: float = 0.07):
 
 def random_step(model, opt, x, generator=None, temperature: float = 0.07):
     """A training step with fresh N(0, 1) views."""
-    n1 = torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
-    n2 = torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
+    dev = "cpu" if generator is None else generator.device  # a CUDA generator draws on the GPU
+    n1 = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=dev).to(x.device)
+    n2 = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=dev).to(x.device)
     return train_step(model, opt, x, n1, n2, temperature)
 
 
@@ -118,7 +119,7 @@ def main(argv=None):
     xt = torch.as_tensor(x, dtype=dtype, device=args.device)
     model = build_model(x.shape[1], dtype=dtype, device=args.device)
     opt = make_optimizer(model)
-    gen = torch.Generator().manual_seed(0)
+    gen = torch.Generator(device=args.device).manual_seed(0)
     for s in range(args.steps):
         t0 = time.perf_counter()
         loss = float(random_step(model, opt, xt, gen))

@@ -160,6 +160,11 @@ def cluster_optimizer(model, mu, lr: float = 1.0):
     return torch.optim.Adadelta([*model.parameters(), mu], lr=lr, rho=0.95, eps=1e-6)
 
 
+def _gen_device(generator: torch.Generator | None):
+    """Draw on the generator's own device: a CUDA generator keeps the noise on the GPU."""
+    return "cpu" if generator is None else generator.device
+
+
 def pretrain_epoch(model, opt, x, raw, sf, *, batch_size: int = 256, sigma: float = 2.5,
                    generator: torch.Generator | None = None) -> float:
     """One shuffled pass (the last partial batch kept as a step); returns the mean loss per cell.
@@ -168,12 +173,12 @@ def pretrain_epoch(model, opt, x, raw, sf, *, batch_size: int = 256, sigma: floa
     only slow the baseline down.
     """
     n = x.shape[0]
-    perm = torch.randperm(n, generator=generator, device="cpu").to(x.device)
+    perm = torch.randperm(n, generator=generator, device=_gen_device(generator)).to(x.device)
     total = torch.zeros((), dtype=x.dtype, device=x.device)
     for start in range(0, n, batch_size):
         idx = perm[start:start + batch_size]
         xb = x[idx]
-        noise = sigma * torch.randn(xb.shape, generator=generator, dtype=xb.dtype).to(x.device)
+        noise = sigma * torch.randn(xb.shape, generator=generator, dtype=xb.dtype, device=_gen_device(generator)).to(x.device)
         total += pretrain_step(model, opt, xb, raw[idx], sf[idx], noise) * len(idx)
     return float(total) / n
 
@@ -186,7 +191,7 @@ def cluster_epoch(model, mu, opt, x, raw, sf, p, *, batch_size: int = 256, sigma
     for start in range(0, n, batch_size):
         sl = slice(start, start + batch_size)
         xb = x[sl]
-        noise = sigma * torch.randn(xb.shape, generator=generator, dtype=xb.dtype).to(x.device)
+        noise = sigma * torch.randn(xb.shape, generator=generator, dtype=xb.dtype, device=_gen_device(generator)).to(x.device)
         loss, _, _ = cluster_step(model, mu, opt, xb, raw[sl], sf[sl], p[sl], noise, gamma)
         total += loss * xb.shape[0]
     return float(total) / n
@@ -201,12 +206,17 @@ def encode_all(model, x, chunk: int = 4096):
 
 def fit(x, raw, sf, *, n_clusters: int, pretrain_epochs: int = 300, maxiter: int = 2000,
         tol: float = 1e-3, batch_size: int = 256, sigma: float = 2.5, gamma: float = 1.0,
-        dtype=torch.float32, device="cpu", seed: int = 0, labels=None, verbose: bool = True):
-    """Pretrain, k-means (20 restarts) on z0, then DEC clustering; returns (labels, z0)."""
+        dtype=torch.float32, device="cpu", seed: int = 0, labels=None, verbose: bool = True,
+        knn: int = 20, resolution: float = 0.8):
+    """Pretrain, initial clusters on z0, then DEC clustering; returns (labels, z0).
+
+    ``n_clusters > 0``: k-means with 20 restarts; ``0``: Louvain at ``resolution`` on the
+    ``knn``-NN graph (scdc_jax's community detection, so both implementations share it).
+    """
     from sklearn.cluster import KMeans
     from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator(device=device).manual_seed(seed)
     to = dict(dtype=dtype, device=device)
     x_t, raw_t, sf_t = (torch.as_tensor(np.asarray(a), **to) for a in (x, raw, sf))
     model = build_model(x_t.shape[1], dtype=dtype, device=device, seed=seed)
@@ -220,10 +230,16 @@ def fit(x, raw, sf, *, n_clusters: int, pretrain_epochs: int = 300, maxiter: int
     if verbose:
         print(f"pretraining {time.perf_counter() - t0:.1f} s", flush=True)
 
-    z0 = encode_all(model, x_t)
-    km = KMeans(n_clusters, n_init=20, random_state=seed).fit(z0.cpu().double().numpy())
-    mu = nn.Parameter(torch.as_tensor(km.cluster_centers_, **to))
-    pred_last = km.labels_
+    z0 = encode_all(model, x_t).cpu().double().numpy()
+    if n_clusters > 0:
+        km = KMeans(n_clusters, n_init=20, random_state=seed).fit(z0)
+        centres, pred_last = km.cluster_centers_, km.labels_
+    else:
+        from scdc_jax.cluster.init import centres_of, community_labels
+
+        pred_last = community_labels(z0.astype(np.float32), knn=knn, resolution=resolution, seed=seed)
+        centres = centres_of(z0, pred_last)
+    mu = nn.Parameter(torch.as_tensor(centres, **to))
     opt = cluster_optimizer(model, mu)
     for ep in range(maxiter):
         with torch.no_grad():

@@ -10,14 +10,12 @@ import os
 
 import jax.numpy as jnp
 import numpy as np
-import scipy.sparse as sp
 
 from .. import checkpoint
 from ..errors import InputError
 from ..io import CountData, check_counts
-from ..preprocess import normalise_log_scale
 from .config import ClusterConfig
-from .train import build_model, make_assign
+from .train import build_model, device_data, make_assign
 
 
 def _model_dir(path: str) -> str:
@@ -80,14 +78,12 @@ def predict(model: str, data: CountData) -> dict:
     template = {"params": {"ae": ae, "mu": jnp.zeros((k, cfg.latent))},
                 "norm_mean": np.zeros(n_genes, np.float32), "norm_std": np.zeros(n_genes, np.float32)}
     state, _ = checkpoint.restore(where, template)
-    raw = (data.X.toarray() if sp.issparse(data.X) else np.asarray(data.X)).astype(np.float32)
-    totals = raw.sum(1).astype(np.float64)
+    totals = np.asarray(data.X.sum(1), np.float64).ravel()
     ok = totals > 0
     norm = {"median_total": meta["median_total"], "mean": np.asarray(state["norm_mean"]),
             "std": np.asarray(state["norm_std"])}
-    x, _ = normalise_log_scale(raw[ok], totals[ok], norm)
-    z0, q, _, labels = make_assign(graphdef, cfg.alpha)(state["params"], jnp.asarray(x),
-                                                         None if b is None else jnp.asarray(b[ok]))
+    query = device_data(data.X[ok], norm, None if b is None else b[ok])
+    z0, q, _, labels = make_assign(graphdef, cfg.alpha)(state["params"], query)
     n = data.n_cells
     out = {"latent": np.full((n, cfg.latent), np.nan, np.float32), "q": np.full((n, k), np.nan, np.float32),
            "labels": np.full(n, -1, np.int64)}

@@ -138,7 +138,7 @@ def run(data: CountData, cfg: ClusterConfig, *, save_dir: str | None = None, ae_
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
     prep = prepare(data, select_genes_n=cfg.select_genes)
-    n, g = prep.x.shape
+    n, g = prep.shape
     batch = prep.data.batch
     nb = 0 if batch is None else batch.shape[1]
     if cfg.n_clusters > n:
@@ -151,7 +151,7 @@ def run(data: CountData, cfg: ClusterConfig, *, save_dir: str | None = None, ae_
     mesh = make_mesh(cfg.devices) if cfg.devices > 1 else None
     rep = replicated(mesh) if mesh is not None else None
     bshard = data_sharded(mesh) if mesh is not None else None
-    dd = device_data(prep.x, prep.raw, prep.size_factors, batch, sharding=rep)
+    dd = device_data(prep.raw, prep.norm, batch, sharding=rep)
     graphdef, ae = build_model(g, nb, cfg, cfg.seed)
     if rep is not None:
         ae = jax.device_put(ae, rep)
@@ -220,7 +220,7 @@ def run(data: CountData, cfg: ClusterConfig, *, save_dir: str | None = None, ae_
         history.update(meta.get("history", {}))
         say(f"resuming clustering from epoch {start} ({ck_dir})")
     else:
-        z0 = np.asarray(encode(ae, dd.x, dd.b))
+        z0 = np.asarray(encode(ae, dd))
         if cfg.n_clusters > 0:
             centers, last = kmeans(z0, cfg.n_clusters, n_init=cfg.kmeans_n_init, seed=cfg.seed)
         else:
@@ -250,7 +250,7 @@ def run(data: CountData, cfg: ClusterConfig, *, save_dir: str | None = None, ae_
     try:
         for epoch in range(start, cfg.maxiter + 1):
             if epoch % cfg.update_interval == 0 or epoch == cfg.maxiter:
-                z0, q, p, pred = assign(params, dd.x, dd.b)
+                z0, q, p, pred = assign(params, dd)
                 pred = np.asarray(pred).astype(np.int64)
                 delta = float(np.mean(pred != last))
                 if labels_true is not None:

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import scipy.sparse as sp
 from flax import nnx
 from jax.scipy.special import gammaln
 
@@ -24,23 +25,88 @@ from ..nn import ZINBAutoencoder
 
 
 class ClusterData(NamedTuple):
-    """Device arrays of one dataset (n cells, g genes, nb batches)."""
+    """Device arrays of one dataset (n cells, g genes, nb batches).
 
-    x: jax.Array          # (n, g) z-scored log expression (encoder input)
-    raw: jax.Array        # (n, g) raw counts (loss target)
-    sf: jax.Array         # (n,) size factors
-    const: jax.Array      # (n,) mean over genes of lgamma(raw + 1), the parameter-free NLL term
-    b: jax.Array | None   # (n, nb) one-hot batches, or None
+    The raw counts are held once, dense or as padded sparse rows (ELL: for every cell the column
+    indices and values of its non-zero counts, padded with zeros to the longest row); the encoder
+    input ``(log1p(raw * scale) - mean) / std`` is computed per minibatch, so no second dense
+    cells x genes matrix is ever stored.
+    """
+
+    counts: jax.Array         # (n, g) dense raw counts, or (n, m) ELL values
+    cols: jax.Array | None    # (n, m) ELL column indices, or None for dense counts
+    scale: jax.Array          # (n,) median total / cell total (library-size normalisation)
+    sf: jax.Array             # (n,) size factors: cell total / median total
+    const: jax.Array          # (n,) mean over genes of lgamma(raw + 1), the parameter-free NLL term
+    mean: jax.Array           # (g,) gene means of the log-normalised counts
+    std: jax.Array            # (g,) gene spreads (divisors)
+    b: jax.Array | None       # (n, nb) one-hot batches, or None
+
+    @property
+    def n_cells(self) -> int:
+        return self.counts.shape[0]
 
 
-def device_data(x: np.ndarray, raw: np.ndarray, sf: np.ndarray, b: np.ndarray | None = None,
-                sharding=None) -> ClusterData:
-    """Put a prepared dataset on the device(s); ``sharding`` defaults to the default device."""
+def ell_rows(csr) -> tuple[np.ndarray, np.ndarray]:
+    """(column indices int32 (n, m), values float32 (n, m)) of a CSR matrix's rows, m = longest row.
+
+    Padding slots hold column 0 and value 0, which add nothing when the rows are scattered back.
+    """
+    nnz = np.diff(csr.indptr)
+    m = max(int(nnz.max()), 1)
+    rows = np.repeat(np.arange(csr.shape[0]), nnz)
+    pos = np.arange(csr.nnz) - np.repeat(csr.indptr[:-1], nnz)
+    cols = np.zeros((csr.shape[0], m), np.int32)
+    vals = np.zeros((csr.shape[0], m), np.float32)
+    cols[rows, pos] = csr.indices
+    vals[rows, pos] = csr.data
+    return cols, vals
+
+
+def use_sparse_rows(raw) -> bool:
+    """Sparse rows (8 bytes a slot) when the input is sparse and they take less than dense float32."""
+    if not sp.issparse(raw) or raw.nnz == 0:
+        return False
+    return 2 * int(np.diff(raw.indptr).max()) < raw.shape[1]
+
+
+def device_data(raw, norm: dict, b: np.ndarray | None = None, *, sharding=None,
+                sparse: bool | None = None) -> ClusterData:
+    """Put prepared counts on the device(s).
+
+    raw : (n, g) counts, dense or CSR (never densified whole: CSR becomes ELL rows).
+    norm : ``{"median_total", "mean", "std"}`` of :func:`scdc_jax.preprocess.prepare` (or of the
+        training data, to encode new cells as the training cells).
+    sparse : force ELL rows (True) or dense counts (False); default :func:`use_sparse_rows`.
+    sharding : where to put the arrays; default the default device.
+    """
     put = (lambda a: jax.device_put(a, sharding)) if sharding is not None else jnp.asarray
-    raw_d = put(np.asarray(raw, np.float32))
-    const = jax.jit(lambda r: gammaln(r + 1.0).mean(1))(raw_d)
-    return ClusterData(put(np.asarray(x, np.float32)), raw_d, put(np.asarray(sf, np.float32)), const,
+    sparse = use_sparse_rows(raw) if sparse is None else sparse
+    totals = np.asarray(raw.sum(1), np.float64).ravel()
+    median = float(norm["median_total"])
+    if sparse:
+        cols, vals = ell_rows(sp.csr_matrix(raw, dtype=np.float32))
+        counts, cols = put(vals), put(cols)
+    else:
+        dense = raw.toarray() if sp.issparse(raw) else raw
+        counts, cols = put(np.asarray(dense, np.float32)), None
+    const = jax.jit(lambda c: gammaln(c + 1.0).sum(1) / len(norm["mean"]))(counts)
+    return ClusterData(counts, cols, put((median / totals).astype(np.float32)),
+                       put((totals / median).astype(np.float32)), const,
+                       put(np.asarray(norm["mean"], np.float32)), put(np.asarray(norm["std"], np.float32)),
                        None if b is None else put(np.asarray(b, np.float32)))
+
+
+def batch_rows(data: ClusterData, idx):
+    """(encoder input x, raw counts), each (len(idx), g), of the cells ``idx``."""
+    if data.cols is None:
+        raw = data.counts[idx]
+    else:
+        rows = jnp.arange(idx.shape[0])[:, None]
+        raw = jnp.zeros((idx.shape[0], data.mean.shape[0]), data.counts.dtype).at[rows, data.cols[idx]].add(
+            data.counts[idx])
+    x = (jnp.log1p(raw * data.scale[idx][:, None]) - data.mean) / data.std
+    return x, raw
 
 
 def build_model(n_genes: int, n_batches: int, cfg, seed: int):
@@ -72,8 +138,8 @@ def _batch_plan(order: jax.Array, n: int, batch_size: int, slots: int):
 
 
 def _take(data: ClusterData, idx):
-    return (data.x[idx], data.raw[idx], data.sf[idx], data.const[idx],
-            None if data.b is None else data.b[idx])
+    x, raw = batch_rows(data, idx)
+    return x, raw, data.sf[idx], data.const[idx], None if data.b is None else data.b[idx]
 
 
 def _masked_mean(v, mask):
@@ -175,34 +241,34 @@ def make_cluster_epoch(graphdef, tx: optax.GradientTransformation, *, n: int, ba
 
 
 def make_encoder(graphdef, chunk: int = 65536):
-    """``encode(ae_params, x, b) -> z0`` (n, latent): the clean encoder pass, in chunks of cells."""
+    """``encode(ae_params, data) -> z0`` (n, latent): the clean encoder pass over all cells of a
+    :class:`ClusterData`, ``chunk`` cells at a time."""
 
     @jax.jit
-    def encode(params, x, b):
+    def encode(params, data: ClusterData):
         model = nnx.merge(graphdef, params)
-        n = x.shape[0]
+        n = data.n_cells
+
+        def block(idx):
+            x, _ = batch_rows(data, idx)
+            return model.encode(x, None if data.b is None else data.b[idx])
+
         if n <= chunk:
-            return model.encode(x, b)
+            return block(jnp.arange(n))
         steps = math.ceil(n / chunk)
-        pad = steps * chunk - n
-        xs = jnp.pad(x, ((0, pad), (0, 0))).reshape(steps, chunk, -1)
-        if b is None:
-            zs = jax.lax.map(lambda xc: model.encode(xc, None), xs)
-        else:
-            bs = jnp.pad(b, ((0, pad), (0, 0))).reshape(steps, chunk, -1)
-            zs = jax.lax.map(lambda a: model.encode(a[0], a[1]), (xs, bs))
-        return zs.reshape(steps * chunk, -1)[:n]
+        idx = jnp.minimum(jnp.arange(steps * chunk), n - 1).reshape(steps, chunk)
+        return jax.lax.map(block, idx).reshape(steps * chunk, -1)[:n]
 
     return encode
 
 
 def make_assign(graphdef, alpha: float = 1.0):
-    """``assign(params, x, b) -> (z0, q, p, labels)`` over all cells, jit-compiled."""
+    """``assign(params, data) -> (z0, q, p, labels)`` over all cells, jit-compiled."""
     encode = make_encoder(graphdef)
 
     @jax.jit
-    def assign(params, x, b):
-        z0 = encode(params["ae"], x, b)
+    def assign(params, data: ClusterData):
+        z0 = encode(params["ae"], data)
         q = jnp.exp(log_soft_assign(z0, params["mu"], alpha))
         return z0, q, target_distribution(q), jnp.argmax(q, axis=1)
 
