@@ -1,111 +1,189 @@
-"""Accuracy of scDeepCluster on the real datasets over several seeds: scdc_jax or the PyTorch baseline.
+"""Accuracy of scDeepCluster on the real datasets over several seeds: scdc_jax and the PyTorch baseline.
 
-    python benchmarks/accuracy.py --seeds 0 1 2 --datasets bladder worm pbmc
-    python benchmarks/accuracy.py --impl torch_f32 --seeds 0 1 2 --datasets bladder
+    python benchmarks/accuracy.py --seeds 0 1 2 3 4 --datasets bladder worm pbmc
+    python benchmarks/accuracy.py --impl scdc_jax torch_f32 --mode given estimated --seeds 0 1 2 3 4 --jobs 6 --device cuda
 
-``--impl torch_f32|torch_f64`` runs ``benchmarks/baselines/torch_scdeepcluster.py`` (same
-preprocessing, k-means init, schedule; clusters given only).  Writes
-``benchmarks/results/accuracy_<impl>_<mode>.json`` (per-seed ARI/NMI/ACC, times, machine,
-versions, command) and ``accuracy_scdc_jax.md`` (mean and sd per dataset).  Uses the published
-defaults; ``--n-clusters-mode estimated`` uses Louvain instead of the true number of types.
+Every run uses the published defaults (300 pretraining epochs, batch 256, sigma 2.5, gamma 1,
+tol 0.001, Adadelta clustering); ``given`` uses the true number of types (k-means, 20 restarts),
+``estimated`` Louvain at resolution 0.8 on the 20-NN graph of the pretrained latent space.
+``torch_f32|torch_f64`` is ``benchmarks/baselines/torch_scdeepcluster.py`` on scdc_jax's
+preprocessing (and, for ``estimated``, scdc_jax's Louvain).  Each (implementation, dataset, seed,
+mode) runs in its own process, ``--jobs`` at a time.  Writes, per implementation and mode,
+``benchmarks/results/accuracy_<impl>_<mode><tag>.json`` (per-seed ARI/NMI/ACC/k, times, machine,
+versions, command) and ``.md``, and ``accuracy_compare<tag>.md`` (mean and sd side by side).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(HERE))
-DATA = os.path.join(os.path.dirname(os.path.dirname(HERE)), "shared", "data")
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, ROOT)
+DATA = os.path.join(os.path.dirname(ROOT), "shared", "data")
 
 DATASETS = {  # name: (file, true number of types, --select-genes)
     "bladder": ("mouse_bladder_cell_select_2100.h5", 16, 2000),
     "worm": ("worm_neuron_cell_select_2100.h5", 10, 2000),
     "pbmc": ("10X_PBMC_select_2100_top2000.h5", 8, 0),
 }
+METRICS = ("ari", "nmi", "acc", "k")
 
 
-def torch_run(data, cfg, impl: str) -> dict:
-    """The PyTorch baseline on scdc_jax's preprocessing: ARI/NMI/ACC and pretraining seconds."""
-    import torch
-
-    from benchmarks.baselines.torch_scdeepcluster import fit
+def one_run(impl: str, dataset: str, seed: int, mode: str, data_dir: str, device: str, overrides: dict) -> dict:
+    """One fit of one implementation; returns its scores and times."""
+    from scdc_jax.cluster import ClusterConfig, run
+    from scdc_jax.io import read_counts
     from scdc_jax.metrics import clustering_scores
     from scdc_jax.preprocess import prepare
 
-    prep = prepare(data, select_genes_n=cfg.select_genes)
+    fname, k, sel = DATASETS[dataset]
+    data = read_counts(os.path.join(data_dir, fname))
+    cfg = ClusterConfig(n_clusters=k if mode == "given" else 0, select_genes=sel, seed=seed, **overrides)
     t0 = time.perf_counter()
+    if impl == "scdc_jax":
+        import jax
+
+        res = run(data, cfg, progress=False)
+        return {**res.scores, "k": int(res.centers.shape[0]), "wall_s": time.perf_counter() - t0,
+                "pretrain_s": res.timings["pretrain_s"], "cluster_epochs": res.timings["cluster_epochs"],
+                "device": jax.devices()[0].device_kind}
+    import torch
+
+    from benchmarks.baselines.torch_scdeepcluster import fit
+
+    prep = prepare(data, select_genes_n=cfg.select_genes)
     pred, _ = fit(prep.x, prep.raw, prep.size_factors, n_clusters=cfg.n_clusters, pretrain_epochs=cfg.pretrain_epochs,
                   maxiter=cfg.maxiter, tol=cfg.tol, batch_size=cfg.batch_size, sigma=cfg.sigma, gamma=cfg.gamma,
-                  dtype=torch.float32 if impl == "torch_f32" else torch.float64, seed=cfg.seed, verbose=False)
-    return {**clustering_scores(prep.data.labels, pred), "pretrain_s": float("nan"), "fit_s": time.perf_counter() - t0}
+                  dtype=torch.float32 if impl == "torch_f32" else torch.float64, device=device, seed=seed,
+                  knn=cfg.knn, resolution=cfg.resolution, verbose=False)
+    return {**clustering_scores(prep.data.labels, pred), "k": int(len(np.unique(pred))),
+            "wall_s": time.perf_counter() - t0,
+            "device": torch.cuda.get_device_name(0) if device == "cuda" else "cpu"}
+
+
+def summarise(rows: list[dict]) -> dict:
+    out = {}
+    for m in (*METRICS, "wall_s"):
+        v = [r[m] for r in rows]
+        out[m] = {"mean": float(np.mean(v)), "sd": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0}
+    return out
+
+
+def write_results(rows, args, out_dir):
+    from scdc_jax.cluster import ClusterConfig
+    from scdc_jax.outputs import provenance
+
+    cmd = "python benchmarks/accuracy.py " + " ".join(sys.argv[1:])
+    prov = provenance(None, ClusterConfig().to_dict(), 1, cmd)
+    groups = {}
+    for r in rows:
+        groups.setdefault((r["impl"], r["mode"]), []).append(r)
+    summary = {}
+    for (impl, mode), rs in groups.items():
+        per = {d: summarise([r for r in rs if r["dataset"] == d]) for d in args.datasets
+               if any(r["dataset"] == d for r in rs)}
+        summary[(impl, mode)] = per
+        stem = os.path.join(out_dir, f"accuracy_{impl}_{mode}{args.tag}")
+        with open(stem + ".json", "w") as fh:
+            json.dump({**prov, "impl": impl, "mode": mode, "jobs": args.jobs, "matmul_precision": args.matmul,
+                       "rows": rs, "summary": per}, fh, indent=2)
+        lines = [f"# scDeepCluster accuracy ({impl}, clusters {mode}, seeds {args.seeds})", "",
+                 f"`{cmd}` on {prov['machine']}, {rs[0]['device']}, {prov['date']}; {args.jobs} run(s) at a time.",
+                 "", "| dataset | k | ARI | NMI | ACC | total s |", "|---|---|---|---|---|---|"]
+        for d, s in per.items():
+            lines.append(f"| {d} | {s['k']['mean']:.1f} ± {s['k']['sd']:.1f} | {s['ari']['mean']:.3f} ± {s['ari']['sd']:.3f} "
+                         f"| {s['nmi']['mean']:.3f} ± {s['nmi']['sd']:.3f} | {s['acc']['mean']:.3f} ± {s['acc']['sd']:.3f} "
+                         f"| {s['wall_s']['mean']:.0f} |")
+        lines += ["", "Per seed:", "", "| dataset | seed | k | ARI | NMI | ACC | total s |", "|---|---|---|---|---|---|---|"]
+        lines += [f"| {r['dataset']} | {r['seed']} | {r['k']} | {r['ari']:.3f} | {r['nmi']:.3f} | {r['acc']:.3f} | "
+                  f"{r['wall_s']:.0f} |" for r in sorted(rs, key=lambda r: (r["dataset"], r["seed"]))]
+        with open(stem + ".md", "w") as fh:
+            fh.write("\n".join(lines) + "\n")
+        print("\n".join(lines))
+    impls = sorted({i for i, _ in summary})
+    if len(impls) > 1:
+        lines = [f"# scdc_jax and the PyTorch baseline side by side (mean ± sd over seeds {args.seeds})", "",
+                 f"`{cmd}` ({prov['machine']}, {prov['date']}). 'within spread': |difference of means| <= "
+                 "the larger of the two standard deviations.", "",
+                 "| dataset | clusters | metric | " + " | ".join(impls) + " | within spread |",
+                 "|---|---|---|" + "---|" * len(impls) + "---|"]
+        for mode in args.mode:
+            for d in args.datasets:
+                for m in ("ari", "nmi", "acc", "k"):
+                    cells = [summary.get((i, mode), {}).get(d) for i in impls]
+                    if any(c is None for c in cells):
+                        continue
+                    means = [c[m]["mean"] for c in cells]
+                    spread = max(c[m]["sd"] for c in cells)
+                    ok = max(means) - min(means) <= spread
+                    lines.append(f"| {d} | {mode} | {m} | " + " | ".join(f"{c[m]['mean']:.3f} ± {c[m]['sd']:.3f}"
+                                 for c in cells) + f" | {'yes' if ok else 'no'} |")
+        with open(os.path.join(out_dir, f"accuracy_compare{args.tag}.md"), "w") as fh:
+            fh.write("\n".join(lines) + "\n")
+        print("\n".join(lines))
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
-    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    ap.add_argument("--n-clusters-mode", choices=["given", "estimated"], default="given")
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
+    ap.add_argument("--mode", nargs="+", choices=["given", "estimated"], default=["given"],
+                    help="number of clusters: the true one, or estimated by Louvain")
+    ap.add_argument("--impl", nargs="+", choices=["scdc_jax", "torch_f32", "torch_f64"], default=["scdc_jax"])
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="PyTorch's device")
+    ap.add_argument("--jobs", type=int, default=1, help="runs at a time, each its own process")
+    ap.add_argument("--data-dir", default=DATA)
     ap.add_argument("--out", default=os.path.join(HERE, "results"))
-    ap.add_argument("--impl", choices=["scdc_jax", "torch_f32", "torch_f64"], default="scdc_jax")
-    ap.add_argument("--tag", default=None, help="results file tag (default: --impl)")
+    ap.add_argument("--tag", default="", help="suffix of the results files, e.g. _gpu")
+    ap.add_argument("--matmul", choices=["float32", "tf32"], default="float32",
+                    help="float32 matmul precision of both implementations (GPUs only)")
+    ap.add_argument("--pretrain-epochs", type=int, help="override (smoke tests only: not the published setting)")
+    ap.add_argument("--maxiter", type=int, help="override (smoke tests only: not the published setting)")
+    ap.add_argument("--worker", nargs=4, metavar=("IMPL", "DATASET", "SEED", "MODE"), help=argparse.SUPPRESS)
     args = ap.parse_args()
-    args.tag = args.tag or args.impl
-    if args.impl != "scdc_jax" and args.n_clusters_mode != "given":
-        sys.exit("the PyTorch baseline has no Louvain estimate: use --n-clusters-mode given")
+    if args.worker:
+        impl, dataset, seed, mode = args.worker
+        from benchmarks.common import set_matmul_precision
 
-    from scdc_jax.cluster import ClusterConfig, run
-    from scdc_jax.io import read_counts
-    from scdc_jax.outputs import provenance, write_json
+        set_matmul_precision(args.matmul)
+        overrides = {k: v for k, v in (("pretrain_epochs", args.pretrain_epochs), ("maxiter", args.maxiter)) if v}
+        print("RESULT " + json.dumps(one_run(impl, dataset, int(seed), mode, args.data_dir, args.device, overrides)),
+              flush=True)
+        return
+    if not os.path.isdir(args.data_dir):
+        sys.exit(f"skipped: {args.data_dir} is absent (real data lives only on developer machines and CI)")
 
-    if not os.path.isdir(DATA):
-        sys.exit(f"skipped: {DATA} is absent (real data lives only on developer machines and CI)")
-    rows = []
-    for name in args.datasets:
-        fname, k, sel = DATASETS[name]
-        data = read_counts(os.path.join(DATA, fname))
-        for seed in args.seeds:
-            cfg = ClusterConfig(n_clusters=k if args.n_clusters_mode == "given" else 0, select_genes=sel, seed=seed)
-            t0 = time.perf_counter()
-            if args.impl == "scdc_jax":
-                res = run(data, cfg, progress=False)
-                row = {"dataset": name, "seed": seed, "k": int(res.centers.shape[0]), **res.scores,
-                       "wall_s": time.perf_counter() - t0, **{k_: v for k_, v in res.timings.items()}}
-            else:
-                row = {"dataset": name, "seed": seed, "k": k, **torch_run(data, cfg, args.impl),
-                       "wall_s": time.perf_counter() - t0}
-            rows.append(row)
-            print(json.dumps(row), flush=True)
-    summary = {}
-    for name in args.datasets:
-        r = [x for x in rows if x["dataset"] == name]
-        summary[name] = {m: {"mean": float(np.mean([x[m] for x in r])), "sd": float(np.std([x[m] for x in r], ddof=1))
-                             if len(r) > 1 else 0.0} for m in ("ari", "nmi", "acc", "k", "wall_s", "pretrain_s")}
-    cmd = "python benchmarks/accuracy.py " + " ".join(sys.argv[1:])
-    out = {**provenance(None, ClusterConfig().to_dict(), 1, cmd), "mode": args.n_clusters_mode,
-           "rows": rows, "summary": summary}
+    env = {**os.environ, "XLA_PYTHON_CLIENT_PREALLOCATE": "false"}  # several runs share one GPU
+    if args.jobs > 1:
+        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // args.jobs)))
+    runs = [(i, d, s, m) for m in args.mode for d in args.datasets for i in args.impl for s in args.seeds]
+
+    def launch(spec):
+        impl, d, s, m = spec
+        cmd = [sys.executable, os.path.abspath(__file__), "--worker", impl, d, str(s), m,
+               "--data-dir", args.data_dir, "--device", args.device, "--matmul", args.matmul]
+        cmd += [a for k, v in (("--pretrain-epochs", args.pretrain_epochs), ("--maxiter", args.maxiter)) if v
+                for a in (k, str(v))]
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        found = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+        if not found:
+            raise RuntimeError(f"{spec} failed:\n{proc.stderr[-3000:]}")
+        row = {"impl": impl, "dataset": d, "seed": s, "mode": m, **json.loads(found[-1][7:])}
+        print(json.dumps(row), flush=True)
+        return row
+
+    with ThreadPoolExecutor(args.jobs) as pool:
+        rows = list(pool.map(launch, runs))
     os.makedirs(args.out, exist_ok=True)
-    stem = os.path.join(args.out, f"accuracy_{args.tag}_{args.n_clusters_mode}")
-    write_json(stem + ".json", out)
-    lines = [f"# scDeepCluster accuracy ({args.tag}, clusters {args.n_clusters_mode}, seeds {args.seeds})", "",
-             f"`{cmd}` on {out['machine']}, {out['date']}", "",
-             "| dataset | k | ARI | NMI | ACC | pretrain s | total s |", "|---|---|---|---|---|---|---|"]
-    for name, s in summary.items():
-        pre = s["pretrain_s"]["mean"]
-        lines.append(f"| {name} | {s['k']['mean']:.1f} | {s['ari']['mean']:.3f} ± {s['ari']['sd']:.3f} | "
-                     f"{s['nmi']['mean']:.3f} ± {s['nmi']['sd']:.3f} | {s['acc']['mean']:.3f} ± {s['acc']['sd']:.3f} | "
-                     f"{pre:.0f} | {s['wall_s']['mean']:.0f} |".replace("| nan |", "| – |"))
-    lines += ["", "Per seed:", "", "| dataset | seed | k | ARI | NMI | ACC | total s |", "|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['dataset']} | {r['seed']} | {r['k']} | {r['ari']:.3f} | {r['nmi']:.3f} | {r['acc']:.3f} | "
-              f"{r['wall_s']:.0f} |" for r in rows]
-    with open(stem + ".md", "w") as fh:
-        fh.write("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_results(rows, args, args.out)
 
 
 if __name__ == "__main__":

@@ -200,7 +200,8 @@ def write_report(rows, args, path_stem):
     from scdc_jax.outputs import provenance
 
     plat = next((r["platform"] for r in rows if r.get("impl") == "jax" and "platform" in r), jax.default_backend())
-    report = {**provenance(0, {"genes": N_GENES, "groups": N_GROUPS, "epochs_timed": args.epochs}, max(args.devices),
+    report = {**provenance(0, {"genes": N_GENES, "groups": N_GROUPS, "epochs_timed": args.epochs,
+                               "matmul_precision": args.matmul}, max(args.devices),
                            "python benchmarks/scaling.py " + " ".join(sys.argv[1:])),
               "scdc_jax": getattr(scdc_jax, "__version__", None), "rows": rows}
     with open(path_stem + ".json", "w") as fh:
@@ -243,6 +244,8 @@ def main(argv=None) -> int:
                     help="folder for the generated counts (reused across runs)")
     ap.add_argument("--data", help=argparse.SUPPRESS)
     ap.add_argument("--tag", default="", help="suffix of the results files")
+    ap.add_argument("--matmul", choices=["float32", "tf32"], default="float32",
+                    help="float32 matmul precision of both frameworks (GPUs only)")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
@@ -251,6 +254,9 @@ def main(argv=None) -> int:
             import jax
 
             jax.config.update("jax_platforms", "cpu")
+        from benchmarks.common import set_matmul_precision
+
+        set_matmul_precision(args.matmul)
         print("RESULT " + json.dumps(worker(args)), flush=True)
         return 0
 
@@ -266,7 +272,8 @@ def main(argv=None) -> int:
             data[n] = synthetic_zinb(n, args.cache)
             print(f"== data: {n} cells ready in {time.perf_counter() - t0:.0f} s ({args.cache})", flush=True)
         cmd = [sys.executable, os.path.abspath(__file__), "--worker", "--impl", impl, "--cells", str(n), "--data", data[n][inp],
-               "--devices", str(d), "--device", args.device, "--input", inp, "--epochs", str(args.epochs)]
+               "--devices", str(d), "--device", args.device, "--input", inp, "--epochs", str(args.epochs),
+               "--matmul", args.matmul]
         print(f"== {impl} {n} cells, {d} device(s), {inp} input", flush=True)
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, env=env)

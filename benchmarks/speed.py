@@ -224,7 +224,8 @@ def write_report(args, platform_name, results, path_json, path_md):
         "machine": {"platform": platform.platform(), "cpu_model": cpu_model(), "cpu_cores": os.cpu_count(),
                     "jax_backend": platform_name, "jax_devices": [str(d) for d in jax.devices()],
                     "torch_device": args.device, "torch_threads": torch.get_num_threads(),
-                    "cuda_device": torch.cuda.get_device_name(0) if args.device == "cuda" else None},
+                    "cuda_device": torch.cuda.get_device_name(0) if args.device == "cuda" else None,
+                    "matmul_precision": args.matmul},
         "versions": {"python": platform.python_version(), "jax": jax.__version__, "flax": flax.__version__,
                      "optax": optax.__version__, "torch": torch.__version__, "numpy": np.__version__},
         "note": "frameworks measured alternately in one run; warm-up excluded; ratio = torch median / jax median",
@@ -236,7 +237,7 @@ def write_report(args, platform_name, results, path_json, path_md):
     fws = ["jax", "torch32", "torch64"]
     lines = [f"# Speed, {platform_name} ({report['machine']['cpu_model']}, {report['machine']['cpu_cores']} cores)",
              "", f"`{report['command']}` on {report['date_utc']}; median seconds over the rounds "
-             "(frameworks alternated, warm-up excluded); ratio = torch / scdc_jax.", "",
+             f"(frameworks alternated, warm-up excluded); ratio = torch / scdc_jax; float32 matmuls: {args.matmul}.", "",
              "| measurement | scdc_jax f32 | torch f32 | torch f64 | torch f32 / jax | torch f64 / jax | rounds |",
              "|---|---|---|---|---|---|---|"]
     for key, s in summary.items():
@@ -265,6 +266,8 @@ def main(argv=None):
     ap.add_argument("--gsrcl-file", default=os.path.join(DATA, "baron_mouse1.h5"))
     ap.add_argument("--gsrcl-cells", type=int, default=822)
     ap.add_argument("--skip-gsrcl", action="store_true")
+    ap.add_argument("--matmul", choices=["float32", "tf32"], default="float32",
+                    help="float32 matmul precision of both frameworks (GPUs only; default full float32)")
     args = ap.parse_args(argv)
     if args.quick:
         args.rounds, args.gsrcl_rounds = min(args.rounds, 2), min(args.gsrcl_rounds, 2)
@@ -279,13 +282,16 @@ def main(argv=None):
         jax.config.update("jax_platforms", "cpu")
     import jax
 
+    from benchmarks.common import set_matmul_precision
+
+    set_matmul_precision(args.matmul)
     platform_name = jax.default_backend()
     results = {"scdeepcluster": bench_scdeepcluster(args, args.device)}
     if not args.skip_gsrcl:
         results["gsrcl"] = bench_gsrcl(args, args.device)
     os.makedirs(args.out, exist_ok=True)
-    write_report(args, platform_name, results, os.path.join(args.out, f"speed_{platform_name}.json"),
-                 os.path.join(args.out, f"speed_{platform_name}.md"))
+    stem = os.path.join(args.out, f"speed_{platform_name}{'' if args.matmul == 'float32' else '_' + args.matmul}")
+    write_report(args, platform_name, results, stem + ".json", stem + ".md")
     return 0
 
 

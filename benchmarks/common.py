@@ -1,0 +1,21 @@
+"""Settings shared by the benchmark scripts."""
+from __future__ import annotations
+
+MATMUL = {"float32": ("float32", "highest"), "tf32": ("tensorfloat32", "high")}
+
+
+def set_matmul_precision(name: str) -> None:
+    """Give JAX and PyTorch the same float32 matmul precision.
+
+    On recent NVIDIA GPUs JAX computes float32 products in TF32 by default and PyTorch in full
+    float32; a side-by-side timing must use one of the two for both.  No effect on CPUs.
+    """
+    import jax
+
+    jax_name, torch_name = MATMUL[name]
+    jax.config.update("jax_default_matmul_precision", jax_name)
+    try:
+        import torch
+    except ImportError:
+        return
+    torch.set_float32_matmul_precision(torch_name)
