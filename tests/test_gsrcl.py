@@ -195,18 +195,6 @@ def cli_error(args, capsys) -> str:
     return err
 
 
-def test_cli_user_errors_are_one_sentence(tmp_path, capsys):
-    assert "--devices 8 asked for" in cli_error(["--devices", "8"], capsys)
-    assert "labelled data file" in cli_error([], capsys)
-    assert "does not exist" in cli_error(["--data-file", str(tmp_path / "missing.h5")], capsys)
-    assert "must be positive" in cli_error(["--epochs", "5", "--eval-every", "0"], capsys)
-
-
-def test_cli_devices_beyond_available_in_a_fresh_process():
-    r = run_cli(["--devices", "8"])
-    assert r.returncode == 2 and r.stderr.startswith("error:") and "Traceback" not in r.stderr
-
-
 def test_svm_on_distances_matches_sklearn_svc():
     from sklearn.svm import SVC
 

@@ -114,22 +114,26 @@ def _read(args, labels: bool = True):
 def _config(args):
     from .config import load_config
 
+    if args.epochs is not None and args.epochs <= 0:
+        raise InputError(f"--epochs must be positive, got {args.epochs}; leave it out for the published count.")
     keys = ("loss", "epochs", "eval_every", "batch_size", "lr", "temperature", "noise_std", "n_jobs", "seed",
             "devices", "augment", "dropout", "n_top_genes", "svm_workers")
     cfg = load_config(args.config, **{k: getattr(args, k) for k in keys})
-    from ..parallel import make_mesh
+    if cfg.devices > 1:  # a bad --devices fails here, before any data is read; one device needs no check
+        from ..parallel import make_mesh
 
-    make_mesh(cfg.devices)  # a bad --devices fails here, before any data is read
+        make_mesh(cfg.devices)
     return cfg
 
 
 def cmd_evaluate(args, argv) -> int:
     from ..outputs import atomic_path, check_writable_dir, provenance, write_json
-    from .protocol import evaluate, results_table, text_summary
 
     cfg = _config(args)
     out_dir = check_writable_dir(args.out_dir, "results folder")
     data = _read(args)
+    from .protocol import evaluate, results_table, text_summary
+
     dataset = os.path.splitext(os.path.basename(data.source))[0]
     t0 = time.perf_counter()
     results = evaluate(data, cfg, cell_types=args.cell_type, progress=not args.quiet,
@@ -154,11 +158,12 @@ def cmd_evaluate(args, argv) -> int:
 
 def cmd_train_reference(args, argv) -> int:
     from ..outputs import check_writable_dir
-    from .annotate import train_reference
 
     cfg = _config(args)
     check_writable_dir(args.out, "reference folder")
     data = _read(args)
+    from .annotate import train_reference
+
     meta = train_reference(data, cfg, args.out)
     print(f"trained a reference of {len(meta['cell_types'])} cell types on {data.n_cells} cells x "
           f"{data.n_genes} genes; wrote {args.out}")

@@ -80,26 +80,28 @@ def train_reference(data, cfg: GsRCLConfig, out_dir: str, *, log=print) -> dict:
     if data.gene_names is None:
         raise InputError("a reference needs gene names to align queries to; this data file has none.")
     cfg = dataclasses.replace(cfg, loss="simclr")
+    names = list(data.label_names)
+    counts = np.bincount(data.labels, minlength=len(names))
+    need = max(cfg.svm_cv, 2)
+    types = [c for c in range(len(names)) if min(counts[c], len(data.labels) - counts[c]) >= need]
+    if not types:
+        raise InputError(f"no cell type has enough cells to train a classifier ({need} or more cells of the type "
+                         f"and of the others are needed; the labels hold {len(names)} type(s)); give more labelled "
+                         "cells or lower svm_cv in a --config.")
+    model_dir = os.path.join(out_dir, "model")
+    if os.path.exists(model_dir) and not os.path.exists(os.path.join(out_dir, "reference.json")):
+        raise InputError(f"{out_dir} already holds a 'model' folder that is not a GsRCL reference; "
+                         "choose another output folder.")
+    for code in sorted(set(range(len(names))) - set(types)):
+        log(f"skipping cell type '{names[code]}': {int(counts[code])} cells are too few for its classifier.")
     x = log_transform(data.X)
     trainer = Trainer(x.shape[1], cfg)
     params, losses = trainer.fit(x, None, cfg.seed)
     h = trainer.encode(params, x)
-    names, svms = list(data.label_names), {}
-    for code, name in enumerate(names):
-        y = (data.labels == code).astype(np.int64)
-        if min(y.sum(), len(y) - y.sum()) < max(cfg.svm_cv, 2):
-            log(f"skipping cell type '{name}': {int(y.sum())} cells are too few for its classifier.")
-            continue
-        svms[name] = _calibrated_svm(h, y, cfg, cfg.seed + code)
-    if not svms:
-        raise InputError("no cell type has enough cells to train a classifier.")
+    svms = {names[c]: _calibrated_svm(h, (data.labels == c).astype(np.int64), cfg, cfg.seed + c) for c in types}
     from .. import checkpoint
 
-    model_dir = os.path.join(out_dir, "model")
     if os.path.exists(model_dir):
-        if not os.path.exists(os.path.join(out_dir, "reference.json")):
-            raise InputError(f"{out_dir} already holds a 'model' folder that is not a GsRCL reference; "
-                             "choose another output folder.")
         shutil.rmtree(model_dir)  # a previous reference in the same folder is replaced
     os.makedirs(out_dir, exist_ok=True)
     meta = {"config": dataclasses.asdict(cfg), "n_genes": int(x.shape[1]), "cell_types": list(svms),

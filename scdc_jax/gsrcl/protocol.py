@@ -316,6 +316,19 @@ class FoldStore:
         write_json(self._path(cell_type, fold), _jsonable(result))
 
 
+def _no_tasks_message(names: list[str], labels: np.ndarray, codes: list[int], cfg) -> str:
+    if len(names) == 1:
+        return (f"the labels hold a single cell type ('{names[0]}'); one-vs-rest tasks need cells of at least two "
+                "types.")
+    counts = np.bincount(labels, minlength=len(names))
+    largest = sorted(codes, key=lambda c: -counts[c])[:3]
+    sizes = ", ".join(f"'{names[c]}' {counts[c]} of {len(labels)}" for c in largest)
+    return (f"no {'chosen ' if len(codes) < len(names) else ''}cell type has enough cells for the splits "
+            f"(a validation split, {cfg.n_folds} folds and {cfg.svm_cv}-fold inner CV need about "
+            f"{cfg.n_folds * cfg.svm_cv} or more cells of the type and of the others; largest: {sizes}); "
+            "give more cells, or lower n_folds and svm_cv in a --config.")
+
+
 def evaluate(data, cfg, *, cell_types: list[str] | None = None, progress: bool = True, log=print,
              fold_dir: str | None = None, resume: bool = False) -> dict:
     """Run the protocol on a labelled :class:`~scdc_jax.io.CountData`.
@@ -323,7 +336,8 @@ def evaluate(data, cfg, *, cell_types: list[str] | None = None, progress: bool =
     Returns ``{"method", "tasks": [{cell_type, n_cells, folds: [...], raw: summary, gsrcl: summary}],
     "skipped": [sentences]}`` (``gsrcl`` holds the learnt representation's scores, whichever
     augmentation ``cfg`` uses).  With ``fold_dir`` every finished fold is saved there; with
-    ``resume`` the folds already there are reused rather than recomputed.
+    ``resume`` the folds already there are reused rather than recomputed.  Raises InputError,
+    before any training, when no cell type is large enough for the splits.
     """
     from concurrent.futures import ThreadPoolExecutor
 
@@ -332,6 +346,15 @@ def evaluate(data, cfg, *, cell_types: list[str] | None = None, progress: bool =
                          "(HDF5 with Y, .h5ad with --label-key, or CSV with --labels-csv).")
     names = list(data.label_names)
     codes = select_types(names, cell_types)
+    tasks, skipped = [], []
+    for code in codes:
+        task = make_task(data.labels, code, names[code], cfg)
+        if isinstance(task, str):
+            skipped.append(task)
+        else:
+            tasks.append(task)
+    if not tasks:
+        raise InputError(_no_tasks_message(names, data.labels, codes, cfg))
     x = log_transform(data.X)
     x_rep = masking_input(data.X, cfg.n_top_genes) if cfg.augment == "dropout" else x
     trainer = Trainer(x_rep.shape[1], cfg)
@@ -339,14 +362,8 @@ def evaluate(data, cfg, *, cell_types: list[str] | None = None, progress: bool =
     if fold_dir is not None:
         store = FoldStore(fold_dir, {"config": cfg.to_dict(), "shape": list(x.shape), "source": str(data.source),
                                      "cell_types": names}, resume)
-    tasks, skipped = [], []
-    for code in codes:
-        task = make_task(data.labels, code, names[code], cfg)
-        if isinstance(task, str):
-            log(task)
-            skipped.append(task)
-            continue
-        tasks.append(task)
+    for message in skipped:
+        log(message)
     bar = None
     if progress:
         from tqdm.auto import tqdm
