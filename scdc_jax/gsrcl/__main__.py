@@ -71,9 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
     _data_args(ev)
     ev.add_argument("--cell-type", action="append", help="evaluate only this cell type (repeatable); default all")
     ev.add_argument("--out-dir", default="gsrcl_results", help="results folder (default: %(default)s); finished "
-                    "folds are kept in its folds/ subfolder")
+                    "folds, and checkpoints of the fold in training, are kept in its folds/ subfolder")
     ev.add_argument("--resume", action="store_true", help="reuse the finished folds in --out-dir/folds of an "
-                    "interrupted run with the same settings and data")
+                    "interrupted run with the same settings and data, and continue the interrupted fold from its "
+                    "last checkpoint")
     _method_args(ev)
     tr = sub.add_parser("train-reference", help="train an encoder and per-type SVMs on a labelled reference",
                         description="Train one NT-Xent encoder on all reference cells and one calibrated SVM per "
