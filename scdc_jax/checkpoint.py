@@ -38,6 +38,30 @@ def save(directory: str, step: int, state, meta: dict, *, max_to_keep: int | Non
         mngr.wait_until_finished()
 
 
+def run_dir(directory: str, fingerprint: dict, resume: bool) -> str:
+    """Create ``directory`` for the checkpoints of a run identified by ``fingerprint`` (the settings
+    and data, JSON-serialisable).  Without ``resume`` a previous run's folder is emptied; with it, a
+    folder made for another fingerprint is refused, so a run never continues from foreign state."""
+    import json
+    import shutil
+
+    from .outputs import _json_default, write_json
+
+    key_file = os.path.join(directory, "fingerprint.json")
+    fingerprint = json.loads(json.dumps(fingerprint, default=_json_default))  # as it will read back
+    if os.path.exists(key_file):
+        if not resume:
+            shutil.rmtree(directory)
+        else:
+            with open(key_file) as fh:
+                if json.load(fh) != fingerprint:
+                    raise InputError(f"{directory} holds checkpoints of a different configuration or data file; "
+                                     "run without --resume to start afresh.")
+    os.makedirs(directory, exist_ok=True)
+    write_json(key_file, fingerprint)
+    return directory
+
+
 def latest_step(directory: str) -> int | None:
     if not os.path.isdir(directory):
         return None

@@ -16,6 +16,7 @@ Every reader returns a :class:`CountData`; problems a user can cause raise
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -133,7 +134,7 @@ def check_counts(X, *, require_integer: bool = True, what: str = "X") -> None:
         raise InputError(f"{what} contains non-integer values but raw counts are required; "
                          "pass raw (unnormalised) counts, e.g. --layer counts or --layer raw for an .h5ad.")
     if not vals.size or not np.any(vals):
-        raise InputError(f"{what} is all zeros; there is nothing to cluster.")
+        raise InputError(f"{what} is all zeros; there are no counts to learn from.")
 
 
 def _check_length(n: int, arr, what: str) -> None:
@@ -245,7 +246,9 @@ def read_h5ad(path: str, **kw) -> CountData:
     import anndata
 
     try:
-        adata = anndata.read_h5ad(path)
+        with warnings.catch_warnings():  # duplicate names are refused, with one sentence, where they matter
+            warnings.filterwarnings("ignore", message=".*names are not unique")
+            adata = anndata.read_h5ad(path)
     except Exception as exc:  # anndata raises many types for malformed files
         raise InputError(f"{path} could not be read as .h5ad ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}).") from None
     return from_anndata(adata, source=path, **kw)
@@ -268,17 +271,25 @@ def read_csv_counts(path: str, *, labels_csv: str | None = None) -> CountData:
     except (ValueError, TypeError):
         raise InputError(f"{path} has non-numeric entries; expected cells x genes counts with a header row "
                          "and a first column of cell ids.") from None
-    data = CountData(X=X, gene_names=np.asarray(df.columns.astype(str)),
+    header = pd.read_csv(path, header=None, nrows=1, dtype=str, keep_default_na=False).iloc[0]
+    data = CountData(X=X, gene_names=header.to_numpy(str)[-X.shape[1]:],  # as written: pandas renames duplicates
                      cell_names=np.asarray(df.index.astype(str)), source=path)
     if labels_csv is not None:
         try:
             lab = pd.read_csv(labels_csv)
         except Exception as exc:
             raise InputError(f"{labels_csv} could not be read as CSV ({type(exc).__name__}).") from None
-        if lab.shape[1] >= 2 and set(data.cell_names) <= set(lab.iloc[:, 0].astype(str)):
+        ids = set(lab.iloc[:, 0].astype(str))
+        row_numbers = {str(i) for i in range(len(lab))}
+        if lab.shape[1] >= 2 and set(data.cell_names) <= ids:
             lab = lab.set_index(lab.columns[0]).iloc[:, 0]
             lab.index = lab.index.astype(str)
             values = lab.loc[data.cell_names].to_numpy()
+        elif lab.shape[1] >= 2 and ids != row_numbers:  # a first column of row numbers is no ids
+            missing = [c for c in data.cell_names if c not in ids]
+            raise InputError(f"the ids in the first column of {labels_csv} do not match the cell ids of {path} "
+                             f"({len(missing)} of its {data.n_cells} cells are missing, e.g. '{missing[0]}'); give a "
+                             "(cell id, label) row per cell, or one label a line in the cells' order.")
         else:
             values = lab.iloc[:, -1].to_numpy()
         _check_length(data.n_cells, values, f"labels in {labels_csv}")
@@ -321,6 +332,9 @@ def read_counts(path: str, *, layer: str | None = None, label_key: str | None = 
                 batch_key: str | None = None, labels_csv: str | None = None) -> CountData:
     """Read any supported file; the format is told from the content, not only the name."""
     fmt = sniff_format(path)
+    if labels_csv is not None and fmt != "csv":
+        raise InputError(f"--labels-csv applies to CSV data files only; {path} is an {'.h5ad' if fmt == 'h5ad' else 'HDF5'} "
+                         "file: give its labels with --label-key.")
     if fmt == "h5ad":
         data = read_h5ad(path, layer=layer, label_key=label_key, batch_key=batch_key)
     elif fmt == "h5":

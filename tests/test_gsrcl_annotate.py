@@ -74,7 +74,9 @@ def test_reference_round_trip(tmp_path):
     train_reference(ref, cfg, str(tmp_path / "ref"), log=lambda m: None)  # retraining replaces it
 
 
-def test_cli_train_reference_and_annotate(tmp_path, capsys):
+def test_cli_train_reference_and_annotate_record_their_provenance(tmp_path, capsys):
+    import json
+
     import anndata
 
     counts, y, _ = synthetic_counts(60, 30, n_groups=2, seed=5)
@@ -82,17 +84,25 @@ def test_cli_train_reference_and_annotate(tmp_path, capsys):
     toml = tmp_path / "t.toml"
     toml.write_text("[gsrcl]\nencoder = [16, 8]\nhead = [8, 4]\nepochs = 10\neval_every = 10\nsvm_cv = 2\n"
                     "svm_gamma = ['scale']\nsvm_c = [1.0]\nlr = 1e-3\n")
-    r = run_cli(["train-reference", "--data-file", ref, "--out", str(tmp_path / "model"), "--config", str(toml)])
+    r = run_cli(["train-reference", "--data-file", ref, "--out", str(tmp_path / "model"), "--config", str(toml),
+                 "--seed", "7"])
     assert r.returncode == 0, r.stderr[-3000:]
+    meta = json.loads((tmp_path / "model" / "reference.json").read_text())
+    assert meta["seed"] == 7 and meta["config"]["seed"] == 7 and meta["config"]["encoder"] == [16, 8]
+    assert meta["n_devices"] == 1 and {"jax", "flax", "scikit-learn"} <= set(meta["versions"])
+    assert "--seed 7" in meta["command"] and not (tmp_path / "model" / ".partial").exists()
     adata = anndata.AnnData(X=counts[:20].astype(np.float32))
     adata.var_names = [f"g{i}" for i in range(30)]
     adata.obs_names = [f"q{i}" for i in range(20)]
     adata.write_h5ad(tmp_path / "q.h5ad")
     r = run_cli(["annotate", "--reference", str(tmp_path / "model"), "--data-file", str(tmp_path / "q.h5ad"),
-                 "--out", str(tmp_path / "out.h5ad"), "--plot", str(tmp_path / "calls.png")])
+                 "--out", str(tmp_path / "out.h5ad"), "--plot", str(tmp_path / "calls.png"), "--cutoff", "0.6"])
     assert r.returncode == 0, r.stderr[-3000:]
     out = anndata.read_h5ad(tmp_path / "out.h5ad")
     assert "gsrcl_call" in out.obs and {"gsrcl_prob_T", "gsrcl_prob_B"} <= set(out.obs)
+    prov = out.uns["gsrcl"]
+    assert prov["seed"] == 7 and prov["config"]["cutoff"] == 0.6 and prov["config"]["reference_config"]["seed"] == 7
+    assert prov["n_devices"] == 1 and "jax" in prov["versions"] and prov["n_cells"] == 20
     assert os.path.getsize(tmp_path / "calls.png") > 1000
     with pytest.raises(SystemExit) as exc:
         wrap(main, ["annotate", "--reference", str(tmp_path / "model"), "--data-file", str(tmp_path / "q.h5ad"),
@@ -100,6 +110,54 @@ def test_cli_train_reference_and_annotate(tmp_path, capsys):
     assert exc.value.code == 0
     df = pd.read_csv(tmp_path / "calls.csv", index_col=0)
     assert list(df.columns) == ["T", "B", "call"] and len(df) == 20 and df.index[0] == "q0"
+    side = json.loads((tmp_path / "calls.json").read_text())
+    assert side["seed"] == 7 and side["config"]["cutoff"] == 0.5 and side["cell_types"] == ["T", "B"]
+    assert side["n_devices"] == 1 and "numpy" in side["versions"] and side["data"].endswith("q.h5ad")
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no temporary files left
     err = cli_error(["annotate", "--reference", str(tmp_path / "nothing"), "--data-file", str(tmp_path / "q.h5ad")],
                     capsys)
     assert "not a GsRCL reference" in err
+
+
+def test_sigkill_during_train_reference_then_resume_gives_the_same_reference(tmp_path):
+    import json
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import ROOT
+
+    from scdc_jax import checkpoint
+
+    counts, y, _ = synthetic_counts(60, 30, n_groups=2, seed=5)
+    data = write_h5(tmp_path / "ref.h5", counts, y, ["T", "B"])
+    toml = tmp_path / "t.toml"
+    toml.write_text("[gsrcl]\nencoder = [16, 8]\nhead = [8, 4]\nepochs = 400\neval_every = 20\nsvm_cv = 2\n"
+                    "svm_gamma = ['scale']\nsvm_c = [1.0]\nlr = 1e-3\n")
+    common = ["train-reference", "--data-file", data, "--config", str(toml)]
+    r = run_cli([*common, "--out", str(tmp_path / "ref")])
+    assert r.returncode == 0, r.stderr[-3000:]
+
+    out = tmp_path / "killed"
+    ckpt = out / ".partial" / "encoder"
+    proc = subprocess.Popen([sys.executable, "-m", "scdc_jax.gsrcl", *common, "--out", str(out)], cwd=ROOT,
+                            env={**os.environ, "PYTHONPATH": ROOT}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and not [p for p in ckpt.glob("*") if p.name.isdigit() and int(p.name) < 400]:
+        assert proc.poll() is None, "the run finished before it could be interrupted"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert 20 <= checkpoint.latest_step(str(ckpt)) < 400 and not (out / "reference.json").exists()
+    changed = run_cli([*common, "--out", str(out), "--resume", "--lr", "0.01"])
+    assert changed.returncode == 2 and "different configuration" in changed.stderr
+    r = run_cli([*common, "--out", str(out), "--resume"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "from its checkpoint at epoch" in r.stdout and not (out / ".partial").exists()
+    metas = [json.loads((d / "reference.json").read_text()) for d in (tmp_path / "ref", out)]
+    assert metas[0]["final_loss"] == metas[1]["final_loss"]
+    query = CountData(X=counts, gene_names=np.array([f"g{i}" for i in range(30)]), source="query")
+    pd.testing.assert_frame_equal(annotate(str(out), query)[0], annotate(str(tmp_path / "ref"), query)[0],
+                                  check_exact=True)

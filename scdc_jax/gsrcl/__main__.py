@@ -71,15 +71,19 @@ def build_parser() -> argparse.ArgumentParser:
     _data_args(ev)
     ev.add_argument("--cell-type", action="append", help="evaluate only this cell type (repeatable); default all")
     ev.add_argument("--out-dir", default="gsrcl_results", help="results folder (default: %(default)s); finished "
-                    "folds are kept in its folds/ subfolder")
+                    "folds, and checkpoints of the fold in training, are kept in its folds/ subfolder")
     ev.add_argument("--resume", action="store_true", help="reuse the finished folds in --out-dir/folds of an "
-                    "interrupted run with the same settings and data")
+                    "interrupted run with the same settings and data, and continue the interrupted fold from its "
+                    "last checkpoint")
     _method_args(ev)
     tr = sub.add_parser("train-reference", help="train an encoder and per-type SVMs on a labelled reference",
                         description="Train one NT-Xent encoder on all reference cells and one calibrated SVM per "
                         "cell type; save them to --out for 'annotate'.")
     _data_args(tr)
-    tr.add_argument("--out", required=True, help="folder for the reference model")
+    tr.add_argument("--out", required=True, help="folder for the reference model; the encoder is checkpointed in "
+                    "its .partial/ subfolder while training")
+    tr.add_argument("--resume", action="store_true", help="continue an interrupted training from the checkpoint in "
+                    "--out/.partial (same settings and data)")
     _method_args(tr)
     an = sub.add_parser("annotate", help="label query cells with a trained reference",
                         description="Align the query's genes to the reference, encode, and call each cell the "
@@ -88,8 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     _data_args(an, labels=False)
     an.add_argument("--cutoff", type=float, default=0.5, help="top probability at or below which a cell is "
                     "Unassigned (default: %(default)s)")
-    an.add_argument("--out", help="output: .csv of probabilities and calls (default annotations.csv), or .h5ad "
-                    "(copy of an .h5ad query with .obs columns gsrcl_call and gsrcl_prob_<type>)")
+    an.add_argument("--out", help="output: .csv of probabilities and calls (default annotations.csv) with the run's "
+                    "provenance in a .json beside it, or .h5ad (copy of an .h5ad query with .obs columns gsrcl_call "
+                    "and gsrcl_prob_<type>, provenance in .uns['gsrcl'])")
     an.add_argument("--plot", help="write a 2-D PCA picture of the query coloured by call (e.g. calls.png)")
     return p
 
@@ -114,22 +119,26 @@ def _read(args, labels: bool = True):
 def _config(args):
     from .config import load_config
 
+    if args.epochs is not None and args.epochs <= 0:
+        raise InputError(f"--epochs must be positive, got {args.epochs}; leave it out for the published count.")
     keys = ("loss", "epochs", "eval_every", "batch_size", "lr", "temperature", "noise_std", "n_jobs", "seed",
             "devices", "augment", "dropout", "n_top_genes", "svm_workers")
     cfg = load_config(args.config, **{k: getattr(args, k) for k in keys})
-    from ..parallel import make_mesh
+    if cfg.devices > 1:  # a bad --devices fails here, before any data is read; one device needs no check
+        from ..parallel import make_mesh
 
-    make_mesh(cfg.devices)  # a bad --devices fails here, before any data is read
+        make_mesh(cfg.devices)
     return cfg
 
 
 def cmd_evaluate(args, argv) -> int:
     from ..outputs import atomic_path, check_writable_dir, provenance, write_json
-    from .protocol import evaluate, results_table, text_summary
 
     cfg = _config(args)
     out_dir = check_writable_dir(args.out_dir, "results folder")
     data = _read(args)
+    from .protocol import evaluate, results_table, text_summary
+
     dataset = os.path.splitext(os.path.basename(data.source))[0]
     t0 = time.perf_counter()
     results = evaluate(data, cfg, cell_types=args.cell_type, progress=not args.quiet,
@@ -154,29 +163,39 @@ def cmd_evaluate(args, argv) -> int:
 
 def cmd_train_reference(args, argv) -> int:
     from ..outputs import check_writable_dir
-    from .annotate import train_reference
 
     cfg = _config(args)
     check_writable_dir(args.out, "reference folder")
     data = _read(args)
-    meta = train_reference(data, cfg, args.out)
+    from .annotate import train_reference
+
+    meta = train_reference(data, cfg, args.out, resume=args.resume,
+                           command="python -m scdc_jax.gsrcl " + shlex.join(argv))
     print(f"trained a reference of {len(meta['cell_types'])} cell types on {data.n_cells} cells x "
           f"{data.n_genes} genes; wrote {args.out}")
     return 0
 
 
 def cmd_annotate(args, argv) -> int:
-    from ..outputs import atomic_path, check_writable_file
-    from .annotate import UNASSIGNED, annotate, plot_calls
+    from ..outputs import atomic_path, check_writable_file, provenance, write_h5ad, write_json
+    from .annotate import UNASSIGNED, annotate, plot_calls, reference_meta
 
     out = args.out or "annotations.csv"
     check_writable_file(out, "--out file")
+    sidecar = None if out.endswith(".h5ad") else os.path.splitext(out)[0] + ".json"
+    if sidecar is not None:
+        check_writable_file(sidecar, "provenance file")
     if args.plot:
         check_writable_file(args.plot, "--plot file")
     if out.endswith(".h5ad") and not (args.data_file or "").endswith(".h5ad"):
         raise InputError("--out .h5ad needs an .h5ad query (it writes a copy of it); use a .csv --out instead.")
+    ref = reference_meta(args.reference)
     query = _read(args, labels=False)
     df, h = annotate(args.reference, query, cutoff=args.cutoff)
+    prov = {**provenance(ref["config"]["seed"], {"reference": os.path.abspath(args.reference), "cutoff": args.cutoff,
+                                                 "layer": args.layer or "", "reference_config": ref["config"]},
+                         1, "python -m scdc_jax.gsrcl " + shlex.join(argv)),
+            "data": query.source, "n_cells": len(df), "cell_types": list(df.columns.drop("call"))}
     if out.endswith(".h5ad"):
         import anndata
         import pandas as pd
@@ -185,16 +204,17 @@ def cmd_annotate(args, argv) -> int:
         adata.obs["gsrcl_call"] = pd.Categorical(df["call"].to_numpy())
         for col in df.columns.drop("call"):
             adata.obs[f"gsrcl_prob_{col}"] = df[col].to_numpy()
-        with atomic_path(out) as tmp:
-            adata.write_h5ad(tmp)
+        adata.uns["gsrcl"] = prov
+        write_h5ad(out, adata)
     else:
         with atomic_path(out) as tmp:
             df.to_csv(tmp)
+        write_json(sidecar, prov)
     if args.plot:
         plot_calls(h, df["call"].to_numpy(), args.plot)
     counts = df["call"].value_counts()
-    print(f"annotated {len(df)} cells ({int(counts.get(UNASSIGNED, 0))} Unassigned); wrote {out}"
-          + (f" and {args.plot}" if args.plot else ""))
+    written = [p for p in (out, sidecar, args.plot) if p]
+    print(f"annotated {len(df)} cells ({int(counts.get(UNASSIGNED, 0))} Unassigned); wrote {', '.join(written)}")
     return 0
 
 

@@ -5,8 +5,10 @@ reference, so one encoder serves every cell type, and one calibrated SVM per typ
 representation.  ``annotate`` aligns a query to the reference genes, encodes it and calls each
 cell the type of highest normalised probability, or "Unassigned" at or below a cutoff.
 
-Reference folder layout: ``model/`` (orbax checkpoint of the network, meta = config),
-``svms.joblib`` (one classifier per type), ``genes.txt`` (one gene a line), ``reference.json``.
+Reference folder layout: ``model/`` (orbax checkpoint of the network, meta = that of
+``reference.json``), ``svms.joblib`` (one classifier per type), ``genes.txt`` (one gene a line),
+``reference.json`` (provenance: seed, configuration, versions, devices; genes' count, cell types),
+and ``.partial/`` (encoder checkpoints) while training.
 """
 from __future__ import annotations
 
@@ -71,39 +73,53 @@ def _calibrated_svm(h, y, cfg, seed):
     return clf.fit(h, y)
 
 
-def train_reference(data, cfg: GsRCLConfig, out_dir: str, *, log=print) -> dict:
-    """Train the reference encoder (NT-Xent on all cells) and one calibrated SVM per cell type."""
+def train_reference(data, cfg: GsRCLConfig, out_dir: str, *, log=print, resume: bool = False,
+                    command: str | None = None) -> dict:
+    """Train the reference encoder (NT-Xent on all cells) and one calibrated SVM per cell type.
+
+    The encoder is checkpointed in ``out_dir/.partial`` every ``cfg.eval_every`` epochs; with
+    ``resume`` an interrupted training continues from there (and ends as an uninterrupted one).
+    Returns the metadata written to ``reference.json``: the provenance of the run (seed,
+    configuration, versions, devices, ``command``), the genes' count and the cell types.
+    """
     import joblib
+
+    from .. import checkpoint
+    from ..outputs import provenance
 
     if data.labels is None:
         raise InputError("a reference needs cell-type labels; give a labelled data file.")
     if data.gene_names is None:
         raise InputError("a reference needs gene names to align queries to; this data file has none.")
     cfg = dataclasses.replace(cfg, loss="simclr")
+    names = list(data.label_names)
+    counts = np.bincount(data.labels, minlength=len(names))
+    need = max(cfg.svm_cv, 2)
+    types = [c for c in range(len(names)) if min(counts[c], len(data.labels) - counts[c]) >= need]
+    if not types:
+        raise InputError(f"no cell type has enough cells to train a classifier ({need} or more cells of the type "
+                         f"and of the others are needed; the labels hold {len(names)} type(s)); give more labelled "
+                         "cells or lower svm_cv in a --config.")
+    model_dir = os.path.join(out_dir, "model")
+    if os.path.exists(model_dir) and not os.path.exists(os.path.join(out_dir, "reference.json")):
+        raise InputError(f"{out_dir} already holds a 'model' folder that is not a GsRCL reference; "
+                         "choose another output folder.")
+    for code in sorted(set(range(len(names))) - set(types)):
+        log(f"skipping cell type '{names[code]}': {int(counts[code])} cells are too few for its classifier.")
     x = log_transform(data.X)
     trainer = Trainer(x.shape[1], cfg)
-    params, losses = trainer.fit(x, None, cfg.seed)
+    partial = checkpoint.run_dir(os.path.join(out_dir, ".partial"), {"config": dataclasses.asdict(cfg),
+                                 "shape": list(x.shape), "source": str(data.source)}, resume)
+    ckpt_dir = os.path.join(partial, "encoder")
+    if (epoch := checkpoint.latest_step(ckpt_dir)) is not None:
+        log(f"continuing the reference encoder's training from its checkpoint at epoch {epoch}")
+    params, losses = trainer.fit(x, None, cfg.seed, ckpt_dir=ckpt_dir)
     h = trainer.encode(params, x)
-    names, svms = list(data.label_names), {}
-    for code, name in enumerate(names):
-        y = (data.labels == code).astype(np.int64)
-        if min(y.sum(), len(y) - y.sum()) < max(cfg.svm_cv, 2):
-            log(f"skipping cell type '{name}': {int(y.sum())} cells are too few for its classifier.")
-            continue
-        svms[name] = _calibrated_svm(h, y, cfg, cfg.seed + code)
-    if not svms:
-        raise InputError("no cell type has enough cells to train a classifier.")
-    from .. import checkpoint
-
-    model_dir = os.path.join(out_dir, "model")
+    svms = {names[c]: _calibrated_svm(h, (data.labels == c).astype(np.int64), cfg, cfg.seed + c) for c in types}
     if os.path.exists(model_dir):
-        if not os.path.exists(os.path.join(out_dir, "reference.json")):
-            raise InputError(f"{out_dir} already holds a 'model' folder that is not a GsRCL reference; "
-                             "choose another output folder.")
         shutil.rmtree(model_dir)  # a previous reference in the same folder is replaced
-    os.makedirs(out_dir, exist_ok=True)
-    meta = {"config": dataclasses.asdict(cfg), "n_genes": int(x.shape[1]), "cell_types": list(svms),
-            "batch_norm": bool(trainer.batch_norm),
+    meta = {**provenance(cfg.seed, dataclasses.asdict(cfg), cfg.devices, command),
+            "n_genes": int(x.shape[1]), "cell_types": list(svms), "batch_norm": bool(trainer.batch_norm),
             "final_loss": losses[-1], "source": data.source}
     checkpoint.save(model_dir, cfg.n_epochs, jax_to_numpy(params), meta, max_to_keep=1)
     with atomic_path(os.path.join(out_dir, "svms.joblib")) as tmp:
@@ -112,6 +128,7 @@ def train_reference(data, cfg: GsRCLConfig, out_dir: str, *, log=print) -> dict:
         with open(tmp, "w") as fh:
             fh.write("\n".join(map(str, data.gene_names)) + "\n")
     write_json(os.path.join(out_dir, "reference.json"), meta)
+    shutil.rmtree(partial)
     return meta
 
 
@@ -121,24 +138,29 @@ def jax_to_numpy(tree):
     return jax.tree.map(np.asarray, jax.device_get(tree))
 
 
-def load_reference(reference_dir: str):
-    """(config, graphdef, params, svms dict, reference genes) of a folder from ``train_reference``."""
-    import joblib
-
-    from .. import checkpoint
-
+def reference_meta(reference_dir: str) -> dict:
+    """The ``reference.json`` of a folder from ``train_reference`` (InputError for any other folder)."""
     paths = [os.path.join(reference_dir, p) for p in ("model", "svms.joblib", "genes.txt", "reference.json")]
     missing = [p for p in paths if not os.path.exists(p)]
     if missing:
         raise InputError(f"{reference_dir} is not a GsRCL reference folder (missing {', '.join(map(os.path.basename, missing))}); "
                          "make one with 'python -m scdc_jax.gsrcl train-reference'.")
     with open(paths[3]) as fh:
-        meta = json.load(fh)
+        return json.load(fh)
+
+
+def load_reference(reference_dir: str):
+    """(config, graphdef, params, svms dict, reference genes) of a folder from ``train_reference``."""
+    import joblib
+
+    from .. import checkpoint
+
+    meta = reference_meta(reference_dir)
     cfg = GsRCLConfig(**meta["config"])
     graphdef, template = build_model(meta["n_genes"], cfg, 0, bool(meta.get("batch_norm", False)))
-    params, _ = checkpoint.restore(paths[0], jax_to_numpy(template))
-    svms = joblib.load(paths[1])
-    with open(paths[2]) as fh:
+    params, _ = checkpoint.restore(os.path.join(reference_dir, "model"), jax_to_numpy(template))
+    svms = joblib.load(os.path.join(reference_dir, "svms.joblib"))
+    with open(os.path.join(reference_dir, "genes.txt")) as fh:
         genes = np.array([g for g in fh.read().split("\n") if g])
     return cfg, graphdef, params, svms, genes
 

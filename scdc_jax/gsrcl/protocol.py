@@ -15,6 +15,7 @@ Scores are reported as the mean and standard error (std / sqrt(n_folds)) over th
 """
 from __future__ import annotations
 
+import os
 import time
 import zlib
 from dataclasses import dataclass, field
@@ -166,14 +167,75 @@ class _Inline:
         return f
 
 
-def run_fold(trainer: Trainer, x: np.ndarray, task: Task, fold: int, cfg, pool=None, x_rep=None) -> dict:
+class Selection:
+    """Model selection during one fold's training, called by ``Trainer.fit`` at each point.
+
+    At epoch ``e`` the fold-train, validation and test cells are encoded and an SVM grid search
+    fitted on fold-train and scored (MCC) on validation is submitted to ``pool``; results are
+    taken in epoch order, so the selection is the same as when the searches run one by one.
+    ``checkpoint()`` and ``restore()`` carry the selection through an interruption: the scores so
+    far, the best epoch's encodings and the encodings whose search had not finished (searched
+    again on restore, which gives the same score).
+    """
+
+    def __init__(self, trainer: Trainer, x_rep: np.ndarray, task: Task, fold: int, cfg, pool, seed: int):
+        self.trainer, self.x_rep, self.cfg, self.pool, self.seed = trainer, x_rep, cfg, pool, seed
+        self.tr, self.te = task.folds[fold]
+        self.val, self.y = task.val, task.y
+        self.best = {"mcc": -np.inf, "epoch": 0, "h_tr": None, "h_te": None}
+        self.history: list[dict] = []
+        self.pending: list[tuple] = []  # (epoch, job, h_tr, h_val, h_te) in epoch order
+        self.max_pending = max(2, 2 * int(getattr(cfg, "svm_workers", 1)))
+
+    def _submit(self, epoch: int, h_tr, h_val, h_te) -> None:
+        job = self.pool.submit(_val_mcc, h_tr, self.y[self.tr], h_val, self.y[self.val], self.cfg, self.seed)
+        self.pending.append((epoch, job, h_tr, h_val, h_te))
+
+    def collect(self, block: bool) -> None:
+        while self.pending and (block or self.pending[0][1].done()):
+            epoch, job, h_tr, _, h_te = self.pending.pop(0)
+            mcc = job.result()
+            self.history.append({"epoch": epoch, "val_mcc": mcc})
+            if mcc > self.best["mcc"]:
+                self.best.update(mcc=mcc, epoch=epoch, h_tr=h_tr, h_te=h_te)
+
+    def __call__(self, epoch: int, state) -> None:
+        self._submit(epoch, *(self.trainer.encode(state, self.x_rep[i]) for i in (self.tr, self.val, self.te)))
+        self.collect(block=False)
+        while len(self.pending) > self.max_pending:  # bounds the encodings held in memory
+            self.pending[0][1].result()
+            self.collect(block=False)
+
+    def checkpoint(self) -> tuple[dict[str, np.ndarray], dict]:
+        arrays = {}
+        if self.best["h_tr"] is not None:
+            arrays.update(best_h_tr=self.best["h_tr"], best_h_te=self.best["h_te"])
+        for epoch, _, h_tr, h_val, h_te in self.pending:
+            arrays.update({f"{epoch}_h_tr": h_tr, f"{epoch}_h_val": h_val, f"{epoch}_h_te": h_te})
+        meta = {"history": self.history, "pending": [p[0] for p in self.pending]}
+        if self.best["h_tr"] is not None:
+            meta.update(best_epoch=self.best["epoch"], best_mcc=self.best["mcc"])
+        return arrays, meta
+
+    def restore(self, arrays: dict[str, np.ndarray], meta: dict) -> None:
+        self.history = [dict(h) for h in meta["history"]]
+        if "best_epoch" in meta:
+            self.best.update(mcc=meta["best_mcc"], epoch=meta["best_epoch"], h_tr=arrays["best_h_tr"],
+                             h_te=arrays["best_h_te"])
+        for epoch in meta["pending"]:
+            self._submit(epoch, *(arrays[f"{epoch}_{part}"] for part in ("h_tr", "h_val", "h_te")))
+
+
+def run_fold(trainer: Trainer, x: np.ndarray, task: Task, fold: int, cfg, pool=None, x_rep=None,
+             ckpt_dir: str | None = None) -> dict:
     """Train, select and score one outer fold; returns the raw and learnt-representation scores and
     the selection.
 
     ``x`` is the log expression (the raw-gene baseline's input) and ``x_rep`` the encoder's input
     (default ``x``; the masking baseline's scanpy-preprocessed genes).  The SVM grid searches
-    (the raw baseline and each model-selection point) run on ``pool`` while the encoder trains;
-    results are taken in epoch order, so the selection is the same as when run one by one.
+    (the raw baseline and each model-selection point) run on ``pool`` while the encoder trains.
+    With ``ckpt_dir`` the training and the selection are checkpointed at every model-selection
+    point, and a fold interrupted there continues from its latest checkpoint.
     """
     pool = pool if pool is not None else _Inline()
     x_rep = x if x_rep is None else x_rep
@@ -181,35 +243,16 @@ def run_fold(trainer: Trainer, x: np.ndarray, task: Task, fold: int, cfg, pool=N
     y = task.y
     seed = _fold_seed(cfg.seed, task.cell_type, fold)
     raw_job = pool.submit(_fit_and_score, x[tr], y[tr], x[te], y[te], cfg, seed)
-    best = {"mcc": -np.inf, "epoch": 0, "h_tr": None, "h_te": None}
-    history: list[dict] = []
-    pending: list[tuple] = []
-    max_pending = max(2, 2 * int(getattr(cfg, "svm_workers", 1)))
-
-    def collect(block: bool):
-        while pending and (block or pending[0][1].done()):
-            epoch, job, h_tr, h_te = pending.pop(0)
-            mcc = job.result()
-            history.append({"epoch": epoch, "val_mcc": mcc})
-            if mcc > best["mcc"]:
-                best.update(mcc=mcc, epoch=epoch, h_tr=h_tr, h_te=h_te)
-
-    def select(epoch, state):
-        h_tr, h_val, h_te = (trainer.encode(state, x_rep[i]) for i in (tr, task.val, te))
-        pending.append((epoch, pool.submit(_val_mcc, h_tr, y[tr], h_val, y[task.val], cfg, seed), h_tr, h_te))
-        collect(block=False)
-        while len(pending) > max_pending:  # bounds the encodings held in memory
-            pending[0][1].result()
-            collect(block=False)
-
+    selection = Selection(trainer, x_rep, task, fold, cfg, pool, seed)
     t0 = time.perf_counter()
-    _, losses = trainer.fit(x_rep[tr], y[tr], seed, callback=select)
+    _, losses = trainer.fit(x_rep[tr], y[tr], seed, callback=selection, ckpt_dir=ckpt_dir)
     train_s = time.perf_counter() - t0
-    collect(block=True)
+    selection.collect(block=True)
+    best = selection.best
     gs, gs_scores = _fit_and_score(best["h_tr"], y[tr], best["h_te"], y[te], cfg, seed)
     raw, raw_scores = raw_job.result()
     return {"fold": fold, "gsrcl": gs_scores, "raw": raw_scores,
-            "best_epoch": best["epoch"], "best_val_mcc": best["mcc"], "selection": history,
+            "best_epoch": best["epoch"], "best_val_mcc": best["mcc"], "selection": selection.history,
             "gsrcl_svm": gs.best_params_, "raw_svm": raw.best_params_, "final_loss": losses[-1],
             "train_s": train_s}
 
@@ -270,50 +313,55 @@ def _jsonable(obj):
 class FoldStore:
     """Completed folds kept on disk so that an interrupted evaluation resumes where it stopped.
 
-    One JSON file per (cell type, fold) in ``directory``, written atomically, plus a fingerprint
-    of the configuration and data: resuming with anything else is refused.
+    One JSON file per (cell type, fold) in ``directory``, written atomically, beside the
+    checkpoints of the fold in training (removed once it is finished), plus a fingerprint of the
+    configuration and data: resuming with anything else is refused.
     """
 
     def __init__(self, directory: str, fingerprint: dict, resume: bool):
-        import json
-        import os
+        from .. import checkpoint
 
-        self.directory = directory
-        key_file = os.path.join(directory, "fingerprint.json")
-        if os.path.isdir(directory) and os.path.exists(key_file):
-            if not resume:
-                import shutil
-
-                shutil.rmtree(directory)
-            else:
-                with open(key_file) as fh:
-                    saved = json.load(fh)
-                if saved != _jsonable(fingerprint):
-                    raise InputError(f"{directory} holds folds of a different configuration or data file; "
-                                     "run without --resume to start afresh.")
-        os.makedirs(directory, exist_ok=True)
-        from ..outputs import write_json
-
-        write_json(key_file, _jsonable(fingerprint))
+        self.directory = checkpoint.run_dir(directory, _jsonable(fingerprint), resume)
 
     def _path(self, cell_type: str, fold: int) -> str:
-        import os
+        return os.path.join(self.directory, f"{zlib.crc32(cell_type.encode()):08x}_{fold}")
 
-        return os.path.join(self.directory, f"{zlib.crc32(cell_type.encode()):08x}_{fold}.json")
+    def checkpoint_dir(self, cell_type: str, fold: int) -> str:
+        """The folder of the in-fold checkpoints of (cell type, fold)."""
+        return self._path(cell_type, fold) + ".partial"
 
     def get(self, cell_type: str, fold: int):
         import json
+        import shutil
 
         try:
-            with open(self._path(cell_type, fold)) as fh:
-                return json.load(fh)
+            with open(self._path(cell_type, fold) + ".json") as fh:
+                result = json.load(fh)
         except FileNotFoundError:
             return None
+        shutil.rmtree(self.checkpoint_dir(cell_type, fold), ignore_errors=True)  # left by a kill after the fold
+        return result
 
     def put(self, cell_type: str, fold: int, result: dict) -> None:
+        import shutil
+
         from ..outputs import write_json
 
-        write_json(self._path(cell_type, fold), _jsonable(result))
+        write_json(self._path(cell_type, fold) + ".json", _jsonable(result))
+        shutil.rmtree(self.checkpoint_dir(cell_type, fold), ignore_errors=True)
+
+
+def _no_tasks_message(names: list[str], labels: np.ndarray, codes: list[int], cfg) -> str:
+    if len(names) == 1:
+        return (f"the labels hold a single cell type ('{names[0]}'); one-vs-rest tasks need cells of at least two "
+                "types.")
+    counts = np.bincount(labels, minlength=len(names))
+    largest = sorted(codes, key=lambda c: -counts[c])[:3]
+    sizes = ", ".join(f"'{names[c]}' {counts[c]} of {len(labels)}" for c in largest)
+    return (f"no {'chosen ' if len(codes) < len(names) else ''}cell type has enough cells for the splits "
+            f"(a validation split, {cfg.n_folds} folds and {cfg.svm_cv}-fold inner CV need about "
+            f"{cfg.n_folds * cfg.svm_cv} or more cells of the type and of the others; largest: {sizes}); "
+            "give more cells, or lower n_folds and svm_cv in a --config.")
 
 
 def evaluate(data, cfg, *, cell_types: list[str] | None = None, progress: bool = True, log=print,
@@ -322,16 +370,29 @@ def evaluate(data, cfg, *, cell_types: list[str] | None = None, progress: bool =
 
     Returns ``{"method", "tasks": [{cell_type, n_cells, folds: [...], raw: summary, gsrcl: summary}],
     "skipped": [sentences]}`` (``gsrcl`` holds the learnt representation's scores, whichever
-    augmentation ``cfg`` uses).  With ``fold_dir`` every finished fold is saved there; with
-    ``resume`` the folds already there are reused rather than recomputed.
+    augmentation ``cfg`` uses).  With ``fold_dir`` every finished fold is saved there and the fold
+    in training is checkpointed at every model-selection point; with ``resume`` the folds already
+    there are reused and an interrupted fold continues from its latest checkpoint.  Raises
+    InputError, before any training, when no cell type is large enough for the splits.
     """
     from concurrent.futures import ThreadPoolExecutor
+
+    from .. import checkpoint
 
     if data.labels is None:
         raise InputError("GsRCL's evaluation needs cell-type labels; give a labelled data file "
                          "(HDF5 with Y, .h5ad with --label-key, or CSV with --labels-csv).")
     names = list(data.label_names)
     codes = select_types(names, cell_types)
+    tasks, skipped = [], []
+    for code in codes:
+        task = make_task(data.labels, code, names[code], cfg)
+        if isinstance(task, str):
+            skipped.append(task)
+        else:
+            tasks.append(task)
+    if not tasks:
+        raise InputError(_no_tasks_message(names, data.labels, codes, cfg))
     x = log_transform(data.X)
     x_rep = masking_input(data.X, cfg.n_top_genes) if cfg.augment == "dropout" else x
     trainer = Trainer(x_rep.shape[1], cfg)
@@ -339,14 +400,8 @@ def evaluate(data, cfg, *, cell_types: list[str] | None = None, progress: bool =
     if fold_dir is not None:
         store = FoldStore(fold_dir, {"config": cfg.to_dict(), "shape": list(x.shape), "source": str(data.source),
                                      "cell_types": names}, resume)
-    tasks, skipped = [], []
-    for code in codes:
-        task = make_task(data.labels, code, names[code], cfg)
-        if isinstance(task, str):
-            log(task)
-            skipped.append(task)
-            continue
-        tasks.append(task)
+    for message in skipped:
+        log(message)
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -360,7 +415,10 @@ def evaluate(data, cfg, *, cell_types: list[str] | None = None, progress: bool =
             for k in range(cfg.n_folds):
                 result = store.get(task.cell_type, k) if store is not None else None
                 if result is None:
-                    result = run_fold(trainer, x, task, k, cfg, pool=pool, x_rep=x_rep)
+                    ckpt = store.checkpoint_dir(task.cell_type, k) if store is not None else None
+                    if ckpt is not None and (epoch := checkpoint.latest_step(ckpt)) is not None:
+                        log(f"continuing cell type '{task.cell_type}' fold {k} from its checkpoint at epoch {epoch}")
+                    result = run_fold(trainer, x, task, k, cfg, pool=pool, x_rep=x_rep, ckpt_dir=ckpt)
                     if store is not None:
                         store.put(task.cell_type, k, result)
                 folds.append(result)

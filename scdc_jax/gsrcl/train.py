@@ -198,8 +198,8 @@ class Trainer:
 
     ``fit(x, labels, seed, callback)`` trains a fresh network for ``cfg.n_epochs`` epochs; every
     ``cfg.eval_every`` epochs (and at the end) it calls ``callback(epoch, state)``.  With
-    ``ckpt_dir`` the network and optimiser are saved there at every such point, and a later
-    ``fit`` with the same arguments continues from the latest one.
+    ``ckpt_dir`` a checkpoint is written there after every such call, and a later ``fit`` with the
+    same arguments continues from the latest one.
     """
 
     def __init__(self, n_genes: int, cfg):
@@ -237,27 +237,47 @@ class Trainer:
             state = jax.device_put(state, replicated(self.mesh))
         return state, self.tx.init(split_params(state)[0])
 
-    def _restore(self, ckpt_dir: str, state, opt_state):
+    def _save(self, ckpt_dir: str, epoch: int, state, opt_state, losses: list, seed: int, callback) -> None:
+        from .. import checkpoint
+
+        extra, extra_meta = callback.checkpoint() if callback is not None else ({}, {})
+        shapes = {k: [list(np.shape(a)), str(np.asarray(a).dtype)] for k, a in extra.items()}
+        checkpoint.save(ckpt_dir, epoch, jax.device_get({"state": state, "opt": opt_state, "extra": extra}),
+                        {"losses": losses, "seed": seed, "extra_shapes": shapes, "callback": extra_meta},
+                        max_to_keep=1)
+
+    def _restore(self, ckpt_dir: str, state, opt_state, callback):
         from .. import checkpoint
 
         step = checkpoint.latest_step(ckpt_dir)
         if step is None:
             return state, opt_state, []
-        template = jax.tree.map(np.asarray, jax.device_get({"state": state, "opt": opt_state}))
-        saved, meta = checkpoint.restore(ckpt_dir, template, step)
+        shapes = checkpoint.read_meta(ckpt_dir, step)["extra_shapes"]
+        template = {"state": state, "opt": opt_state,
+                    "extra": {k: np.empty(shape, dtype) for k, (shape, dtype) in shapes.items()}}
+        saved, meta = checkpoint.restore(ckpt_dir, jax.tree.map(np.asarray, jax.device_get(template)), step)
+        if callback is not None:
+            callback.restore(saved["extra"], meta["callback"])
         sharding = replicated(self.mesh) if self.mesh is not None else None
         put = (lambda t: jax.device_put(t, sharding)) if sharding is not None else jax.device_put
         return put(saved["state"]), put(saved["opt"]), list(meta["losses"])
 
     def fit(self, x: np.ndarray, labels: np.ndarray | None, seed: int, callback=None,
             ckpt_dir: str | None = None):
-        """Returns (final network state, list of per-epoch losses)."""
+        """Returns (final network state, list of per-epoch losses).
+
+        A checkpoint in ``ckpt_dir`` holds the network, the optimiser state, the epoch, the losses
+        and, when there is a callback, what its ``checkpoint()`` returns (a dict of arrays and a
+        JSON-serialisable dict); continuing hands them back to ``callback.restore(arrays, meta)``.
+        An epoch's keys depend only on ``seed`` and the epoch number and the epochs run in the same
+        blocks, so a continued run is the uninterrupted one.
+        """
         cfg = self.cfg
         self.batch_norm = use_batch_norm(cfg, len(x))
         state, opt_state = self.init(seed)
         losses: list[float] = []
         if ckpt_dir is not None:
-            state, opt_state, losses = self._restore(ckpt_dir, state, opt_state)
+            state, opt_state, losses = self._restore(ckpt_dir, state, opt_state, callback)
         batches = make_batches(x, labels, cfg.batch_size, cfg.devices, self.mesh)
         key = jax.random.fold_in(jax.random.key(seed), 1)
         done = len(losses)
@@ -271,11 +291,8 @@ class Trainer:
                 where = f"; the last good checkpoint is in {ckpt_dir}" if ckpt_dir else ""
                 raise TrainingDiverged(f"the GsRCL loss became non-finite in contrastive training by epoch "
                                        f"{done}{where}; lower --lr.")
-            if ckpt_dir is not None:
-                from .. import checkpoint
-
-                checkpoint.save(ckpt_dir, done, jax.device_get({"state": state, "opt": opt_state}),
-                                {"losses": losses, "seed": seed}, max_to_keep=1)
             if callback is not None:
                 callback(done, state)
+            if ckpt_dir is not None:
+                self._save(ckpt_dir, done, state, opt_state, losses, seed, callback)
         return state, losses

@@ -1,0 +1,288 @@
+"""Bad input to both command lines, each case answered by one sentence.
+
+Every case runs the real CLI in a subprocess, from an empty folder that its outputs are aimed
+into, and checks: exit code 2, one line on stderr starting with 'error: ' (holding the expected
+words), no traceback, and nothing left behind: the folder is still empty and the input files are
+untouched.  The inputs, good and bad, are written once by :func:`write_inputs`.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import anndata
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import ROOT, synthetic_counts
+
+CLUSTER_TINY = ["--pretrain-epochs", "3", "--maxiter", "3", "--batch-size", "32", "--quiet"]
+GSRCL_TINY = {"encoder": [16, 8], "head": [8, 4], "n_folds": 2, "svm_cv": 2, "svm_gamma": ["scale"],
+              "svm_c": [1.0], "epochs": 2, "eval_every": 1}
+
+
+def _h5(path, **datasets) -> str:
+    with h5py.File(path, "w") as f:
+        for k, v in datasets.items():
+            f.create_dataset(k, data=v)
+    return str(path)
+
+
+def _h5ad(path, X, genes, obs=None) -> str:
+    ad = anndata.AnnData(X=np.asarray(X, np.float32), obs=obs)
+    ad.obs_names = [f"c{i}" for i in range(len(X))]
+    ad.var_names = genes
+    ad.write_h5ad(path)
+    return str(path)
+
+
+def write_inputs(tmp) -> dict[str, str]:
+    """Write every input file of the cases into ``tmp``; returns their paths by name."""
+    X, groups, _ = synthetic_counts(60, 40)
+    genes = [f"g{i}" for i in range(40)]
+    cells = [f"c{i}" for i in range(60)]
+    f = {"dir": str(tmp), "nope": str(tmp / "nope.h5")}
+    f["good"] = _h5(tmp / "good.h5", X=X, Y=(groups + 1).astype(np.float64), gene_names=np.array(genes, "S"),
+                    cell_names=np.array(cells, "S"))
+    f["random"] = str(tmp / "random.h5")
+    f["random_bin"] = str(tmp / "random.bin")
+    rng = np.random.default_rng(0)
+    for key in ("random", "random_bin"):
+        with open(f[key], "wb") as fh:
+            fh.write(b"\xff\xfe" + rng.bytes(2046))  # not UTF-8, so not CSV either
+    f["trunc"] = str(tmp / "trunc.h5")
+    with open(f["good"], "rb") as src, open(f["trunc"], "wb") as dst:
+        dst.write(src.read()[:1500])
+    f["x_empty"] = _h5(tmp / "x_empty.h5", X=np.zeros(0), Y=groups)
+    f["no_x"] = _h5(tmp / "no_x.h5", Y=groups)
+    f["x1"] = _h5(tmp / "x1.h5", X=np.ones(5))
+    for key, value in (("neg", -1), ("frac", 0.5), ("nan", np.nan), ("inf", np.inf)):
+        bad = X.astype(float)
+        bad[0, 0] = value
+        f[key] = _h5(tmp / f"{key}.h5", X=bad)
+    f["y59"] = _h5(tmp / "y59.h5", X=X, Y=np.ones(59))
+    y_nan = groups.astype(float)
+    y_nan[3] = np.nan
+    f["y_nan"] = _h5(tmp / "y_nan.h5", X=X, Y=y_nan)
+    b_bad = np.zeros((60, 2))
+    b_bad[:, 0] = 1
+    b_bad[0, 1] = 1
+    f["b_bad"] = _h5(tmp / "b_bad.h5", X=X, B=b_bad)
+    f["b_len"] = _h5(tmp / "b_len.h5", X=X, B=np.eye(2)[np.zeros(50, int)])
+    f["zero"] = _h5(tmp / "zero.h5", X=np.zeros((10, 5)), Y=np.arange(10) % 2, gene_names=np.array(genes[:5], "S"))
+    f["no_genes"] = _h5(tmp / "no_genes.h5", X=X, Y=groups)
+    # cell types too small for GsRCL's splits (2 folds x 2-fold inner CV): 56 vs 4 cells, and a
+    # third type of 4 cells beside two large ones; and a single type
+    f["rare"] = _h5(tmp / "rare.h5", X=X, Y=(np.arange(60) < 4).astype(np.int64))
+    f["rare3"] = _h5(tmp / "rare3.h5", X=X, Y=np.where(np.arange(60) < 4, 2, groups % 2),
+                     cell_types=np.array(["alpha", "beta", "rare"], "S"))
+    f["one_type"] = _h5(tmp / "one_type.h5", X=X, Y=np.zeros(60), gene_names=np.array(genes, "S"))
+    obs = pd.DataFrame({"celltype": [f"t{g}" for g in groups]}, index=cells)
+    f["h5ad"] = _h5ad(tmp / "cells.h5ad", X, genes, obs)
+    f["dup_h5ad"] = _h5ad(tmp / "dup.h5ad", X, ["g0", "g0"] + genes[2:])
+    f["half_h5ad"] = _h5ad(tmp / "half.h5ad", X, genes[:20] + [f"other{i}" for i in range(20)])
+    f["csv"] = str(tmp / "cells.csv")
+    pd.DataFrame(X, index=cells, columns=genes).to_csv(f["csv"])
+    f["dup_csv"] = str(tmp / "dup.csv")
+    pd.DataFrame(X, index=cells, columns=["g0", "g0"] + genes[2:]).to_csv(f["dup_csv"])
+    f["text_csv"] = str(tmp / "text.csv")
+    pd.DataFrame(X, index=cells, columns=genes).astype(str).replace("0", "none").to_csv(f["text_csv"])
+    f["ids_csv"] = str(tmp / "wrong_ids.csv")
+    pd.DataFrame({"cell": [f"x{i}" for i in range(60)], "label": groups}).to_csv(f["ids_csv"], index=False)
+    f["short_csv"] = str(tmp / "short_labels.csv")
+    pd.DataFrame({"label": groups[:59]}).to_csv(f["short_csv"], index=False)
+    f["tiny"] = str(tmp / "tiny.toml")
+    with open(f["tiny"], "w") as fh:
+        fh.write("[gsrcl]\n" + "".join(f"{k} = {v!r}\n" for k, v in GSRCL_TINY.items()))
+    f["unknown_toml"] = str(tmp / "unknown.toml")
+    with open(f["unknown_toml"], "w") as fh:
+        fh.write("[gsrcl]\nepochz = 3\n")
+    f["not_ref"] = str(tmp / "not_ref")
+    os.makedirs(f["not_ref"])
+    f["model_dir"] = str(tmp / "has_model")  # a folder with a 'model' folder that is no reference
+    os.makedirs(os.path.join(f["model_dir"], "model"))
+    f["ref"] = str(tmp / "ref")
+    _train_reference(f["good"], f["ref"])
+    return f
+
+
+def _train_reference(data_file: str, out: str) -> None:
+    from scdc_jax.gsrcl.annotate import train_reference
+    from scdc_jax.gsrcl.config import load_config
+    from scdc_jax.io import read_counts
+
+    train_reference(read_counts(data_file), load_config(None, **GSRCL_TINY), out, log=lambda m: None)
+
+
+# name: (command, arguments with {input} placeholders, words the error must hold)
+CASES = {
+    # scDeepCluster
+    "cluster missing file": ("cluster", ["--data-file", "{nope}"], "does not exist"),
+    "cluster random bytes": ("cluster", ["--data-file", "{random}"], "not an HDF5"),
+    "cluster truncated hdf5": ("cluster", ["--data-file", "{trunc}"], "truncated"),
+    "cluster no X": ("cluster", ["--data-file", "{x_empty}"], None),
+    "cluster hdf5 without X": ("cluster", ["--data-file", "{no_x}"], "no dataset 'X'"),
+    "cluster X not 2-D": ("cluster", ["--data-file", "{x1}"], "2-D"),
+    "cluster negative": ("cluster", ["--data-file", "{neg}"], "negative"),
+    "cluster non-integer": ("cluster", ["--data-file", "{frac}"], "non-integer"),
+    "cluster nan": ("cluster", ["--data-file", "{nan}"], "NaN"),
+    "cluster labels length": ("cluster", ["--data-file", "{y59}"], "59 entries"),
+    "cluster B not one-hot": ("cluster", ["--data-file", "{b_bad}"], "not one-hot"),
+    "cluster B length": ("cluster", ["--data-file", "{b_len}"], "50 entries"),
+    "cluster all zero": ("cluster", ["--data-file", "{zero}"], "all zeros"),
+    "cluster more clusters than cells": ("cluster", ["--data-file", "{good}", "--n-clusters", "100"],
+                                         "more than the number of cells"),
+    "cluster select genes > genes": ("cluster", ["--data-file", "{good}", "--select-genes", "500"],
+                                     "larger than the number of genes"),
+    "cluster batch size 0": ("cluster", ["--data-file", "{good}", "--batch-size", "0"], "--batch-size must be positive"),
+    "cluster epochs negative": ("cluster", ["--data-file", "{good}", "--pretrain-epochs", "-1"],
+                                "--pretrain-epochs must be positive"),
+    "cluster sigma 0": ("cluster", ["--data-file", "{good}", "--sigma", "0"], "--sigma must be positive"),
+    "cluster tol 0": ("cluster", ["--data-file", "{good}", "--tol", "0"], "--tol must be positive"),
+    "cluster devices": ("cluster", ["--data-file", "{good}", "--devices", "64"], "--devices 64"),
+    "cluster unwritable save dir": ("cluster", ["--data-file", "{good}", "--save-dir", "{good}/sub"],
+                                    "cannot be created"),
+    "cluster bad config": ("cluster", ["--data-file", "{good}", "--config", "{dir}/nope.toml"], "does not exist"),
+    "cluster layer on h5": ("cluster", ["--data-file", "{good}", "--layer", "counts"], "--layer applies to .h5ad"),
+    "cluster missing label dataset": ("cluster", ["--data-file", "{good}", "--label-key", "celltype"],
+                                      "no dataset 'celltype'"),
+    # GsRCL evaluate: the data file
+    "evaluate no data file": ("evaluate", [], "labelled data file"),
+    "evaluate missing file": ("evaluate", ["--data-file", "{nope}"], "does not exist"),
+    "evaluate random bytes": ("evaluate", ["--data-file", "{random}"], "not an HDF5"),
+    "evaluate random bytes, no extension": ("evaluate", ["--data-file", "{random_bin}"], "neither HDF5, .h5ad nor CSV"),
+    "evaluate truncated hdf5": ("evaluate", ["--data-file", "{trunc}"], "truncated"),
+    "evaluate hdf5 without X": ("evaluate", ["--data-file", "{no_x}"], "no dataset 'X'"),
+    "evaluate X not 2-D": ("evaluate", ["--data-file", "{x1}"], "2-D"),
+    "evaluate negative": ("evaluate", ["--data-file", "{neg}"], "negative"),
+    "evaluate nan": ("evaluate", ["--data-file", "{nan}"], "NaN"),
+    "evaluate infinite": ("evaluate", ["--data-file", "{inf}"], "infinite"),
+    "evaluate all zero": ("evaluate", ["--data-file", "{zero}"], "all zeros"),
+    "evaluate labels length": ("evaluate", ["--data-file", "{y59}"], "59 entries"),
+    "evaluate nan labels": ("evaluate", ["--data-file", "{y_nan}"], "labels 'Y' contain NaN"),
+    "evaluate h5ad without --label-key": ("evaluate", ["--data-file", "{h5ad}"], "needs cell-type labels"),
+    "evaluate h5ad missing label key": ("evaluate", ["--data-file", "{h5ad}", "--label-key", "cell_type"],
+                                        "no .obs column 'cell_type'"),
+    "evaluate h5ad missing layer": ("evaluate", ["--data-file", "{h5ad}", "--label-key", "celltype", "--layer",
+                                                 "counts"], "no layer 'counts'"),
+    "evaluate layer on h5": ("evaluate", ["--data-file", "{good}", "--layer", "counts"], "--layer applies to .h5ad"),
+    "evaluate csv non-numeric": ("evaluate", ["--data-file", "{text_csv}"], "non-numeric"),
+    "evaluate csv without labels": ("evaluate", ["--data-file", "{csv}"], "needs cell-type labels"),
+    "evaluate labels csv ids": ("evaluate", ["--data-file", "{csv}", "--labels-csv", "{ids_csv}"],
+                                "do not match the cell ids"),
+    "evaluate labels csv length": ("evaluate", ["--data-file", "{csv}", "--labels-csv", "{short_csv}"],
+                                   "59 entries but X has 60 cells"),
+    "evaluate labels csv for h5": ("evaluate", ["--data-file", "{good}", "--labels-csv", "{short_csv}"],
+                                   "--labels-csv applies to CSV"),
+    "evaluate labels csv missing": ("evaluate", ["--data-file", "{csv}", "--labels-csv", "{dir}/nope.csv"],
+                                    "could not be read"),
+    # GsRCL evaluate: the cell types
+    "evaluate unknown cell type": ("evaluate", ["--data-file", "{good}", "--cell-type", "9"], "'9' are not among"),
+    "evaluate no type large enough": ("evaluate", ["--data-file", "{rare}"], "no cell type has enough cells"),
+    "evaluate chosen type too small": ("evaluate", ["--data-file", "{rare3}", "--cell-type", "rare"],
+                                       "no chosen cell type has enough cells"),
+    "evaluate one cell type": ("evaluate", ["--data-file", "{one_type}"], "single cell type"),
+    # GsRCL evaluate: settings and outputs
+    "evaluate batch size 0": ("evaluate", ["--data-file", "{good}", "--batch-size", "0"], "--batch-size must be positive"),
+    "evaluate epochs 0": ("evaluate", ["--data-file", "{good}", "--epochs", "0"], "--epochs must be positive"),
+    "evaluate epochs negative": ("evaluate", ["--data-file", "{good}", "--epochs", "-2"], "--epochs must be positive"),
+    "evaluate eval-every 0": ("evaluate", ["--data-file", "{good}", "--eval-every", "0"], "--eval-every must be positive"),
+    "evaluate noise-std 0": ("evaluate", ["--data-file", "{good}", "--noise-std", "0"], "--noise-std must be positive"),
+    "evaluate lr 0": ("evaluate", ["--data-file", "{good}", "--lr", "0"], "--lr must be positive"),
+    "evaluate lr negative": ("evaluate", ["--data-file", "{good}", "--lr", "-0.5"], "--lr must be positive"),
+    "evaluate dropout 1": ("evaluate", ["--data-file", "{good}", "--augment", "dropout", "--dropout", "1"],
+                           "--dropout must lie"),
+    "evaluate devices": ("evaluate", ["--data-file", "{good}", "--devices", "64"], "--devices 64"),
+    "evaluate missing config": ("evaluate", ["--data-file", "{good}", "--config", "{dir}/nope.toml"], "does not exist"),
+    "evaluate config unknown setting": ("evaluate", ["--data-file", "{good}", "--config", "{unknown_toml}"],
+                                        "unknown setting(s): epochz"),
+    "evaluate unwritable out-dir": ("evaluate", ["--data-file", "{good}", "--out-dir", "{good}/sub"],
+                                    "cannot be created"),
+    "evaluate out-dir is a file": ("evaluate", ["--data-file", "{good}", "--out-dir", "{good}"],
+                                   "exists and is not a folder"),
+    # GsRCL train-reference
+    "train-reference missing file": ("train-reference", ["--data-file", "{nope}"], "does not exist"),
+    "train-reference nan": ("train-reference", ["--data-file", "{nan}"], "NaN"),
+    "train-reference no gene names": ("train-reference", ["--data-file", "{no_genes}"], "needs gene names"),
+    "train-reference no type large enough": ("train-reference", ["--data-file", "{one_type}"],
+                                             "no cell type has enough cells to train a classifier"),
+    "train-reference eval-every 0": ("train-reference", ["--data-file", "{good}", "--eval-every", "0"],
+                                     "--eval-every must be positive"),
+    "train-reference devices": ("train-reference", ["--data-file", "{good}", "--devices", "64"], "--devices 64"),
+    "train-reference unwritable out": ("train-reference", ["--data-file", "{good}", "--out", "{good}/sub"],
+                                       "cannot be created"),
+    "train-reference out is a file": ("train-reference", ["--data-file", "{good}", "--out", "{good}"],
+                                      "exists and is not a folder"),
+    "train-reference out holds a foreign model": ("train-reference", ["--data-file", "{good}", "--out",
+                                                                      "{model_dir}"], "not a GsRCL reference"),
+    # GsRCL annotate
+    "annotate no data file": ("annotate", ["--reference", "{ref}"], "a query data file is needed"),
+    "annotate missing query": ("annotate", ["--reference", "{ref}", "--data-file", "{nope}"], "does not exist"),
+    "annotate nan query": ("annotate", ["--reference", "{ref}", "--data-file", "{nan}"], "NaN"),
+    "annotate all-zero query": ("annotate", ["--reference", "{ref}", "--data-file", "{zero}"], "all zeros"),
+    "annotate query without gene names": ("annotate", ["--reference", "{ref}", "--data-file", "{no_genes}"],
+                                          "no gene names"),
+    "annotate duplicate genes h5ad": ("annotate", ["--reference", "{ref}", "--data-file", "{dup_h5ad}"],
+                                      "duplicate gene names (g0)"),
+    "annotate duplicate genes csv": ("annotate", ["--reference", "{ref}", "--data-file", "{dup_csv}"],
+                                     "duplicate gene names (g0)"),
+    "annotate half the genes": ("annotate", ["--reference", "{ref}", "--data-file", "{half_h5ad}"],
+                                "only 20 of the query's 40 genes"),
+    "annotate missing layer": ("annotate", ["--reference", "{ref}", "--data-file", "{h5ad}", "--layer", "counts"],
+                               "no layer 'counts'"),
+    "annotate missing reference": ("annotate", ["--reference", "{dir}/nothing", "--data-file", "{h5ad}"],
+                                   "not a GsRCL reference folder"),
+    "annotate folder that is no reference": ("annotate", ["--reference", "{not_ref}", "--data-file", "{h5ad}"],
+                                             "not a GsRCL reference folder"),
+    "annotate cutoff 1": ("annotate", ["--reference", "{ref}", "--data-file", "{h5ad}", "--cutoff", "1"],
+                          "--cutoff must lie in [0, 1)"),
+    "annotate cutoff negative": ("annotate", ["--reference", "{ref}", "--data-file", "{h5ad}", "--cutoff", "-0.1"],
+                                 "--cutoff must lie in [0, 1)"),
+    "annotate h5ad out for a csv query": ("annotate", ["--reference", "{ref}", "--data-file", "{csv}", "--out",
+                                                       "calls.h5ad"], "needs an .h5ad query"),
+    "annotate unwritable out": ("annotate", ["--reference", "{ref}", "--data-file", "{h5ad}", "--out",
+                                             "{good}/calls.csv"], "exists and is not a folder"),
+    "annotate out is a folder": ("annotate", ["--reference", "{ref}", "--data-file", "{h5ad}", "--out", "{not_ref}"],
+                                 "is a folder"),
+    "annotate unwritable plot": ("annotate", ["--reference", "{ref}", "--data-file", "{h5ad}", "--plot",
+                                              "{good}/calls.png"], "exists and is not a folder"),
+}
+
+
+def command(kind: str, args: list[str], f: dict[str, str]) -> list[str]:
+    """The full command line of a case; outputs default to the current folder and a case's own
+    flags come last, so they override."""
+    args = [a.format(**f) for a in args]
+    if kind == "cluster":
+        return ["-m", "scdc_jax.cluster", *CLUSTER_TINY, "--save-dir", "out", *args]
+    if kind == "annotate":
+        return ["-m", "scdc_jax.gsrcl", "annotate", "--out", "calls.csv", "--plot", "calls.png", *args]
+    out = ["--out-dir", "out"] if kind == "evaluate" else ["--out", "ref_out"]
+    return ["-m", "scdc_jax.gsrcl", kind, "--config", f["tiny"], "--quiet", *out, *args]
+
+
+def listing(folder: str) -> list[tuple[str, int, float]]:
+    return sorted((os.path.join(d, n), os.path.getsize(os.path.join(d, n)), os.path.getmtime(os.path.join(d, n)))
+                  for d, dirs, files in os.walk(folder) for n in files + dirs)
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    return write_inputs(tmp_path_factory.mktemp("inputs"))
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_bad_input_one_sentence_exit_2_nothing_left(inputs, name, tmp_path):
+    kind, args, expected = CASES[name]
+    before = listing(inputs["dir"])
+    out = subprocess.run([sys.executable, *command(kind, args, inputs)], cwd=tmp_path, capture_output=True,
+                         text=True, env={**os.environ, "PYTHONPATH": ROOT}, timeout=300)
+    assert out.returncode == 2, (name, out.returncode, out.stderr[-2000:])
+    err = out.stderr.strip()
+    assert "Traceback" not in err and err.startswith("error: ") and len(err.splitlines()) == 1, err
+    if expected:
+        assert expected in err, err
+    assert os.listdir(tmp_path) == [], f"{name}: left {os.listdir(tmp_path)} behind"
+    assert listing(inputs["dir"]) == before, f"{name}: changed the input files"
