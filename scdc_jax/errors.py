@@ -5,6 +5,7 @@ message and exit with status 2.  Anything else is a bug and keeps its traceback.
 """
 from __future__ import annotations
 
+import argparse
 import sys
 from typing import Callable
 
@@ -15,6 +16,14 @@ class InputError(ValueError):
 
 class TrainingDiverged(RuntimeError):
     """A loss became non-finite; the message names the stage, epoch and last good checkpoint."""
+
+
+class CliParser(argparse.ArgumentParser):
+    """argparse whose flag errors (an unknown flag, ``--epochs abc``) are one sentence too."""
+
+    def error(self, message: str):
+        print(f"error: {message}; see '{self.prog} --help'.", file=sys.stderr)
+        sys.exit(2)
 
 
 def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> None:

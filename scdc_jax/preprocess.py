@@ -167,16 +167,16 @@ def prepare(data: CountData, *, select_genes_n: int = 0) -> Prepared:
     if select_genes_n:
         genes = np.flatnonzero(select_genes(data.X, select_genes_n))
         data = data.subset(genes=genes)
-    X = data.X
-    gene_tot = np.asarray(X.sum(0)).ravel()
+    gene_tot = np.asarray(data.X.sum(0)).ravel()
     keep_g = np.flatnonzero(gene_tot > 0)
     genes = genes[keep_g]
-    X = X[:, keep_g]
-    cell_tot = np.asarray(X.sum(1)).ravel()
+    # row totals over the kept genes equal those over all genes (the dropped genes hold no counts)
+    cell_tot = np.asarray(data.X.sum(1), np.float64).ravel()
     keep_c = np.flatnonzero(cell_tot > 0)
-    data = data.subset(cells=keep_c, genes=keep_g)
+    if len(keep_g) < data.n_genes or len(keep_c) < data.n_cells:  # copies only when something goes
+        data = data.subset(cells=keep_c, genes=keep_g)
     if sp.issparse(data.X):
-        raw = sp.csr_matrix(data.X, dtype=np.float32)
+        raw = data.X.tocsr().astype(np.float32)  # a copy: the caller's matrix is left as it was
         raw.sum_duplicates()
         raw.eliminate_zeros()
     else:

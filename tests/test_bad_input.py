@@ -148,6 +148,9 @@ CASES = {
     "cluster layer on h5": ("cluster", ["--data-file", "{good}", "--layer", "counts"], "--layer applies to .h5ad"),
     "cluster missing label dataset": ("cluster", ["--data-file", "{good}", "--label-key", "celltype"],
                                       "no dataset 'celltype'"),
+    "cluster flag not a number": ("cluster", ["--data-file", "{good}", "--n-clusters", "three"],
+                                  "argument --n-clusters: invalid int value: 'three'"),
+    "cluster unknown flag": ("cluster", ["--data-file", "{good}", "--clusters", "3"], "unrecognized arguments: --clusters"),
     # GsRCL evaluate: the data file
     "evaluate no data file": ("evaluate", [], "labelled data file"),
     "evaluate missing file": ("evaluate", ["--data-file", "{nope}"], "does not exist"),
@@ -194,6 +197,10 @@ CASES = {
     "evaluate lr negative": ("evaluate", ["--data-file", "{good}", "--lr", "-0.5"], "--lr must be positive"),
     "evaluate dropout 1": ("evaluate", ["--data-file", "{good}", "--augment", "dropout", "--dropout", "1"],
                            "--dropout must lie"),
+    "evaluate flag not a number": ("evaluate", ["--data-file", "{good}", "--epochs", "abc"],
+                                   "argument --epochs: invalid int value: 'abc'"),
+    "train-reference without --out": ("train-reference-bare", ["--data-file", "{good}"],
+                                      "the following arguments are required: --out"),
     "evaluate devices": ("evaluate", ["--data-file", "{good}", "--devices", "64"], "--devices 64"),
     "evaluate missing config": ("evaluate", ["--data-file", "{good}", "--config", "{dir}/nope.toml"], "does not exist"),
     "evaluate config unknown setting": ("evaluate", ["--data-file", "{good}", "--config", "{unknown_toml}"],
@@ -259,6 +266,8 @@ def command(kind: str, args: list[str], f: dict[str, str]) -> list[str]:
         return ["-m", "scdc_jax.cluster", *CLUSTER_TINY, "--save-dir", "out", *args]
     if kind == "annotate":
         return ["-m", "scdc_jax.gsrcl", "annotate", "--out", "calls.csv", "--plot", "calls.png", *args]
+    if kind == "train-reference-bare":
+        return ["-m", "scdc_jax.gsrcl", "train-reference", *args]
     out = ["--out-dir", "out"] if kind == "evaluate" else ["--out", "ref_out"]
     return ["-m", "scdc_jax.gsrcl", kind, "--config", f["tiny"], "--quiet", *out, *args]
 

@@ -10,7 +10,7 @@ import os
 import shlex
 import sys
 
-from ..errors import InputError, run_cli
+from ..errors import CliParser, InputError, run_cli
 
 EPILOG = """subcommand:
   python -m scdc_jax.cluster predict --model SAVE_DIR --data-file NEW.h5ad   # assign new cells
@@ -25,7 +25,7 @@ examples:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = CliParser(
         prog="python -m scdc_jax.cluster", description="scDeepCluster in JAX: ZINB autoencoder pretraining, "
         "then deep embedded clustering of single-cell RNA-seq counts.", epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -67,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def build_predict_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m scdc_jax.cluster predict",
+    p = CliParser(prog="python -m scdc_jax.cluster predict",
                                 description="Assign new cells with a saved model: latent coordinates, soft "
                                 "assignments q and hard labels. The query needs the model's genes (matched by name "
                                 "when both have names).")

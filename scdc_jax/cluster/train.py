@@ -90,11 +90,23 @@ def device_data(raw, norm: dict, b: np.ndarray | None = None, *, sharding=None,
     else:
         dense = raw.toarray() if sp.issparse(raw) else raw
         counts, cols = put(np.asarray(dense, np.float32)), None
-    const = jax.jit(lambda c: gammaln(c + 1.0).sum(1) / len(norm["mean"]))(counts)
+    const = _lgamma_row_means(counts, len(norm["mean"]))
     return ClusterData(counts, cols, put((median / totals).astype(np.float32)),
                        put((totals / median).astype(np.float32)), const,
                        put(np.asarray(norm["mean"], np.float32)), put(np.asarray(norm["std"], np.float32)),
                        None if b is None else put(np.asarray(b, np.float32)))
+
+
+@partial(jax.jit, static_argnums=(1, 2))
+def _lgamma_row_means(counts, n_genes: int, chunk: int = 16384):
+    """``sum_j lgamma(counts + 1) / n_genes`` per row, ``chunk`` rows at a time (no full-size temporary)."""
+    n = counts.shape[0]
+    if n <= chunk:
+        return gammaln(counts + 1.0).sum(1) / n_genes
+    steps = math.ceil(n / chunk)
+    idx = jnp.minimum(jnp.arange(steps * chunk), n - 1).reshape(steps, chunk)
+    sums = jax.lax.map(lambda i: gammaln(counts[i] + 1.0).sum(1), idx)
+    return sums.reshape(-1)[:n] / n_genes
 
 
 def batch_rows(data: ClusterData, idx):

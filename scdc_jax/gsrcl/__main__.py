@@ -11,7 +11,7 @@ import shlex
 import sys
 import time
 
-from ..errors import InputError, run_cli
+from ..errors import CliParser, InputError, run_cli
 
 COMMANDS = ("evaluate", "train-reference", "annotate")
 
@@ -60,7 +60,7 @@ def _method_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m scdc_jax.gsrcl", epilog=EPILOG,
+    p = CliParser(prog="python -m scdc_jax.gsrcl", epilog=EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 description="GsRCL in JAX: contrastive representations of cells learnt from "
                                 "Gaussian-noise views; one-vs-rest cell-type identification with SVMs.")
