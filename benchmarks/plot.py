@@ -29,6 +29,13 @@ def _load(pattern: str) -> list[tuple[str, dict]]:
     return out
 
 
+def _save(fig, plt, path: str) -> str:
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def plot_speed(results: str, plt) -> str | None:
     runs = [(p, r) for p, r in _load(os.path.join(results, "speed_*.json")) if "results" in r]
     if not runs:
@@ -49,16 +56,14 @@ def plot_speed(results: str, plt) -> str | None:
         dev = rep["machine"].get("cuda_device") or rep["machine"].get("cpu_model")
         ax.set_title(f"{os.path.basename(path)[:-5]}: {dev}", fontsize=9)
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    out = os.path.join(results, "speed.png")
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
+    return _save(fig, plt, os.path.join(results, "speed.png"))
 
 
 def plot_scaling(results: str, plt) -> str | None:
     rows = []
     for path, rep in _load(os.path.join(results, "scaling_*.json")):
+        if "forced" in os.path.basename(path):  # forced CPU devices show correctness, not speed
+            continue
         plat = "GPU" if "gpu" in os.path.basename(path) else "CPU"
         rows += [{**r, "where": plat} for r in rep.get("rows", []) if "error" not in r]
     if not rows:
@@ -93,11 +98,7 @@ def plot_scaling(results: str, plt) -> str | None:
     ax_m.legend(fontsize=7)
     ax_t.set_title("scDeepCluster pretraining epoch vs cells", fontsize=9)
     ax_m.set_title("peak host (solid/dashed) and GPU (dotted) memory", fontsize=9)
-    fig.tight_layout()
-    out = os.path.join(results, "scaling.png")
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
+    return _save(fig, plt, os.path.join(results, "scaling.png"))
 
 
 def plot_accuracy(results: str, plt) -> str | None:
@@ -126,11 +127,7 @@ def plot_accuracy(results: str, plt) -> str | None:
     ax.set_ylim(0, 1)
     ax.legend(fontsize=7)
     ax.set_title("scDeepCluster accuracy, published defaults", fontsize=9)
-    fig.tight_layout()
-    out = os.path.join(results, "accuracy.png")
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
+    return _save(fig, plt, os.path.join(results, "accuracy.png"))
 
 
 def main(argv=None) -> int:
