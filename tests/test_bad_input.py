@@ -105,7 +105,18 @@ def write_inputs(tmp) -> dict[str, str]:
     os.makedirs(os.path.join(f["model_dir"], "model"))
     f["ref"] = str(tmp / "ref")
     _train_reference(f["good"], f["ref"])
+    f["cluster_model"] = str(tmp / "cluster_model")
+    _train_cluster_model(f["h5ad"], f["cluster_model"])
     return f
+
+
+def _train_cluster_model(data_file: str, save_dir: str) -> None:
+    from scdc_jax.cluster import ClusterConfig, run
+    from scdc_jax.io import read_counts
+
+    cfg = ClusterConfig(n_clusters=2, pretrain_epochs=2, maxiter=1, batch_size=32, encoder=[8], decoder=[8],
+                        latent=4, kmeans_n_init=1)
+    run(read_counts(data_file), cfg, save_dir=save_dir, progress=False)
 
 
 def _train_reference(data_file: str, out: str) -> None:
@@ -148,6 +159,19 @@ CASES = {
     "cluster layer on h5": ("cluster", ["--data-file", "{good}", "--layer", "counts"], "--layer applies to .h5ad"),
     "cluster missing label dataset": ("cluster", ["--data-file", "{good}", "--label-key", "celltype"],
                                       "no dataset 'celltype'"),
+    "cluster infinite": ("cluster", ["--data-file", "{inf}"], "infinite"),
+    "cluster h5ad missing label key": ("cluster", ["--data-file", "{h5ad}", "--label-key", "cell_type"],
+                                       "no .obs column 'cell_type'"),
+    "cluster h5ad missing batch key": ("cluster", ["--data-file", "{h5ad}", "--batch-key", "plate"],
+                                       "no .obs column 'plate'"),
+    "cluster h5ad missing layer": ("cluster", ["--data-file", "{h5ad}", "--layer", "counts"], "no layer 'counts'"),
+    "predict duplicate genes": ("predict", ["--model", "{cluster_model}", "--data-file", "{dup_h5ad}"],
+                                "duplicate gene names"),
+    "predict missing genes": ("predict", ["--model", "{cluster_model}", "--data-file", "{half_h5ad}"],
+                              "the query lacks 20 of the model's 40 genes"),
+    "predict folder that is no model": ("predict", ["--model", "{not_ref}", "--data-file", "{h5ad}"],
+                                        "holds no final scdc_jax model"),
+    "predict negative counts": ("predict", ["--model", "{cluster_model}", "--data-file", "{neg}"], "negative"),
     "cluster flag not a number": ("cluster", ["--data-file", "{good}", "--n-clusters", "three"],
                                   "argument --n-clusters: invalid int value: 'three'"),
     "cluster unknown flag": ("cluster", ["--data-file", "{good}", "--clusters", "3"], "unrecognized arguments: --clusters"),
@@ -262,6 +286,8 @@ def command(kind: str, args: list[str], f: dict[str, str]) -> list[str]:
     """The full command line of a case; outputs default to the current folder and a case's own
     flags come last, so they override."""
     args = [a.format(**f) for a in args]
+    if kind == "predict":
+        return ["-m", "scdc_jax.cluster", "predict", "--save-dir", "out", "--out", "calls.h5ad", *args]
     if kind == "cluster":
         return ["-m", "scdc_jax.cluster", *CLUSTER_TINY, "--save-dir", "out", *args]
     if kind == "annotate":
