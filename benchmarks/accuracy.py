@@ -131,6 +131,25 @@ def write_results(rows, args, out_dir):
         print("\n".join(lines))
 
 
+def load_rows(path: str, runs: list) -> dict:
+    """Finished rows (the JSON lines this script prints) of an earlier run, keyed like ``runs``."""
+    if not os.path.isfile(path):
+        sys.exit(f"--resume: {path} is not a file")
+    wanted, found = set(runs), {}
+    with open(path) as fh:
+        for line in fh:
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue
+            if not isinstance(row, dict):
+                continue
+            key = (row.get("impl"), row.get("dataset"), row.get("seed"), row.get("mode"))
+            if key in wanted and all(m in row for m in METRICS):
+                found[key] = row
+    return found
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
@@ -147,6 +166,8 @@ def main():
                     help="float32 matmul precision of both implementations (GPUs only)")
     ap.add_argument("--pretrain-epochs", type=int, help="override (smoke tests only: not the published setting)")
     ap.add_argument("--maxiter", type=int, help="override (smoke tests only: not the published setting)")
+    ap.add_argument("--resume", metavar="LOG",
+                    help="a saved stdout of an earlier, interrupted run: its finished rows are kept, only the rest run")
     ap.add_argument("--worker", nargs=4, metavar=("IMPL", "DATASET", "SEED", "MODE"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -165,8 +186,14 @@ def main():
     if args.jobs > 1:
         env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // args.jobs)))
     runs = [(i, d, s, m) for m in args.mode for d in args.datasets for i in args.impl for s in args.seeds]
+    done = load_rows(args.resume, runs) if args.resume else {}
+    if done:
+        print(f"resuming: {len(done)} of {len(runs)} runs already finished in {args.resume}", flush=True)
 
     def launch(spec):
+        if spec in done:
+            print(json.dumps(done[spec]), flush=True)
+            return done[spec]
         impl, d, s, m = spec
         cmd = [sys.executable, os.path.abspath(__file__), "--worker", impl, d, str(s), m,
                "--data-dir", args.data_dir, "--device", args.device, "--matmul", args.matmul]
