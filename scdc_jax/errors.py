@@ -1,7 +1,8 @@
 """User-facing errors and the CLI wrapper that turns them into one sentence and exit code 2.
 
 A user can cause an :class:`InputError` (a bad file, a bad flag, bad data); the CLIs print its
-message and exit with status 2.  Anything else is a bug and keeps its traceback.
+message and exit with status 2.  An ``OSError`` the system raises mid-run (disk full, a folder
+removed) is one sentence and status 1.  Anything else is a bug and keeps its traceback.
 """
 from __future__ import annotations
 
@@ -33,6 +34,10 @@ def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | No
     except (InputError, TrainingDiverged) as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2 if isinstance(exc, InputError) else 3)
+    except OSError as exc:  # the machine refused (disk full, a folder gone or read-only mid-run)
+        where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+        print(f"error: the system refused an operation: {exc.strerror or exc}{where}.", file=sys.stderr)
+        sys.exit(1)
     except KeyboardInterrupt:
         print("interrupted: rerun the same command with --resume to continue from the last "
               "checkpoint", file=sys.stderr)

@@ -280,6 +280,11 @@ CASES = {
     "annotate unwritable plot": ("annotate", ["--reference", "{ref}", "--data-file", "{h5ad}", "--plot",
                                               "{good}/calls.png"], "exists and is not a folder"),
 }
+if os.path.isdir("/proc/self"):  # Linux: a file system that refuses new folders even to root
+    CASES["cluster save dir on a read-only file system"] = (
+        "cluster", ["--data-file", "{good}", "--save-dir", "/proc/scdc_out"], "cannot be written")
+    CASES["evaluate out-dir on a read-only file system"] = (
+        "evaluate", ["--data-file", "{good}", "--out-dir", "/proc/scdc_out"], "cannot be written")
 
 
 def command(kind: str, args: list[str], f: dict[str, str]) -> list[str]:

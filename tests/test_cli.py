@@ -70,3 +70,18 @@ def test_config_file_and_paper_config(tmp_path):
     assert out.returncode == 0, out.stderr
     cfg = json.loads((tmp_path / "r" / "run.json").read_text())["config"]
     assert cfg["sigma"] == 2.5 and cfg["pretrain_epochs"] == 3 and cfg["n_clusters"] == 2
+
+
+def test_system_refusal_mid_run_is_one_sentence(capsys):
+    import pytest
+
+    from scdc_jax.errors import run_cli
+
+    def full_disk(argv):
+        raise OSError(28, "No space left on device", "out/final_latent_file.txt")
+
+    with pytest.raises(SystemExit) as exc:
+        run_cli(full_disk, [])
+    assert exc.value.code == 1
+    err = capsys.readouterr().err.strip()
+    assert err == "error: the system refused an operation: No space left on device (out/final_latent_file.txt)."
