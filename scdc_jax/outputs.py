@@ -26,11 +26,16 @@ def check_writable_dir(path: str, what: str = "output folder") -> str:
         raise InputError(f"the {what} {path} cannot be created: {probe} is a file, not a folder.")
     if not os.access(probe, os.W_OK | os.X_OK):
         raise InputError(f"the {what} {path} is not writable (no write permission in {probe}); choose another folder.")
-    try:  # permissions can pass (root) where the file system still refuses: try, and leave nothing
+    # Permissions can pass (root) where the file system still refuses: try, and leave nothing
+    # behind, not even a new modification time on the folder.
+    before = os.stat(probe)
+    try:
         os.rmdir(tempfile.mkdtemp(dir=probe, prefix=".scdc_probe_"))
     except OSError as exc:
         raise InputError(f"the {what} {path} cannot be written ({exc.strerror or exc} in {probe}); "
                          "choose another folder.") from None
+    with contextlib.suppress(OSError):
+        os.utime(probe, ns=(before.st_atime_ns, before.st_mtime_ns))
     return path
 
 
