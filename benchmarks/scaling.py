@@ -167,7 +167,7 @@ def _torch_epochs(prep, cfg, args) -> dict:
     t0 = time.perf_counter()
     to = dict(dtype=dtype, device=dev)
     x = torch.as_tensor(prep.x, **to)  # the baseline holds the dense encoder input and counts
-    raw = torch.as_tensor(prep.raw.toarray() if hasattr(prep.raw, "toarray") else prep.raw, **to)
+    raw = torch.as_tensor(tsc.dense(prep.raw), **to)
     sf = torch.as_tensor(np.asarray(prep.size_factors), **to)
     if dev == "cuda":
         torch.cuda.synchronize()

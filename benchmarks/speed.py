@@ -96,7 +96,7 @@ def bench_scdeepcluster(args, torch_device):
     runners = {"jax": (jax_pre, jax_clu)}
     for name, dtype in (("torch32", torch.float32), ("torch64", torch.float64)):
         to = dict(dtype=dtype, device=torch_device)
-        x, raw, sf = (torch.as_tensor(np.asarray(a), **to) for a in (prep.x, prep.raw, prep.size_factors))
+        x, raw, sf = (torch.as_tensor(tsc.dense(a), **to) for a in (prep.x, prep.raw, prep.size_factors))
         p = torch.as_tensor(np.asarray(p_jax), **to)
         m_pre = tsc.copy_from_jax(tsc.build_model(g, dtype=dtype, device=torch_device), state)
         o_pre = tsc.pretrain_optimizer(m_pre)

@@ -280,12 +280,13 @@ def read_csv_counts(path: str, *, labels_csv: str | None = None) -> CountData:
         except Exception as exc:
             raise InputError(f"{labels_csv} could not be read as CSV ({type(exc).__name__}).") from None
         ids = set(lab.iloc[:, 0].astype(str))
-        row_numbers = {str(i) for i in range(len(lab))}
+        row_numbers = ({str(i) for i in range(len(lab))},  # pandas' to_csv counts from 0,
+                       {str(i) for i in range(1, len(lab) + 1)})  # R's write.csv from 1
         if lab.shape[1] >= 2 and set(data.cell_names) <= ids:
             lab = lab.set_index(lab.columns[0]).iloc[:, 0]
             lab.index = lab.index.astype(str)
             values = lab.loc[data.cell_names].to_numpy()
-        elif lab.shape[1] >= 2 and ids != row_numbers:  # a first column of row numbers is no ids
+        elif lab.shape[1] >= 2 and ids not in row_numbers:  # a first column of row numbers is no ids
             missing = [c for c in data.cell_names if c not in ids]
             raise InputError(f"the ids in the first column of {labels_csv} do not match the cell ids of {path} "
                              f"({len(missing)} of its {data.n_cells} cells are missing, e.g. '{missing[0]}'); give a "

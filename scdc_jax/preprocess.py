@@ -6,6 +6,7 @@ Order (REFERENCE.md): optional gene selection on raw counts, drop zero genes the
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -101,7 +102,7 @@ class Prepared:
     def shape(self) -> tuple[int, int]:
         return self.raw.shape
 
-    @property
+    @functools.cached_property
     def x(self) -> np.ndarray:
         """The encoder input as one dense float32 host array (for small data and comparisons;
         training computes it per minibatch on the device instead)."""
@@ -141,6 +142,13 @@ def gene_log_stats(raw, scale: np.ndarray, *, chunk: int = 4096) -> tuple[np.nda
     return mean, std
 
 
+def norm_stats(raw, totals: np.ndarray, *, chunk: int = 4096) -> dict:
+    """The median row total and the per-gene mean and spread (ddof=1) of the size-normalised log counts."""
+    median = float(np.median(totals))
+    mean, std = gene_log_stats(raw, median / np.asarray(totals, np.float64), chunk=chunk)
+    return {"median_total": median, "mean": mean.astype(np.float32), "std": std.astype(np.float32)}
+
+
 def normalise_log_scale(raw, totals: np.ndarray, norm: dict | None = None, *, chunk: int = 4096):
     """``zscore(log1p(raw * median(totals) / totals))`` per gene, ddof=1, zero spread -> divisor 1.
 
@@ -148,11 +156,9 @@ def normalise_log_scale(raw, totals: np.ndarray, norm: dict | None = None, *, ch
     are reused instead of computed.  ``raw`` is dense or CSR; the float64 work runs ``chunk`` rows
     at a time into the float32 result.  Returns (dense x float32, norm).
     """
-    median = float(np.median(totals)) if norm is None else float(norm["median_total"])
-    scale = median / np.asarray(totals, np.float64)
     if norm is None:
-        mean, std = gene_log_stats(raw, scale, chunk=chunk)
-        norm = {"median_total": median, "mean": mean.astype(np.float32), "std": std.astype(np.float32)}
+        norm = norm_stats(raw, totals, chunk=chunk)
+    scale = float(norm["median_total"]) / np.asarray(totals, np.float64)
     x = np.empty(raw.shape, np.float32)
     for rows in _row_chunks(raw.shape[0], chunk):
         block = np.log1p(_dense(raw[rows]).astype(np.float64) * scale[rows, None])
@@ -182,8 +188,6 @@ def prepare(data: CountData, *, select_genes_n: int = 0) -> Prepared:
     else:
         raw = np.asarray(data.X, dtype=np.float32)
     totals = cell_tot[keep_c].astype(np.float64)
-    median = float(np.median(totals))
-    mean, std = gene_log_stats(raw, median / totals)
-    norm = {"median_total": median, "mean": mean.astype(np.float32), "std": std.astype(np.float32)}
-    return Prepared(raw=raw, size_factors=(totals / median).astype(np.float32), data=data, cells=keep_c,
+    norm = norm_stats(raw, totals)
+    return Prepared(raw=raw, size_factors=(totals / norm["median_total"]).astype(np.float32), data=data, cells=keep_c,
                     genes=genes, norm=norm)

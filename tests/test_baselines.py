@@ -157,3 +157,14 @@ def test_ntxent_and_coupled_adam_steps_match():
                                        rtol=1e-7, atol=1e-10)
             np.testing.assert_allclose(lin.bias.detach().numpy(), np.asarray(d[part]["layers"][i]["bias"]),
                                        rtol=1e-7, atol=1e-10)
+
+
+def test_baseline_fit_takes_sparse_counts():
+    """``prepare`` keeps CSR input sparse; the baseline densifies it and runs the whole method."""
+    import scipy.sparse as sp
+
+    X, groups, _ = synthetic_counts(n_cells=90, n_genes=40)
+    prep = prepare(CountData(X=sp.csr_matrix(X)))
+    pred, _ = tsc.fit(prep.x, prep.raw, prep.size_factors, n_clusters=3, pretrain_epochs=2, maxiter=2,
+                      verbose=False)
+    assert pred.shape == (prep.shape[0],) and set(np.unique(pred)) <= {0, 1, 2}

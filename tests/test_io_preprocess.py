@@ -164,3 +164,29 @@ def test_prepare_keeps_sparse_input_sparse():
     for k in ("mean", "std"):
         np.testing.assert_array_equal(sparse.norm[k], dense.norm[k])
     np.testing.assert_array_equal(sparse.x, dense.x)
+
+
+@pytest.mark.parametrize("first_row", [0, 1])
+def test_csv_labels_with_row_numbers_follow_the_cells_order(tmp_path, first_row):
+    """Labels written by pandas (rows 0..n-1) or R's write.csv (rows "1".."n") are read in order;
+    ids that are neither cell ids nor row numbers are refused."""
+    import pandas as pd
+
+    from scdc_jax.io import read_csv_counts
+
+    X = np.arange(12).reshape(4, 3) % 5
+    pd.DataFrame(X, index=[f"cell{i}" for i in range(4)], columns=["a", "b", "c"]).to_csv(tmp_path / "x.csv")
+    rows = "".join(f'"{i + first_row}","{t}"\n' for i, t in enumerate(["T", "B", "T", "NK"]))
+    (tmp_path / "l.csv").write_text('"","cell_type"\n' + rows)
+    data = read_csv_counts(str(tmp_path / "x.csv"), labels_csv=str(tmp_path / "l.csv"))
+    assert [data.label_names[c] for c in data.labels] == ["T", "B", "T", "NK"]
+    (tmp_path / "bad.csv").write_text('"","cell_type"\n' + rows.replace(f'"{first_row}"', '"cellX"'))
+    with pytest.raises(InputError, match="do not match the cell ids"):
+        read_csv_counts(str(tmp_path / "x.csv"), labels_csv=str(tmp_path / "bad.csv"))
+
+
+def test_encoder_input_is_built_once_and_equals_the_dense_path():
+    X = synthetic_counts(n_cells=80, n_genes=40, seed=3)[0]
+    sparse, dense = prepare(CountData(X=sp.csr_matrix(X))), prepare(CountData(X=X))
+    assert sparse.x is sparse.x  # cached: a second read does not rebuild the matrix
+    np.testing.assert_allclose(sparse.x, dense.x, atol=1e-5)

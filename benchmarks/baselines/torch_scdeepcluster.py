@@ -78,6 +78,11 @@ def build_model(n_genes: int, *, dtype=torch.float32, device="cpu", seed: int = 
     return ZINBAutoencoder(n_genes).to(device=device, dtype=dtype)
 
 
+def dense(a) -> np.ndarray:
+    """A host array of ``a``, densifying a SciPy sparse matrix (this baseline holds dense counts)."""
+    return a.toarray() if hasattr(a, "toarray") else np.asarray(a)
+
+
 def _np(a):
     return np.asarray(a)
 
@@ -218,7 +223,7 @@ def fit(x, raw, sf, *, n_clusters: int, pretrain_epochs: int = 300, maxiter: int
 
     gen = torch.Generator(device=device).manual_seed(seed)
     to = dict(dtype=dtype, device=device)
-    x_t, raw_t, sf_t = (torch.as_tensor(np.asarray(a), **to) for a in (x, raw, sf))
+    x_t, raw_t, sf_t = (torch.as_tensor(dense(a), **to) for a in (x, raw, sf))
     model = build_model(x_t.shape[1], dtype=dtype, device=device, seed=seed)
 
     opt = pretrain_optimizer(model)
