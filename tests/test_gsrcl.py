@@ -198,7 +198,7 @@ def cli_error(args, capsys) -> str:
 def test_svm_on_distances_matches_sklearn_svc():
     from sklearn.svm import SVC
 
-    from scdc_jax.gsrcl.protocol import sq_distances, svm_search
+    from scdc_jax.gsrcl.svm import sq_distances, svm_search
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(60, 5))

@@ -22,7 +22,7 @@ import numpy as np
 from ..errors import InputError
 from ..outputs import atomic_path, write_json
 from .config import GsRCLConfig
-from .protocol import svm_search
+from .svm import calibrated_svm
 from .train import Trainer, build_model, log_transform, make_encode
 
 UNASSIGNED = "Unassigned"
@@ -61,16 +61,6 @@ def call_types(probs: np.ndarray, names: list[str], cutoff: float = 0.5):
     top = probs.argmax(1)
     calls = np.where(probs[np.arange(len(top)), top] > cutoff, np.asarray(names, dtype=object)[top], UNASSIGNED)
     return probs, calls
-
-
-def _calibrated_svm(h, y, cfg, seed):
-    from sklearn.calibration import CalibratedClassifierCV
-    from sklearn.svm import SVC
-
-    search = svm_search(h, y, cfg, seed)
-    cv = max(2, min(3, int(y.sum()), int(len(y) - y.sum())))
-    clf = CalibratedClassifierCV(SVC(kernel="rbf", **search.best_params_), ensemble=False, cv=cv)
-    return clf.fit(h, y)
 
 
 def train_reference(data, cfg: GsRCLConfig, out_dir: str, *, log=print, resume: bool = False,
@@ -115,7 +105,7 @@ def train_reference(data, cfg: GsRCLConfig, out_dir: str, *, log=print, resume: 
         log(f"continuing the reference encoder's training from its checkpoint at epoch {epoch}")
     params, losses = trainer.fit(x, None, cfg.seed, ckpt_dir=ckpt_dir)
     h = trainer.encode(params, x)
-    svms = {names[c]: _calibrated_svm(h, (data.labels == c).astype(np.int64), cfg, cfg.seed + c) for c in types}
+    svms = {names[c]: calibrated_svm(h, (data.labels == c).astype(np.int64), cfg, cfg.seed + c) for c in types}
     if os.path.exists(model_dir):
         shutil.rmtree(model_dir)  # a previous reference in the same folder is replaced
     meta = {**provenance(cfg.seed, dataclasses.asdict(cfg), cfg.devices, command),

@@ -22,94 +22,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import scipy.sparse as sp
-from sklearn.base import BaseEstimator, ClassifierMixin
-from sklearn.metrics import make_scorer, matthews_corrcoef
-from sklearn.model_selection import GridSearchCV, StratifiedKFold, train_test_split
-from sklearn.svm import SVC
+from sklearn.metrics import matthews_corrcoef
+from sklearn.model_selection import StratifiedKFold, train_test_split
 
 from ..errors import InputError
-from ..metrics import binary_scores
+from .svm import fit_and_score, svm_search
 from .train import Trainer, log_transform
 
 METRICS = ("mcc", "f1", "ap")
-
-
-def sq_distances(a, b) -> np.ndarray:
-    """Squared Euclidean distances (n_a, n_b) in float64 between the rows of ``a`` and ``b``."""
-    a = np.asarray(a.toarray() if sp.issparse(a) else a, np.float64)
-    b = np.asarray(b.toarray() if sp.issparse(b) else b, np.float64)
-    d = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * (a @ b.T)
-    return np.maximum(d, 0.0)
-
-
-class DistanceRBFSVC(ClassifierMixin, BaseEstimator):
-    """An RBF SVC fitted on precomputed squared distances (a pairwise input for GridSearchCV).
-
-    The kernel ``exp(-gamma * d)`` is computed from the distances, so a grid over gamma and C
-    needs the (costly, for all genes) distances once.  ``gamma="scale"`` means ``scale_gamma``:
-    sklearn's ``1 / (n_features * X.var())`` computed on the whole training set given to
-    :func:`svm_search` rather than on each inner-CV split.
-    """
-
-    def __init__(self, C=1.0, gamma="scale", scale_gamma=1.0):
-        self.C = C
-        self.gamma = gamma
-        self.scale_gamma = scale_gamma
-
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.input_tags.pairwise = True
-        return tags
-
-    def _kernel(self, d):
-        return np.exp(-self.gamma_ * d)
-
-    def fit(self, d, y):
-        self.gamma_ = self.scale_gamma if self.gamma == "scale" else float(self.gamma)
-        self.svc_ = SVC(kernel="precomputed", C=self.C).fit(self._kernel(d), y)
-        self.classes_ = self.svc_.classes_
-        return self
-
-    def predict(self, d):
-        return self.svc_.predict(self._kernel(d))
-
-    def decision_function(self, d):
-        return self.svc_.decision_function(self._kernel(d))
-
-
-class SVMGrid:
-    """The GsRCL SVM: RBF SVC grid (gamma x C from ``cfg``) scored by MCC with stratified inner
-    CV, refitted on all of ``x`` (n, f); predicts from feature rows."""
-
-    def __init__(self, x, y, cfg, seed: int):
-        self.x = x
-        if sp.issparse(x):
-            mean = x.sum() / np.prod(x.shape)
-            var = x.multiply(x).sum() / np.prod(x.shape) - mean ** 2
-        else:
-            var = np.asarray(x, np.float64).var()
-        scale = 1.0 / (x.shape[1] * var) if var > 0 else 1.0
-        cv = StratifiedKFold(cfg.svm_cv, shuffle=True, random_state=seed)
-        self.search = GridSearchCV(DistanceRBFSVC(scale_gamma=scale), cfg.svm_grid(),
-                                   scoring=make_scorer(matthews_corrcoef), cv=cv, n_jobs=cfg.n_jobs,
-                                   refit=True, error_score=0.0).fit(sq_distances(x, x), y)
-        self.best_params_ = self.search.best_params_
-
-    def predict(self, x_new):
-        return self.search.best_estimator_.predict(sq_distances(x_new, self.x))
-
-    def decision_function(self, x_new):
-        return self.search.best_estimator_.decision_function(sq_distances(x_new, self.x))
-
-
-def svm_search(x, y, cfg, seed: int) -> SVMGrid:
-    """Fit the SVM grid search on ``x`` (n, f), dense or sparse, and binary ``y`` (n,)."""
-    return SVMGrid(x, y, cfg, seed)
-
-
-def svm_scores(search: SVMGrid, x, y) -> dict[str, float]:
-    """MCC and F1 of the predictions and AP of the decision function on ``x``, ``y``."""
-    return binary_scores(y, search.predict(x), search.decision_function(x))
 
 
 @dataclass
@@ -149,11 +69,6 @@ def _fold_seed(seed: int, cell_type: str, fold: int) -> int:
 def _val_mcc(h_tr, y_tr, h_val, y_val, cfg, seed) -> float:
     search = svm_search(h_tr, y_tr, cfg, seed)
     return float(matthews_corrcoef(y_val, search.predict(h_val)))
-
-
-def _fit_and_score(x_tr, y_tr, x_te, y_te, cfg, seed):
-    search = svm_search(x_tr, y_tr, cfg, seed)
-    return search, svm_scores(search, x_te, y_te)
 
 
 class _Inline:
@@ -242,18 +157,18 @@ def run_fold(trainer: Trainer, x: np.ndarray, task: Task, fold: int, cfg, pool=N
     tr, te = task.folds[fold]
     y = task.y
     seed = _fold_seed(cfg.seed, task.cell_type, fold)
-    raw_job = pool.submit(_fit_and_score, x[tr], y[tr], x[te], y[te], cfg, seed)
+    raw_job = pool.submit(fit_and_score, x[tr], y[tr], x[te], y[te], cfg, seed)
     selection = Selection(trainer, x_rep, task, fold, cfg, pool, seed)
     t0 = time.perf_counter()
     _, losses = trainer.fit(x_rep[tr], y[tr], seed, callback=selection, ckpt_dir=ckpt_dir)
     train_s = time.perf_counter() - t0
     selection.collect(block=True)
     best = selection.best
-    gs, gs_scores = _fit_and_score(best["h_tr"], y[tr], best["h_te"], y[te], cfg, seed)
+    gs, gs_scores = fit_and_score(best["h_tr"], y[tr], best["h_te"], y[te], cfg, seed)
     raw, raw_scores = raw_job.result()
     return {"fold": fold, "gsrcl": gs_scores, "raw": raw_scores,
             "best_epoch": best["epoch"], "best_val_mcc": best["mcc"], "selection": selection.history,
-            "gsrcl_svm": gs.best_params_, "raw_svm": raw.best_params_, "final_loss": losses[-1],
+            "gsrcl_svm": gs, "raw_svm": raw, "final_loss": losses[-1],
             "train_s": train_s}
 
 

@@ -1,0 +1,156 @@
+"""The SVMs of GsRCL: an RBF SVC grid search on precomputed distances, and its calibrated form.
+
+Everything here is NumPy and scikit-learn only (no JAX), so the grid searches can run in worker
+processes beside the training.
+
+- :func:`svm_search` fits the published grid (gamma x C, scoring MCC with stratified inner CV) on
+  a representation or on the log genes; the squared distances between the rows are computed once
+  and every gamma of the grid is a cheap ``exp(-gamma * d)`` of them.
+- :func:`selection_mccs` scores one model-selection point for several one-vs-rest tasks at once:
+  the distances of the point's encodings are shared by all the tasks.
+- :func:`calibrated_svm` is the per-type classifier of a reference (probabilities by Platt-style
+  sigmoid calibration, as ``CalibratedClassifierCV(SVC(...), ensemble=False)``).
+"""
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.metrics import make_scorer, matthews_corrcoef
+from sklearn.model_selection import GridSearchCV, StratifiedKFold
+from sklearn.svm import SVC
+
+from ..metrics import binary_scores
+
+
+def sq_distances(a, b) -> np.ndarray:
+    """Squared Euclidean distances (n_a, n_b) in float64 between the rows of ``a`` and ``b``."""
+    a = np.asarray(a.toarray() if sp.issparse(a) else a, np.float64)
+    b = np.asarray(b.toarray() if sp.issparse(b) else b, np.float64)
+    d = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * (a @ b.T)
+    return np.maximum(d, 0.0)
+
+
+def scale_gamma(x) -> float:
+    """scikit-learn's ``gamma="scale"``: ``1 / (n_features * x.var())`` (1 for constant ``x``)."""
+    if sp.issparse(x):
+        mean = x.sum() / np.prod(x.shape)
+        var = x.multiply(x).sum() / np.prod(x.shape) - mean ** 2
+    else:
+        var = np.asarray(x, np.float64).var()
+    return 1.0 / (x.shape[1] * var) if var > 0 else 1.0
+
+
+class DistanceRBFSVC(ClassifierMixin, BaseEstimator):
+    """An RBF SVC fitted on precomputed squared distances (a pairwise input for GridSearchCV).
+
+    The kernel ``exp(-gamma * d)`` is computed from the distances, so a grid over gamma and C
+    needs the (costly, for all genes) distances once.  ``gamma="scale"`` means ``scale_gamma``:
+    sklearn's ``1 / (n_features * X.var())`` computed on the whole training set given to
+    :func:`svm_search` rather than on each inner-CV split.
+    """
+
+    def __init__(self, C=1.0, gamma="scale", scale_gamma=1.0):
+        self.C = C
+        self.gamma = gamma
+        self.scale_gamma = scale_gamma
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.pairwise = True
+        return tags
+
+    def _kernel(self, d):
+        return np.exp(-self.gamma_ * d)
+
+    def fit(self, d, y):
+        self.gamma_ = self.scale_gamma if self.gamma == "scale" else float(self.gamma)
+        self.svc_ = SVC(kernel="precomputed", C=self.C).fit(self._kernel(d), y)
+        self.classes_ = self.svc_.classes_
+        return self
+
+    def predict(self, d):
+        return self.svc_.predict(self._kernel(d))
+
+    def decision_function(self, d):
+        return self.svc_.decision_function(self._kernel(d))
+
+
+class SVMGrid:
+    """The GsRCL SVM: RBF SVC grid (gamma x C from ``cfg``) scored by MCC with stratified inner
+    CV, refitted on all of ``x`` (n, f); predicts from feature rows.
+
+    ``d`` and ``gamma`` may be given when the caller has them already (the squared distances of
+    ``x`` to itself and ``scale_gamma(x)``).
+    """
+
+    def __init__(self, x, y, cfg, seed: int, *, d=None, gamma: float | None = None):
+        self.x = x
+        scale = scale_gamma(x) if gamma is None else gamma
+        cv = StratifiedKFold(cfg.svm_cv, shuffle=True, random_state=seed)
+        self.search = GridSearchCV(DistanceRBFSVC(scale_gamma=scale), cfg.svm_grid(),
+                                   scoring=make_scorer(matthews_corrcoef), cv=cv, n_jobs=cfg.n_jobs,
+                                   refit=True, error_score=0.0).fit(sq_distances(x, x) if d is None else d, y)
+        self.best_params_ = self.search.best_params_
+
+    def predict(self, x_new, d=None):
+        """Labels of ``x_new``; ``d``: its squared distances to the training rows, if known."""
+        return self.search.best_estimator_.predict(sq_distances(x_new, self.x) if d is None else d)
+
+    def decision_function(self, x_new, d=None):
+        return self.search.best_estimator_.decision_function(sq_distances(x_new, self.x) if d is None else d)
+
+
+def svm_search(x, y, cfg, seed: int) -> SVMGrid:
+    """Fit the SVM grid search on ``x`` (n, f), dense or sparse, and binary ``y`` (n,)."""
+    return SVMGrid(x, y, cfg, seed)
+
+
+def svm_scores(search: SVMGrid, x, y) -> dict[str, float]:
+    """MCC and F1 of the predictions and AP of the decision function on ``x``, ``y``."""
+    return binary_scores(y, search.predict(x), search.decision_function(x))
+
+
+def fit_and_score(x_tr, y_tr, x_te, y_te, cfg, seed: int) -> tuple[dict, dict[str, float]]:
+    """(best grid parameters, test scores) of the grid fitted on ``x_tr``, scored on ``x_te``."""
+    search = svm_search(x_tr, y_tr, cfg, seed)
+    return search.best_params_, svm_scores(search, x_te, y_te)
+
+
+def fit_and_score_tasks(x_tr, ys_tr: dict, x_te, ys_te: dict, cfg, seeds: dict) -> dict:
+    """:func:`fit_and_score` for several tasks on the same rows: ``{task: (params, scores)}``.
+    The distances are computed once for all the tasks."""
+    d_tr, d_te, gamma = sq_distances(x_tr, x_tr), sq_distances(x_te, x_tr), scale_gamma(x_tr)
+    out = {}
+    for name, y in ys_tr.items():
+        grid = SVMGrid(x_tr, y, cfg, seeds[name], d=d_tr, gamma=gamma)
+        y_te = ys_te[name]
+        out[name] = (grid.best_params_, binary_scores(y_te, grid.predict(None, d_te),
+                                                      grid.decision_function(None, d_te)))
+    return out
+
+
+def selection_mccs(h_tr, ys_tr: dict, h_val, ys_val: dict, cfg, seeds: dict) -> dict[str, float]:
+    """Validation MCC of the grid fitted on ``h_tr`` for each task ``{name: y}`` of one selection
+    point (the same value :func:`svm_search` gives task by task)."""
+    d_tr, d_val, gamma = sq_distances(h_tr, h_tr), sq_distances(h_val, h_tr), scale_gamma(h_tr)
+    return {name: float(matthews_corrcoef(ys_val[name], SVMGrid(h_tr, y, cfg, seeds[name], d=d_tr,
+                                                                  gamma=gamma).predict(None, d_val)))
+            for name, y in ys_tr.items()}
+
+
+def calibrated_svm(h, y, cfg, seed: int):
+    """The grid's best SVC on ``h`` (n, d), with probabilities from a sigmoid calibration."""
+    from sklearn.calibration import CalibratedClassifierCV
+
+    search = svm_search(h, y, cfg, seed)
+    cv = max(2, min(3, int(y.sum()), int(len(y) - y.sum())))
+    clf = CalibratedClassifierCV(SVC(kernel="rbf", **search.best_params_), ensemble=False, cv=cv)
+    return clf.fit(h, y)
+
+
+def limit_threads() -> None:
+    """Initialiser of SVM worker processes: one BLAS thread each, the cores being shared."""
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1)
