@@ -75,8 +75,8 @@ class MLP(nnx.Module):
     hidden Dense.  Weights N(0, ``init_std``), biases 0 (GsRCL's initialisation)."""
 
     def __init__(self, sizes: Sequence[int], *, batch_norm: bool = False, init_std: float = 0.02,
-                 rngs: nnx.Rngs):
-        self.layers = nnx.List([nnx.Linear(a, b, kernel_init=normal_init(init_std), rngs=rngs)
+                 dtype=None, rngs: nnx.Rngs):
+        self.layers = nnx.List([nnx.Linear(a, b, kernel_init=normal_init(init_std), dtype=dtype, rngs=rngs)
                                 for a, b in zip(sizes[:-1], sizes[1:])])
         self.norms = nnx.List([nnx.BatchNorm(b, rngs=rngs) for b in sizes[1:-1]] if batch_norm else [])
 
@@ -94,12 +94,16 @@ class MLP(nnx.Module):
 
 class GsRCLNet(nnx.Module):
     """GsRCL encoder ``G -> 4096 -> 4096 -> 4096 -> 2048`` (representation h) and projection head
-    ``2048 -> 512 -> 128``.  ``__call__`` returns (h, projection)."""
+    ``2048 -> 512 -> 128``.  ``__call__`` returns (h, projection).
+
+    ``dtype`` is the computation type of the Dense layers (e.g. bfloat16 for mixed precision);
+    the parameters stay float32 and BatchNorm computes in float32.
+    """
 
     def __init__(self, n_genes: int, *, encoder: Sequence[int] = (4096, 4096, 4096, 2048),
-                 head: Sequence[int] = (512, 128), batch_norm: bool = False, rngs: nnx.Rngs):
-        self.encoder = MLP([n_genes, *encoder], batch_norm=batch_norm, rngs=rngs)
-        self.head = MLP([encoder[-1], *head], batch_norm=batch_norm, rngs=rngs)
+                 head: Sequence[int] = (512, 128), batch_norm: bool = False, dtype=None, rngs: nnx.Rngs):
+        self.encoder = MLP([n_genes, *encoder], batch_norm=batch_norm, dtype=dtype, rngs=rngs)
+        self.head = MLP([encoder[-1], *head], batch_norm=batch_norm, dtype=dtype, rngs=rngs)
 
     def __call__(self, x, mask=None):
         h = self.encoder(x, mask)

@@ -51,9 +51,13 @@ def _method_args(p: argparse.ArgumentParser) -> None:
     m.add_argument("--dropout", type=float, help="masking baseline: share of genes zeroed per view (default 0.9)")
     m.add_argument("--n-top-genes", type=int, help="masking baseline: scanpy preprocessing to this many highly "
                    "variable genes (default 0: log1p of all genes)")
-    m.add_argument("--n-jobs", type=int, help="parallel jobs of the SVM grid searches (default 1)")
-    m.add_argument("--svm-workers", type=int, help="background threads running SVM grid searches while the "
-                   "encoder trains (default 1; 0 runs them in turn)")
+    m.add_argument("--encoders", choices=["shared", "per-type"], help="evaluate: 'shared' trains one encoder per "
+                   "outer fold for all cell types (the default with simclr: NT-Xent uses no labels), 'per-type' one "
+                   "per cell type and fold as the reference does (always, with supcon)")
+    m.add_argument("--precision", choices=["f32", "bf16"], help="matmul precision of the encoder: bf16 computes "
+                   "the Dense layers in bfloat16 with float32 parameters, loss and optimiser (for GPUs; default f32)")
+    m.add_argument("--svm-workers", type=int, help="processes running the SVM grid searches while the encoder "
+                   "trains (default -1: all CPU cores but one; 0 runs them in turn in this process)")
     m.add_argument("--seed", type=int, help="seed of the splits, initialisation and noise (default 0)")
     m.add_argument("--devices", type=int, help="split each batch over this many devices (default 1)")
     m.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -121,8 +125,8 @@ def _config(args):
 
     if args.epochs is not None and args.epochs <= 0:
         raise InputError(f"--epochs must be positive, got {args.epochs}; leave it out for the published count.")
-    keys = ("loss", "epochs", "eval_every", "batch_size", "lr", "temperature", "noise_std", "n_jobs", "seed",
-            "devices", "augment", "dropout", "n_top_genes", "svm_workers")
+    keys = ("loss", "epochs", "eval_every", "batch_size", "lr", "temperature", "noise_std", "seed", "devices",
+            "augment", "dropout", "n_top_genes", "svm_workers", "encoders", "precision")
     cfg = load_config(args.config, **{k: getattr(args, k) for k in keys})
     if cfg.devices > 1:  # a bad --devices fails here, before any data is read; one device needs no check
         from ..parallel import make_mesh
@@ -148,7 +152,8 @@ def cmd_evaluate(args, argv) -> int:
     table = results_table(results, dataset)
     with atomic_path(os.path.join(out_dir, "results.csv")) as tmp:
         table.to_csv(tmp, index=False)
-    summary = text_summary(results, dataset) + f"total time {seconds:.1f} s on {cfg.devices} device(s)\n"
+    summary = text_summary(results, dataset) + (f"total time {seconds:.1f} s ({results['train_s']:.1f} s training "
+                                                f"{results['encoders']} encoders) on {cfg.devices} device(s)\n")
     with atomic_path(os.path.join(out_dir, "summary.txt")) as tmp:
         with open(tmp, "w") as fh:
             fh.write(summary)

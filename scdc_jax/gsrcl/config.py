@@ -38,8 +38,9 @@ class GsRCLConfig:
     svm_gamma: list = field(default_factory=lambda: ["scale", 1e-4, 1e-3, 1e-2])
     svm_c: list[float] = field(default_factory=lambda: [0.1, 1.0, 10.0, 100.0])
     svm_cv: int = 5
-    n_jobs: int = 1
-    svm_workers: int = 1           # background threads for SVM grid searches while the encoder trains (0: none)
+    svm_workers: int = -1          # processes for the SVM grid searches beside training (-1: cores - 1; 0: inline)
+    encoders: str = "auto"         # "shared" (one per outer fold), "per-type", "auto": shared unless SupCon
+    precision: str = "f32"         # "bf16": bfloat16 matmuls, float32 parameters, loss and optimiser
     seed: int = 0
     devices: int = 1
 
@@ -50,8 +51,7 @@ class GsRCLConfig:
     def validate(self) -> "GsRCLConfig":
         if self.loss not in PUBLISHED_EPOCHS:
             raise InputError(f"--loss must be 'simclr' or 'supcon', got '{self.loss}'.")
-        for name in ("temperature", "lr", "batch_size", "eval_every", "noise_std", "n_folds", "svm_cv",
-                     "n_jobs", "devices"):
+        for name in ("temperature", "lr", "batch_size", "eval_every", "noise_std", "n_folds", "svm_cv", "devices"):
             value = getattr(self, name)
             if not value > 0:
                 raise InputError(f"--{name.replace('_', '-')} must be positive, got {value}.")
@@ -62,8 +62,15 @@ class GsRCLConfig:
             raise InputError(f"augment must be 'gaussian' or 'dropout', got '{self.augment}'.")
         if not 0.0 < self.dropout < 1.0:
             raise InputError(f"--dropout must lie strictly between 0 and 1, got {self.dropout}.")
-        if self.n_top_genes < 0 or self.svm_workers < 0:
-            raise InputError("n_top_genes and svm_workers must be zero or positive.")
+        if self.n_top_genes < 0 or self.svm_workers < -1:
+            raise InputError("n_top_genes must be zero or positive and svm_workers -1 (all cores but one) or more.")
+        if self.encoders not in ("auto", "shared", "per-type"):
+            raise InputError(f"--encoders must be 'shared', 'per-type' or 'auto', got '{self.encoders}'.")
+        if self.encoders == "shared" and self.loss == "supcon":
+            raise InputError("SupCon learns from each task's labels, so it needs one encoder per cell type: "
+                             "use --encoders per-type (or leave it out) with --loss supcon.")
+        if self.precision not in ("f32", "bf16"):
+            raise InputError(f"--precision must be 'f32' or 'bf16', got '{self.precision}'.")
         if self.batch_norm not in ("auto", True, False):
             raise InputError(f"batch_norm must be \"auto\", true or false, got {self.batch_norm!r}.")
         if self.n_folds < 2 or self.svm_cv < 2:
@@ -82,6 +89,13 @@ class GsRCLConfig:
         return self
 
     @property
+    def encoder_mode(self) -> str:
+        """"shared" or "per-type": ``encoders`` with "auto" resolved (per-type for SupCon)."""
+        if self.encoders == "auto":
+            return "per-type" if self.loss == "supcon" else "shared"
+        return self.encoders
+
+    @property
     def method(self) -> str:
         """The name of the learnt representation in results tables."""
         if self.augment == "dropout":
@@ -92,7 +106,7 @@ class GsRCLConfig:
         return {"gamma": list(self.svm_gamma), "C": [float(c) for c in self.svm_c]}
 
     def to_dict(self) -> dict:
-        return {**dataclasses.asdict(self), "n_epochs": self.n_epochs}
+        return {**dataclasses.asdict(self), "n_epochs": self.n_epochs, "encoder_mode": self.encoder_mode}
 
 
 def load_config(path: str | None, **overrides) -> GsRCLConfig:

@@ -1,16 +1,28 @@
 """GsRCL's evaluation protocol: one-vs-rest tasks, model selection on validation, SVM scoring.
 
-For each cell type (a binary task "this type vs the rest"):
+For the cell types of a labelled dataset (each a binary task "this type vs the rest"):
 
 1. a stratified split into train (1 - ``val_fraction``) and validation, then stratified
    ``n_folds``-fold cross-validation on the train part (all seeded from ``cfg.seed``);
-2. per fold, an encoder trained on the fold's training cells; every ``eval_every`` epochs the
-   fold-train and validation cells are encoded, an SVM grid search (scoring MCC, inner stratified
-   CV) is fitted on the fold-train representation and scored (MCC) on validation; the encoder
-   with the best validation MCC is kept (the earliest on ties);
-3. the same SVM grid on the best representation of fold-train, scored on the test fold (MCC, F1,
-   AP from the decision function), and the baseline: the grid on the log-transformed genes.
+2. per outer fold, an encoder trained on the fold's training cells.  At epoch 0 and every
+   ``eval_every`` epochs the fold-train, validation and test cells are encoded and, for each
+   task, an SVM grid search (scoring MCC, inner stratified CV) is fitted on the fold-train
+   representation and scored (MCC) on validation; each task keeps the epoch with its best
+   validation MCC (the earliest on ties);
+3. per task, the same SVM grid on its best epoch's fold-train representation, scored on the test
+   fold (MCC, F1, AP from the decision function), and the baseline: the grid on the log genes.
 
+Encoders (``cfg.encoders``):
+
+- ``"shared"`` (the default for NT-Xent, which uses no labels): ONE encoder per outer fold serves
+  every cell type; the splits are stratified on the multi-class label, and each type's model
+  selection is read off that one training trajectory.  The work is one encoder per fold instead
+  of one per type and fold (13 times less on a 13-type dataset).
+- ``"per-type"`` (the reference's protocol, and the only one for SupCon, whose loss uses the
+  task's binary labels): one encoder per (type, fold), the splits stratified on the type.
+
+The SVM grid searches run in worker processes (``cfg.svm_workers``) while the device trains; the
+results are taken in epoch order, so they equal those of running the searches one by one.
 Scores are reported as the mean and standard error (std / sqrt(n_folds)) over the folds.
 """
 from __future__ import annotations
@@ -18,57 +30,123 @@ from __future__ import annotations
 import os
 import time
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
-from sklearn.metrics import matthews_corrcoef
 from sklearn.model_selection import StratifiedKFold, train_test_split
 
 from ..errors import InputError
-from .svm import fit_and_score, svm_search
+from .svm import fit_and_score_tasks, selection_mccs
 from .train import Trainer, log_transform
 
 METRICS = ("mcc", "f1", "ap")
 
 
 @dataclass
+class Splits:
+    """Indices into the dataset's cells: train, validation, and the outer folds of train."""
+
+    train: np.ndarray
+    val: np.ndarray
+    folds: list[tuple[np.ndarray, np.ndarray]]
+
+
+@dataclass
 class Task:
-    """The splits of one one-vs-rest task (indices into the dataset's cells)."""
+    """One one-vs-rest task: the binary labels (n,) of "``cell_type`` vs rest" and its splits."""
 
     cell_type: str
     y: np.ndarray
-    train: np.ndarray
-    val: np.ndarray
-    folds: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)
+    splits: Splits
+
+    # the splits' parts, for brevity where one task is all there is
+    @property
+    def train(self):
+        return self.splits.train
+
+    @property
+    def val(self):
+        return self.splits.val
+
+    @property
+    def folds(self):
+        return self.splits.folds
+
+
+def make_splits(strata: np.ndarray, cfg) -> Splits:
+    """The validation split and outer folds, stratified on ``strata`` (n,) ints, seeded by
+    ``cfg.seed``."""
+    idx = np.arange(len(strata))
+    train, val = train_test_split(idx, test_size=cfg.val_fraction, stratify=strata, random_state=cfg.seed)
+    skf = StratifiedKFold(cfg.n_folds, shuffle=True, random_state=cfg.seed)
+    return Splits(train, val, [(train[a], train[b]) for a, b in skf.split(train, strata[train])])
+
+
+def shared_strata(labels: np.ndarray, cfg) -> np.ndarray:
+    """Multi-class strata for the shared splits: types too small to be spread over the folds
+    (fewer than ``n_folds`` + 1 cells) are pooled into one stratum, itself merged into the
+    largest type when it is still that small, so that stratification is always possible."""
+    labels = np.asarray(labels, np.int64)
+    counts = np.bincount(labels)
+    small = counts[labels] <= cfg.n_folds
+    strata = labels.copy()
+    if small.any():
+        strata[small] = counts.size if small.sum() > cfg.n_folds else int(np.argmax(counts))
+    return strata
+
+
+def task_problem(y: np.ndarray, splits: Splits, cfg) -> str | None:
+    """Why the binary task ``y`` cannot be evaluated on ``splits`` (None when it can): every
+    fold-train part needs ``svm_cv`` cells of each class, every test fold and the validation
+    split one positive."""
+    if y[splits.val].sum() < 1:
+        return "no cell of it falls in the validation split"
+    for tr, te in splits.folds:
+        n_pos = int(y[tr].sum())
+        if min(n_pos, len(tr) - n_pos) < cfg.svm_cv or y[te].sum() < 1:
+            return "an outer fold has too few of its cells"
+    return None
 
 
 def make_task(labels: np.ndarray, code: int, name: str, cfg) -> Task | str:
-    """The splits of "type ``code`` vs rest", or a sentence saying why the type is skipped."""
+    """The per-type task "type ``code`` vs rest" with splits stratified on it, or a sentence
+    saying why the type is skipped."""
     y = (np.asarray(labels) == code).astype(np.int64)
     n_pos, n_neg = int(y.sum()), int(len(y) - y.sum())
     need = cfg.n_folds * cfg.svm_cv
     if min(n_pos, n_neg) < 2:
         return f"skipping cell type '{name}': {n_pos} cells of it and {n_neg} others, too few to split."
-    idx = np.arange(len(y))
-    train, val = train_test_split(idx, test_size=cfg.val_fraction, stratify=y, random_state=cfg.seed)
-    train_min = int(min(y[train].sum(), len(train) - y[train].sum()))
-    fold_train_min = train_min - -(-train_min // cfg.n_folds)
-    if y[val].sum() < 1 or train_min < cfg.n_folds or fold_train_min < cfg.svm_cv:
+    splits = make_splits(y, cfg)
+    if task_problem(y, splits, cfg) is not None:
         return (f"skipping cell type '{name}': its {n_pos} cells (vs {n_neg} others) are too few for a validation split, "
                 f"{cfg.n_folds} folds and {cfg.svm_cv}-fold inner CV (about {need} or more of each are needed).")
-    skf = StratifiedKFold(cfg.n_folds, shuffle=True, random_state=cfg.seed)
-    folds = [(train[a], train[b]) for a, b in skf.split(train, y[train])]
-    return Task(name, y, train, val, folds)
+    return Task(name, y, splits)
 
 
-def _fold_seed(seed: int, cell_type: str, fold: int) -> int:
-    return (seed * 1_000_003 + zlib.crc32(cell_type.encode()) * 31 + fold) % (2 ** 31)
+def make_shared_tasks(labels: np.ndarray, codes: list[int], names: list[str], cfg) -> tuple[list[Task], list[str]]:
+    """The tasks of the chosen types on one set of multi-class-stratified splits, and a sentence
+    for each type skipped."""
+    splits = make_splits(shared_strata(labels, cfg), cfg)
+    tasks, skipped = [], []
+    for code in codes:
+        y = (np.asarray(labels) == code).astype(np.int64)
+        problem = task_problem(y, splits, cfg)
+        if problem is None:
+            tasks.append(Task(names[code], y, splits))
+        else:
+            skipped.append(f"skipping cell type '{names[code]}': {problem} ({int(y.sum())} cells of it; "
+                           f"{cfg.n_folds} folds and {cfg.svm_cv}-fold inner CV need about "
+                           f"{cfg.n_folds * cfg.svm_cv} or more).")
+    return tasks, skipped
 
 
-def _val_mcc(h_tr, y_tr, h_val, y_val, cfg, seed) -> float:
-    search = svm_search(h_tr, y_tr, cfg, seed)
-    return float(matthews_corrcoef(y_val, search.predict(h_val)))
+def fold_seed(seed: int, name: str, fold: int) -> int:
+    """The seed of (task or shared encoder ``name``, outer fold): initialisation, noise, inner CV."""
+    return (seed * 1_000_003 + zlib.crc32(name.encode()) * 31 + fold) % (2 ** 31)
+
+
+SHARED = ""  # the name whose fold seeds drive the shared encoders
 
 
 class _Inline:
@@ -82,37 +160,62 @@ class _Inline:
         return f
 
 
-class Selection:
-    """Model selection during one fold's training, called by ``Trainer.fit`` at each point.
+def svm_pool(workers: int):
+    """The executor of the SVM grid searches: ``workers`` processes (-1: all cores but one, at
+    least one), or inline for 0.  Processes are started by spawning, never forking a process
+    that runs JAX's threads."""
+    if workers == 0:
+        return _Inline()
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
 
-    At epoch ``e`` the fold-train, validation and test cells are encoded and an SVM grid search
-    fitted on fold-train and scored (MCC) on validation is submitted to ``pool``; results are
-    taken in epoch order, so the selection is the same as when the searches run one by one.
-    ``checkpoint()`` and ``restore()`` carry the selection through an interruption: the scores so
-    far, the best epoch's encodings and the encodings whose search had not finished (searched
-    again on restore, which gives the same score).
+    from .svm import limit_threads
+
+    n = max(1, (os.cpu_count() or 2) - 1) if workers < 0 else workers
+    return ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn"), initializer=limit_threads)
+
+
+class Selection:
+    """Model selection of several tasks during one fold's training, called by ``Trainer.fit`` at
+    each selection point (epoch 0 included).
+
+    At epoch ``e`` the fold-train, validation and test cells are encoded and one job scoring
+    every task at that point (SVM grids fitted on fold-train, MCC on validation) is submitted to
+    ``pool``; results are taken in epoch order, so the selection is the same as when the jobs run
+    one by one.  Each task keeps its best epoch; the encodings of epochs that are some task's
+    best are kept.  ``checkpoint()`` and ``restore()`` carry the selection through an
+    interruption: the scores so far, the kept encodings and those whose job had not finished
+    (scored again on restore, which gives the same scores).
     """
 
-    def __init__(self, trainer: Trainer, x_rep: np.ndarray, task: Task, fold: int, cfg, pool, seed: int):
-        self.trainer, self.x_rep, self.cfg, self.pool, self.seed = trainer, x_rep, cfg, pool, seed
-        self.tr, self.te = task.folds[fold]
-        self.val, self.y = task.val, task.y
-        self.best = {"mcc": -np.inf, "epoch": 0, "h_tr": None, "h_te": None}
+    def __init__(self, trainer: Trainer, x_rep, tasks: list[Task], fold: int, cfg, pool, seeds: dict):
+        splits = tasks[0].splits
+        self.trainer, self.x_rep, self.cfg, self.pool, self.seeds = trainer, x_rep, cfg, pool, seeds
+        self.tr, self.te = splits.folds[fold]
+        self.val = splits.val
+        self.ys_tr = {t.cell_type: t.y[self.tr] for t in tasks}
+        self.ys_val = {t.cell_type: t.y[self.val] for t in tasks}
+        self.best: dict[str, tuple[int, float]] = {}  # task -> (epoch, validation MCC)
+        self.kept: dict[int, tuple] = {}  # epoch -> (h_tr, h_te), for the epochs in self.best
         self.history: list[dict] = []
         self.pending: list[tuple] = []  # (epoch, job, h_tr, h_val, h_te) in epoch order
-        self.max_pending = max(2, 2 * int(getattr(cfg, "svm_workers", 1)))
+        self.max_pending = max(2, 2 * max(cfg.svm_workers, 1))
 
     def _submit(self, epoch: int, h_tr, h_val, h_te) -> None:
-        job = self.pool.submit(_val_mcc, h_tr, self.y[self.tr], h_val, self.y[self.val], self.cfg, self.seed)
+        job = self.pool.submit(selection_mccs, h_tr, self.ys_tr, h_val, self.ys_val, self.cfg, self.seeds)
         self.pending.append((epoch, job, h_tr, h_val, h_te))
 
     def collect(self, block: bool) -> None:
         while self.pending and (block or self.pending[0][1].done()):
             epoch, job, h_tr, _, h_te = self.pending.pop(0)
-            mcc = job.result()
-            self.history.append({"epoch": epoch, "val_mcc": mcc})
-            if mcc > self.best["mcc"]:
-                self.best.update(mcc=mcc, epoch=epoch, h_tr=h_tr, h_te=h_te)
+            mccs = job.result()
+            self.history.append({"epoch": epoch, "val_mcc": mccs})
+            for name, mcc in mccs.items():
+                if name not in self.best or mcc > self.best[name][1]:
+                    self.best[name] = (epoch, mcc)
+            self.kept[epoch] = (h_tr, h_te)
+            used = {e for e, _ in self.best.values()}
+            self.kept = {e: h for e, h in self.kept.items() if e in used}
 
     def __call__(self, epoch: int, state) -> None:
         self._submit(epoch, *(self.trainer.encode(state, self.x_rep[i]) for i in (self.tr, self.val, self.te)))
@@ -123,53 +226,73 @@ class Selection:
 
     def checkpoint(self) -> tuple[dict[str, np.ndarray], dict]:
         arrays = {}
-        if self.best["h_tr"] is not None:
-            arrays.update(best_h_tr=self.best["h_tr"], best_h_te=self.best["h_te"])
+        for epoch, (h_tr, h_te) in self.kept.items():
+            arrays.update({f"best{epoch}_h_tr": h_tr, f"best{epoch}_h_te": h_te})
         for epoch, _, h_tr, h_val, h_te in self.pending:
             arrays.update({f"{epoch}_h_tr": h_tr, f"{epoch}_h_val": h_val, f"{epoch}_h_te": h_te})
-        meta = {"history": self.history, "pending": [p[0] for p in self.pending]}
-        if self.best["h_tr"] is not None:
-            meta.update(best_epoch=self.best["epoch"], best_mcc=self.best["mcc"])
+        meta = {"history": self.history, "pending": [p[0] for p in self.pending],
+                "best": {name: [e, m] for name, (e, m) in self.best.items()}, "kept": sorted(self.kept)}
         return arrays, meta
 
     def restore(self, arrays: dict[str, np.ndarray], meta: dict) -> None:
         self.history = [dict(h) for h in meta["history"]]
-        if "best_epoch" in meta:
-            self.best.update(mcc=meta["best_mcc"], epoch=meta["best_epoch"], h_tr=arrays["best_h_tr"],
-                             h_te=arrays["best_h_te"])
+        self.best = {name: (int(e), float(m)) for name, (e, m) in meta["best"].items()}
+        self.kept = {int(e): (arrays[f"best{e}_h_tr"], arrays[f"best{e}_h_te"]) for e in meta["kept"]}
         for epoch in meta["pending"]:
             self._submit(epoch, *(arrays[f"{epoch}_{part}"] for part in ("h_tr", "h_val", "h_te")))
 
 
-def run_fold(trainer: Trainer, x: np.ndarray, task: Task, fold: int, cfg, pool=None, x_rep=None,
-             ckpt_dir: str | None = None) -> dict:
-    """Train, select and score one outer fold; returns the raw and learnt-representation scores and
-    the selection.
+def run_fold(trainer: Trainer, x, tasks: list[Task], fold: int, cfg, *, pool=None, x_rep=None,
+             ckpt_dir: str | None = None, encoder_name: str = SHARED) -> dict:
+    """Train one encoder on outer fold ``fold`` of the tasks' (common) splits, select an epoch
+    per task and score every task; returns ``{"fold", "train_s", "final_loss", "selection":
+    [{"epoch", "val_mcc": {task: mcc}}], "tasks": {task: {"gsrcl", "raw", "best_epoch",
+    "best_val_mcc", "gsrcl_svm", "raw_svm"}}}``.
 
     ``x`` is the log expression (the raw-gene baseline's input) and ``x_rep`` the encoder's input
-    (default ``x``; the masking baseline's scanpy-preprocessed genes).  The SVM grid searches
-    (the raw baseline and each model-selection point) run on ``pool`` while the encoder trains.
-    With ``ckpt_dir`` the training and the selection are checkpointed at every model-selection
-    point, and a fold interrupted there continues from its latest checkpoint.
+    (default ``x``; the masking baseline's scanpy-preprocessed genes).  A single task with SupCon
+    trains on its labels.  The SVM grid searches (the raw baseline and each model-selection
+    point) run on ``pool`` while the encoder trains.  With ``ckpt_dir`` the training and the
+    selection are checkpointed at every model-selection point, and a fold interrupted there
+    continues from its latest checkpoint.
     """
     pool = pool if pool is not None else _Inline()
     x_rep = x if x_rep is None else x_rep
-    tr, te = task.folds[fold]
-    y = task.y
-    seed = _fold_seed(cfg.seed, task.cell_type, fold)
-    raw_job = pool.submit(fit_and_score, x[tr], y[tr], x[te], y[te], cfg, seed)
-    selection = Selection(trainer, x_rep, task, fold, cfg, pool, seed)
+    tr, te = tasks[0].splits.folds[fold]
+    seeds = {t.cell_type: fold_seed(cfg.seed, t.cell_type, fold) for t in tasks}
+    ys_tr = {t.cell_type: t.y[tr] for t in tasks}
+    ys_te = {t.cell_type: t.y[te] for t in tasks}
+    raw_job = pool.submit(fit_and_score_tasks, x[tr], ys_tr, x[te], ys_te, cfg, seeds)
+    selection = Selection(trainer, x_rep, tasks, fold, cfg, pool, seeds)
+    labels = tasks[0].y[tr] if cfg.loss == "supcon" else None
     t0 = time.perf_counter()
-    _, losses = trainer.fit(x_rep[tr], y[tr], seed, callback=selection, ckpt_dir=ckpt_dir)
+    _, losses = trainer.fit(x_rep[tr], labels, fold_seed(cfg.seed, encoder_name, fold), callback=selection,
+                            ckpt_dir=ckpt_dir)
     train_s = time.perf_counter() - t0
     selection.collect(block=True)
-    best = selection.best
-    gs, gs_scores = fit_and_score(best["h_tr"], y[tr], best["h_te"], y[te], cfg, seed)
-    raw, raw_scores = raw_job.result()
-    return {"fold": fold, "gsrcl": gs_scores, "raw": raw_scores,
-            "best_epoch": best["epoch"], "best_val_mcc": best["mcc"], "selection": selection.history,
-            "gsrcl_svm": gs, "raw_svm": raw, "final_loss": losses[-1],
-            "train_s": train_s}
+    by_epoch: dict[int, list[str]] = {}
+    for name, (epoch, _) in selection.best.items():
+        by_epoch.setdefault(epoch, []).append(name)
+    jobs = {epoch: pool.submit(fit_and_score_tasks, selection.kept[epoch][0], {n: ys_tr[n] for n in names},
+                               selection.kept[epoch][1], {n: ys_te[n] for n in names}, cfg, seeds)
+            for epoch, names in by_epoch.items()}
+    learnt = {name: scored for job in jobs.values() for name, scored in job.result().items()}
+    raw = raw_job.result()
+    out = {}
+    for t in tasks:
+        name = t.cell_type
+        epoch, mcc = selection.best[name]
+        out[name] = {"gsrcl": learnt[name][1], "raw": raw[name][1], "best_epoch": epoch, "best_val_mcc": mcc,
+                     "gsrcl_svm": learnt[name][0], "raw_svm": raw[name][0]}
+    return {"fold": fold, "train_s": train_s, "final_loss": losses[-1], "selection": selection.history,
+            "tasks": out}
+
+
+def task_fold(result: dict, name: str) -> dict:
+    """One task's view of a :func:`run_fold` result: its scores and its selection history."""
+    return {"fold": result["fold"], **result["tasks"][name],
+            "selection": [{"epoch": h["epoch"], "val_mcc": h["val_mcc"][name]} for h in result["selection"]],
+            "final_loss": result["final_loss"], "train_s": result["train_s"]}
 
 
 def summarise(folds: list[dict], method: str) -> dict[str, float]:
@@ -195,7 +318,7 @@ def select_types(label_names: list[str], wanted: list[str] | None) -> list[int]:
 def masking_input(X, n_top_genes: int) -> np.ndarray:
     """The masking baseline's input: scanpy's preprocessing (genes seen in no cell dropped,
     per-cell normalisation to the median total, log1p, the ``n_top_genes`` most variable genes,
-    scaling to unit variance clipped at 10) of the counts ``X`` (cells, genes).  Every cell is
+    scaling to unit variance without clipping, as the reference) of the counts ``X`` (cells, genes).  Every cell is
     kept, so the splits stay those of the task.  With ``n_top_genes = 0``: ``log(1 + x)``."""
     if not n_top_genes:
         return log_transform(X)
@@ -209,7 +332,7 @@ def masking_input(X, n_top_genes: int) -> np.ndarray:
     sc.pp.normalize_total(ad)
     sc.pp.log1p(ad)
     sc.pp.highly_variable_genes(ad, n_top_genes=n_top_genes, subset=True)
-    sc.pp.scale(ad, max_value=10)
+    sc.pp.scale(ad)
     return np.asarray(ad.X, np.float32)
 
 
@@ -228,7 +351,7 @@ def _jsonable(obj):
 class FoldStore:
     """Completed folds kept on disk so that an interrupted evaluation resumes where it stopped.
 
-    One JSON file per (cell type, fold) in ``directory``, written atomically, beside the
+    One JSON file per (encoder, fold) in ``directory``, written atomically, beside the
     checkpoints of the fold in training (removed once it is finished), plus a fingerprint of the
     configuration and data: resuming with anything else is refused.
     """
@@ -238,32 +361,32 @@ class FoldStore:
 
         self.directory = checkpoint.run_dir(directory, _jsonable(fingerprint), resume)
 
-    def _path(self, cell_type: str, fold: int) -> str:
-        return os.path.join(self.directory, f"{zlib.crc32(cell_type.encode()):08x}_{fold}")
+    def _path(self, name: str, fold: int) -> str:
+        return os.path.join(self.directory, f"{zlib.crc32(name.encode()):08x}_{fold}")
 
-    def checkpoint_dir(self, cell_type: str, fold: int) -> str:
-        """The folder of the in-fold checkpoints of (cell type, fold)."""
-        return self._path(cell_type, fold) + ".partial"
+    def checkpoint_dir(self, name: str, fold: int) -> str:
+        """The folder of the in-fold checkpoints of (encoder ``name``: a cell type, or SHARED; fold)."""
+        return self._path(name, fold) + ".partial"
 
-    def get(self, cell_type: str, fold: int):
+    def get(self, name: str, fold: int):
         import json
         import shutil
 
         try:
-            with open(self._path(cell_type, fold) + ".json") as fh:
+            with open(self._path(name, fold) + ".json") as fh:
                 result = json.load(fh)
         except FileNotFoundError:
             return None
-        shutil.rmtree(self.checkpoint_dir(cell_type, fold), ignore_errors=True)  # left by a kill after the fold
+        shutil.rmtree(self.checkpoint_dir(name, fold), ignore_errors=True)  # left by a kill after the fold
         return result
 
-    def put(self, cell_type: str, fold: int, result: dict) -> None:
+    def put(self, name: str, fold: int, result: dict) -> None:
         import shutil
 
         from ..outputs import write_json
 
-        write_json(self._path(cell_type, fold) + ".json", _jsonable(result))
-        shutil.rmtree(self.checkpoint_dir(cell_type, fold), ignore_errors=True)
+        write_json(self._path(name, fold) + ".json", _jsonable(result))
+        shutil.rmtree(self.checkpoint_dir(name, fold), ignore_errors=True)
 
 
 def _no_tasks_message(names: list[str], labels: np.ndarray, codes: list[int], cfg) -> str:
@@ -283,15 +406,14 @@ def evaluate(data, cfg, *, cell_types: list[str] | None = None, progress: bool =
              fold_dir: str | None = None, resume: bool = False) -> dict:
     """Run the protocol on a labelled :class:`~scdc_jax.io.CountData`.
 
-    Returns ``{"method", "tasks": [{cell_type, n_cells, folds: [...], raw: summary, gsrcl: summary}],
-    "skipped": [sentences]}`` (``gsrcl`` holds the learnt representation's scores, whichever
-    augmentation ``cfg`` uses).  With ``fold_dir`` every finished fold is saved there and the fold
-    in training is checkpointed at every model-selection point; with ``resume`` the folds already
+    Returns ``{"method", "encoders", "tasks": [{cell_type, n_cells, folds: [...], raw: summary,
+    gsrcl: summary}], "skipped": [sentences], "train_s"}`` (``gsrcl`` holds the learnt
+    representation's scores, whichever augmentation ``cfg`` uses; ``train_s`` the seconds spent
+    training encoders).  With ``fold_dir`` every finished fold is saved there and the fold in
+    training is checkpointed at every model-selection point; with ``resume`` the folds already
     there are reused and an interrupted fold continues from its latest checkpoint.  Raises
     InputError, before any training, when no cell type is large enough for the splits.
     """
-    from concurrent.futures import ThreadPoolExecutor
-
     from .. import checkpoint
 
     if data.labels is None:
@@ -299,13 +421,16 @@ def evaluate(data, cfg, *, cell_types: list[str] | None = None, progress: bool =
                          "(HDF5 with Y, .h5ad with --label-key, or CSV with --labels-csv).")
     names = list(data.label_names)
     codes = select_types(names, cell_types)
-    tasks, skipped = [], []
-    for code in codes:
-        task = make_task(data.labels, code, names[code], cfg)
-        if isinstance(task, str):
-            skipped.append(task)
-        else:
-            tasks.append(task)
+    mode = cfg.encoder_mode
+    if mode == "shared":
+        tasks, skipped = make_shared_tasks(data.labels, codes, names, cfg)
+        encoders = [(SHARED, tasks)] if tasks else []
+    else:
+        tasks, skipped = [], []
+        for code in codes:
+            task = make_task(data.labels, code, names[code], cfg)
+            (skipped if isinstance(task, str) else tasks).append(task)
+        encoders = [(t.cell_type, [t]) for t in tasks]
     if not tasks:
         raise InputError(_no_tasks_message(names, data.labels, codes, cfg))
     x = log_transform(data.X)
@@ -321,33 +446,38 @@ def evaluate(data, cfg, *, cell_types: list[str] | None = None, progress: bool =
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(tasks) * cfg.n_folds, desc=f"{cfg.method} folds", unit="fold")
-    results = []
-    pool = ThreadPoolExecutor(cfg.svm_workers) if cfg.svm_workers > 0 else None
+        bar = tqdm(total=len(encoders) * cfg.n_folds, desc=f"{cfg.method} folds ({mode} encoders)", unit="fold")
+    per_task: dict[str, list[dict]] = {t.cell_type: [] for t in tasks}
+    train_s = 0.0
+    pool = svm_pool(cfg.svm_workers)
     try:
-        for task in tasks:
-            folds = []
+        for name, group in encoders:
             for k in range(cfg.n_folds):
-                result = store.get(task.cell_type, k) if store is not None else None
+                result = store.get(name, k) if store is not None else None
                 if result is None:
-                    ckpt = store.checkpoint_dir(task.cell_type, k) if store is not None else None
+                    ckpt = store.checkpoint_dir(name, k) if store is not None else None
                     if ckpt is not None and (epoch := checkpoint.latest_step(ckpt)) is not None:
-                        log(f"continuing cell type '{task.cell_type}' fold {k} from its checkpoint at epoch {epoch}")
-                    result = run_fold(trainer, x, task, k, cfg, pool=pool, x_rep=x_rep, ckpt_dir=ckpt)
+                        what = "the shared encoder" if name == SHARED else f"cell type '{name}'"
+                        log(f"continuing {what} fold {k} from its checkpoint at epoch {epoch}")
+                    result = run_fold(trainer, x, group, k, cfg, pool=pool, x_rep=x_rep, ckpt_dir=ckpt,
+                                      encoder_name=name)
                     if store is not None:
-                        store.put(task.cell_type, k, result)
-                folds.append(result)
+                        store.put(name, k, result)
+                train_s += result["train_s"]
+                for t in group:
+                    per_task[t.cell_type].append(task_fold(result, t.cell_type))
                 if bar is not None:
-                    bar.set_postfix_str(f"{task.cell_type} fold {k}")
+                    bar.set_postfix_str(f"{name or 'all types'} fold {k}")
                     bar.update()
-            results.append({"cell_type": task.cell_type, "n_cells": int(task.y.sum()), "folds": folds,
-                            "raw": summarise(folds, "raw"), "gsrcl": summarise(folds, "gsrcl")})
     finally:
-        if pool is not None:
+        if hasattr(pool, "shutdown"):
             pool.shutdown(wait=True, cancel_futures=True)
         if bar is not None:
             bar.close()
-    return {"method": cfg.method, "tasks": results, "skipped": skipped}
+    results = [{"cell_type": t.cell_type, "n_cells": int(t.y.sum()), "folds": per_task[t.cell_type],
+                "raw": summarise(per_task[t.cell_type], "raw"), "gsrcl": summarise(per_task[t.cell_type], "gsrcl")}
+               for t in tasks]
+    return {"method": cfg.method, "encoders": mode, "tasks": results, "skipped": skipped, "train_s": train_s}
 
 
 def results_table(results: dict, dataset: str):
@@ -368,11 +498,13 @@ def text_summary(results: dict, dataset: str) -> str:
     name = {"gsrcl": "GsRCL"}.get(results.get("method", "gsrcl"), results.get("method", ""))
     rep = name[:9]
     lines = [f"{name} one-vs-rest evaluation on {dataset} (mean +- standard error over folds; raw = SVM on "
-             "log genes)",
+             "log genes; epochs: each fold's selected epoch)",
              f"{'cell type':<28}{'cells':>6}  {'MCC raw':>15}  {'MCC ' + rep:>15}  {'F1 raw':>15}  "
-             f"{'F1 ' + rep:>15}  {'AP raw':>15}  {'AP ' + rep:>15}"]
+             f"{'F1 ' + rep:>15}  {'AP raw':>15}  {'AP ' + rep:>15}  epochs"]
     for t in results["tasks"]:
         cells = [f"{t[m][f'{k}_mean']:.3f} +- {t[m][f'{k}_se']:.3f}" for k in METRICS for m in ("raw", "gsrcl")]
-        lines.append(f"{t['cell_type'][:27]:<28}{t['n_cells']:>6}  " + "  ".join(f"{c:>15}" for c in cells))
+        epochs = ",".join(str(f["best_epoch"]) for f in t["folds"])
+        lines.append(f"{t['cell_type'][:27]:<28}{t['n_cells']:>6}  " + "  ".join(f"{c:>15}" for c in cells)
+                     + f"  {epochs}")
     lines.extend(results["skipped"])
     return "\n".join(lines) + "\n"

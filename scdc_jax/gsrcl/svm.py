@@ -5,7 +5,7 @@ processes beside the training.
 
 - :func:`svm_search` fits the published grid (gamma x C, scoring MCC with stratified inner CV) on
   a representation or on the log genes; the squared distances between the rows are computed once
-  and every gamma of the grid is a cheap ``exp(-gamma * d)`` of them.
+  and every gamma of the grid is a cheap ``exp(-gamma * d)`` of them, shared by all C.
 - :func:`selection_mccs` scores one model-selection point for several one-vs-rest tasks at once:
   the distances of the point's encodings are shared by all the tasks.
 - :func:`calibrated_svm` is the per-type classifier of a reference (probabilities by Platt-style
@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 import scipy.sparse as sp
-from sklearn.base import BaseEstimator, ClassifierMixin
-from sklearn.metrics import make_scorer, matthews_corrcoef
-from sklearn.model_selection import GridSearchCV, StratifiedKFold
+from sklearn.model_selection import StratifiedKFold
 from sklearn.svm import SVC
 
 from ..metrics import binary_scores
@@ -41,64 +39,70 @@ def scale_gamma(x) -> float:
     return 1.0 / (x.shape[1] * var) if var > 0 else 1.0
 
 
-class DistanceRBFSVC(ClassifierMixin, BaseEstimator):
-    """An RBF SVC fitted on precomputed squared distances (a pairwise input for GridSearchCV).
+def binary_mcc(y_true, y_pred) -> float:
+    """Matthews correlation of 0/1 labels, the same arithmetic as scikit-learn's
+    ``matthews_corrcoef`` (so equal to the last bit) without its input checks, which cost more
+    than the small SVM fits of a grid search."""
+    y_true, y_pred = np.asarray(y_true, np.int64), np.asarray(y_pred, np.int64)
+    c = np.bincount(2 * y_true + y_pred, minlength=4).reshape(2, 2)
+    t_sum, p_sum = c.sum(1, dtype=np.float64), c.sum(0, dtype=np.float64)
+    n = p_sum.sum()
+    cov_ytyp = np.trace(c, dtype=np.float64) * n - np.dot(t_sum, p_sum)
+    cov = (n ** 2 - np.dot(p_sum, p_sum)) * (n ** 2 - np.dot(t_sum, t_sum))
+    return 0.0 if cov == 0 else float(cov_ytyp / np.sqrt(cov))
 
-    The kernel ``exp(-gamma * d)`` is computed from the distances, so a grid over gamma and C
-    needs the (costly, for all genes) distances once.  ``gamma="scale"`` means ``scale_gamma``:
-    sklearn's ``1 / (n_features * X.var())`` computed on the whole training set given to
-    :func:`svm_search` rather than on each inner-CV split.
+
+def grid_search(d: np.ndarray, y: np.ndarray, cfg, seed: int, gamma_scale: float) -> dict:
+    """The best ``{"C", "gamma"}`` of the RBF SVC grid on squared distances ``d`` (n, n), by mean
+    MCC over a stratified ``cfg.svm_cv``-fold inner CV seeded by ``seed``.
+
+    The same choice as scikit-learn's ``GridSearchCV(SVC(), {"C": ..., "gamma": ...},
+    scoring=MCC, error_score=0)`` on the feature rows (candidates in its order, the first of equal
+    means wins), except that ``gamma="scale"`` is ``gamma_scale`` of the whole training set rather
+    than of each inner split.  The kernel of each gamma and split is computed once for all C.
     """
-
-    def __init__(self, C=1.0, gamma="scale", scale_gamma=1.0):
-        self.C = C
-        self.gamma = gamma
-        self.scale_gamma = scale_gamma
-
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.input_tags.pairwise = True
-        return tags
-
-    def _kernel(self, d):
-        return np.exp(-self.gamma_ * d)
-
-    def fit(self, d, y):
-        self.gamma_ = self.scale_gamma if self.gamma == "scale" else float(self.gamma)
-        self.svc_ = SVC(kernel="precomputed", C=self.C).fit(self._kernel(d), y)
-        self.classes_ = self.svc_.classes_
-        return self
-
-    def predict(self, d):
-        return self.svc_.predict(self._kernel(d))
-
-    def decision_function(self, d):
-        return self.svc_.decision_function(self._kernel(d))
+    gammas, cs = list(cfg.svm_gamma), [float(c) for c in cfg.svm_c]
+    splits = list(StratifiedKFold(cfg.svm_cv, shuffle=True, random_state=seed).split(np.zeros(len(y)), y))
+    scores = np.zeros((len(cs), len(gammas), len(splits)))
+    for j, gamma in enumerate(gammas):
+        g = gamma_scale if gamma == "scale" else float(gamma)
+        for k, (tr, te) in enumerate(splits):
+            k_tr, k_te = np.exp(-g * d[np.ix_(tr, tr)]), np.exp(-g * d[np.ix_(te, tr)])
+            for i, c in enumerate(cs):
+                try:
+                    svc = SVC(kernel="precomputed", C=c).fit(k_tr, y[tr])
+                    scores[i, j, k] = binary_mcc(y[te], svc.predict(k_te))
+                except ValueError:  # a split with one class: scored 0, as GridSearchCV's error_score
+                    scores[i, j, k] = 0.0
+    best = int(np.argmax(np.average(scores.reshape(len(cs) * len(gammas), -1), axis=1)))
+    return {"C": cs[best // len(gammas)], "gamma": gammas[best % len(gammas)]}
 
 
 class SVMGrid:
-    """The GsRCL SVM: RBF SVC grid (gamma x C from ``cfg``) scored by MCC with stratified inner
-    CV, refitted on all of ``x`` (n, f); predicts from feature rows.
+    """The GsRCL SVM: the RBF SVC grid (gamma x C from ``cfg``, :func:`grid_search`) refitted on
+    all of ``x`` (n, f); predicts from feature rows.
 
-    ``d`` and ``gamma`` may be given when the caller has them already (the squared distances of
-    ``x`` to itself and ``scale_gamma(x)``).
+    ``d`` and ``gamma_scale`` may be given when the caller has them already (the squared distances
+    of ``x`` to itself and ``scale_gamma(x)``); ``predict`` and ``decision_function`` take the
+    query's squared distances to ``x`` as ``d`` likewise.
     """
 
-    def __init__(self, x, y, cfg, seed: int, *, d=None, gamma: float | None = None):
+    def __init__(self, x, y, cfg, seed: int, *, d=None, gamma_scale: float | None = None):
         self.x = x
-        scale = scale_gamma(x) if gamma is None else gamma
-        cv = StratifiedKFold(cfg.svm_cv, shuffle=True, random_state=seed)
-        self.search = GridSearchCV(DistanceRBFSVC(scale_gamma=scale), cfg.svm_grid(),
-                                   scoring=make_scorer(matthews_corrcoef), cv=cv, n_jobs=cfg.n_jobs,
-                                   refit=True, error_score=0.0).fit(sq_distances(x, x) if d is None else d, y)
-        self.best_params_ = self.search.best_params_
+        d = sq_distances(x, x) if d is None else d
+        scale = scale_gamma(x) if gamma_scale is None else gamma_scale
+        self.best_params_ = grid_search(d, np.asarray(y), cfg, seed, scale)
+        self.gamma_ = scale if self.best_params_["gamma"] == "scale" else float(self.best_params_["gamma"])
+        self.svc_ = SVC(kernel="precomputed", C=self.best_params_["C"]).fit(np.exp(-self.gamma_ * d), y)
+
+    def _kernel(self, x_new, d):
+        return np.exp(-self.gamma_ * (sq_distances(x_new, self.x) if d is None else d))
 
     def predict(self, x_new, d=None):
-        """Labels of ``x_new``; ``d``: its squared distances to the training rows, if known."""
-        return self.search.best_estimator_.predict(sq_distances(x_new, self.x) if d is None else d)
+        return self.svc_.predict(self._kernel(x_new, d))
 
     def decision_function(self, x_new, d=None):
-        return self.search.best_estimator_.decision_function(sq_distances(x_new, self.x) if d is None else d)
+        return self.svc_.decision_function(self._kernel(x_new, d))
 
 
 def svm_search(x, y, cfg, seed: int) -> SVMGrid:
@@ -123,7 +127,7 @@ def fit_and_score_tasks(x_tr, ys_tr: dict, x_te, ys_te: dict, cfg, seeds: dict) 
     d_tr, d_te, gamma = sq_distances(x_tr, x_tr), sq_distances(x_te, x_tr), scale_gamma(x_tr)
     out = {}
     for name, y in ys_tr.items():
-        grid = SVMGrid(x_tr, y, cfg, seeds[name], d=d_tr, gamma=gamma)
+        grid = SVMGrid(x_tr, y, cfg, seeds[name], d=d_tr, gamma_scale=gamma)
         y_te = ys_te[name]
         out[name] = (grid.best_params_, binary_scores(y_te, grid.predict(None, d_te),
                                                       grid.decision_function(None, d_te)))
@@ -134,8 +138,8 @@ def selection_mccs(h_tr, ys_tr: dict, h_val, ys_val: dict, cfg, seeds: dict) -> 
     """Validation MCC of the grid fitted on ``h_tr`` for each task ``{name: y}`` of one selection
     point (the same value :func:`svm_search` gives task by task)."""
     d_tr, d_val, gamma = sq_distances(h_tr, h_tr), sq_distances(h_val, h_tr), scale_gamma(h_tr)
-    return {name: float(matthews_corrcoef(ys_val[name], SVMGrid(h_tr, y, cfg, seeds[name], d=d_tr,
-                                                                  gamma=gamma).predict(None, d_val)))
+    return {name: binary_mcc(ys_val[name], SVMGrid(h_tr, y, cfg, seeds[name], d=d_tr,
+                                                   gamma_scale=gamma).predict(None, d_val))
             for name, y in ys_tr.items()}
 
 

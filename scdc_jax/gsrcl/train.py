@@ -16,6 +16,11 @@ itself, so it does not depend on padding or on the number of devices.
 BatchNorm after each hidden Dense is used when the training set has more than 8192 cells
 (``batch_norm = "auto"``, the published rule) or when forced on/off; its running statistics are
 part of the saved network state and are used (eval mode) when encoding.
+
+``precision = "bf16"`` computes the Dense layers in bfloat16 (inputs and weights cast, products
+accumulated by the backend in float32) while the parameters, the optimiser state, the
+L2-normalised projections, the loss and the representation handed to the SVMs stay float32;
+bfloat16 has float32's exponent range, so no loss scaling is needed.
 """
 from __future__ import annotations
 
@@ -47,17 +52,19 @@ BATCH_NORM_ABOVE = 8192  # the reference adds BatchNorm when a training set has 
 
 def use_batch_norm(cfg, n_train: int) -> bool:
     """Whether a network trained on ``n_train`` cells has BatchNorm under ``cfg.batch_norm``."""
-    mode = getattr(cfg, "batch_norm", "auto")
-    if mode == "auto":
+    if cfg.batch_norm == "auto":
         return n_train > BATCH_NORM_ABOVE
-    return bool(mode)
+    return bool(cfg.batch_norm)
+
+
+COMPUTE_DTYPES = {"f32": None, "bf16": jnp.bfloat16}
 
 
 def build_model(n_genes: int, cfg, seed: int, batch_norm: bool = False):
-    """(graphdef, state) of a freshly initialised GsRCL network; ``state`` holds the parameters
-    and, with BatchNorm, its running statistics."""
+    """(graphdef, state) of a freshly initialised GsRCL network in ``cfg.precision``; ``state``
+    holds the (float32) parameters and, with BatchNorm, its running statistics."""
     model = GsRCLNet(n_genes, encoder=tuple(cfg.encoder), head=tuple(cfg.head), batch_norm=batch_norm,
-                     rngs=nnx.Rngs(params=jax.random.key(seed)))
+                     dtype=COMPUTE_DTYPES[cfg.precision], rngs=nnx.Rngs(params=jax.random.key(seed)))
     return nnx.split(model)
 
 
@@ -128,8 +135,8 @@ def make_loss_fn(graphdef, *, loss: str = "simclr", temperature: float = 0.07, n
         model = nnx.merge(graphdef, params, stats, copy=True)
         model.train()
         v1, v2 = _views(x, ids, key, noise_std, augment, dropout)
-        _, z1 = model(v1, mask=mask)
-        _, z2 = model(v2, mask=mask)
+        z1 = model(v1, mask=mask)[1].astype(jnp.float32)
+        z2 = model(v2, mask=mask)[1].astype(jnp.float32)
         if loss == "supcon":
             value = supcon(z1, z2, labels, temperature=temperature, mask=mask)
         else:
@@ -147,7 +154,7 @@ def make_train_epochs(graphdef, tx: optax.GradientTransformation, cfg, *, n_epoc
     cells.
     """
     loss_fn = make_loss_fn(graphdef, loss=cfg.loss, temperature=cfg.temperature, noise_std=cfg.noise_std,
-                           augment=getattr(cfg, "augment", "gaussian"), dropout=getattr(cfg, "dropout", 0.9))
+                           augment=cfg.augment, dropout=cfg.dropout)
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
     @partial(jax.jit, donate_argnums=(0, 1))
@@ -184,7 +191,7 @@ def make_encode(graphdef, chunk: int = 4096):
     def _encode(state, x):
         model = nnx.merge(graphdef, state)
         model.eval()
-        return model.encoder(x)
+        return model.encoder(x).astype(jnp.float32)
 
     def encode(params, x: np.ndarray) -> np.ndarray:
         return np.concatenate([np.asarray(_encode(params, jnp.asarray(x[i:i + chunk])))
@@ -196,8 +203,9 @@ def make_encode(graphdef, chunk: int = 4096):
 class Trainer:
     """Trains GsRCL encoders of one configuration on one gene set, on ``cfg.devices`` devices.
 
-    ``fit(x, labels, seed, callback)`` trains a fresh network for ``cfg.n_epochs`` epochs; every
-    ``cfg.eval_every`` epochs (and at the end) it calls ``callback(epoch, state)``.  With
+    ``fit(x, labels, seed, callback)`` trains a fresh network for ``cfg.n_epochs`` epochs; before
+    the first epoch, every ``cfg.eval_every`` epochs and at the end it calls ``callback(epoch,
+    state)`` (epoch 0: the untrained network, a selection point of the reference).  With
     ``ckpt_dir`` a checkpoint is written there after every such call, and a later ``fit`` with the
     same arguments continues from the latest one.
     """
@@ -281,6 +289,8 @@ class Trainer:
         batches = make_batches(x, labels, cfg.batch_size, cfg.devices, self.mesh)
         key = jax.random.fold_in(jax.random.key(seed), 1)
         done = len(losses)
+        if callback is not None and done == 0:
+            callback(0, state)
         while done < cfg.n_epochs:
             n = min(cfg.eval_every - done % cfg.eval_every, cfg.n_epochs - done)
             state, opt_state, chunk = self._run(n)(state, opt_state, batches, key, jnp.int32(done))
