@@ -30,7 +30,7 @@ sys.path.insert(0, ROOT)
 N_GENES, N_GROUPS = 2000, 10
 
 
-def _draw_block(seed: int, start: int, stop: int):
+def draw_block(seed: int, start: int, stop: int):
     """Counts of cells ``start:stop``: gamma-Poisson (theta 2) with group programmes on 10% of the
     genes (4x up), log-normal library sizes and 30% extra zeros."""
     import numpy as np
@@ -63,7 +63,7 @@ def synthetic_zinb(n_cells: int, cache: str, seed: int = 0, chunk: int = 20_000)
     blocks = [(s, min(s + chunk, n_cells)) for s in range(0, n_cells, chunk)]
     csr = []
     with ThreadPoolExecutor(os.cpu_count()) as pool:
-        for (a, b), block in zip(blocks, pool.map(lambda ab: _draw_block(seed, *ab), blocks)):
+        for (a, b), block in zip(blocks, pool.map(lambda ab: draw_block(seed, *ab), blocks)):
             dense[a:b] = block
             csr.append(sp.csr_matrix(block))
     dense.flush()
