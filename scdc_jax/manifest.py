@@ -112,7 +112,8 @@ def verify(folder: str, kind: str, remedy: str) -> dict:
     if extra:
         raise InputError(f"{folder} holds files its {NAME} does not list ({_some(extra)}), so it was changed after "
                          f"it was saved; remove them, copy the folder again or {remedy}.")
-    changed = [rel for rel in files if files[rel] != listed[rel][0] or _sha256(os.path.join(folder, rel)) != listed[rel][1]]
+    changed = [rel for rel in files
+               if files[rel] != listed[rel][0] or _sha256(os.path.join(folder, rel)) != listed[rel][1]]
     if changed:
         raise InputError(f"{folder} was altered or damaged after it was saved: {_some(changed)} "
                          f"{'differs' if len(changed) == 1 else 'differ'} from its {NAME}; copy the folder again "

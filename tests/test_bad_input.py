@@ -283,8 +283,8 @@ CASES = {
     "annotate folder that is no reference": ("annotate", ["--reference", "{not_ref}", "--data-file", "{h5ad}"],
                                              "not a GsRCL reference folder"),
     "annotate old reference with svms.joblib": ("annotate", ["--reference", "{old_ref}", "--data-file", "{h5ad}"],
-                                                "re-create it from its data with 'python -m scdc_jax.gsrcl "
-                                                "train-reference'"),
+                                                ("re-create it from its data with 'python -m scdc_jax.gsrcl "
+                                                 "train-reference'")),
     "annotate altered reference": ("annotate", ["--reference", "{altered_ref}", "--data-file", "{h5ad}"],
                                    "was altered or damaged after it was saved"),
     "annotate cutoff 1": ("annotate", ["--reference", "{ref}", "--data-file", "{h5ad}", "--cutoff", "1"],

@@ -162,7 +162,8 @@ def reference_meta(reference_dir: str) -> dict:
     manifest.verify(reference_dir, KIND, REMAKE)
     missing = [p for p in FILES if not os.path.exists(os.path.join(reference_dir, p))]
     if missing:  # a manifest written for a folder that never was a whole reference
-        raise InputError(f"{reference_dir} is not a complete GsRCL reference (it lacks {', '.join(missing)}); {REMAKE}.")
+        raise InputError(f"{reference_dir} is not a complete GsRCL reference (it lacks {', '.join(missing)}); "
+                         f"{REMAKE}.")
     with open(os.path.join(reference_dir, "reference.json")) as fh:
         return json.load(fh)
 

@@ -42,9 +42,8 @@ def svm_arrays(h, params: list[dict]) -> dict[str, np.ndarray]:
 
 
 def save_svms(path: str, arrays: dict[str, np.ndarray]) -> None:
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as fh:
-            np.savez(fh, **{k: arrays[k] for k in KEYS})
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, **{k: arrays[k] for k in KEYS})
 
 
 def load_svms(path: str, n_types: int, dim: int) -> dict[str, np.ndarray]:
