@@ -14,6 +14,7 @@ from absl import logging as absl_logging
 
 absl_logging.set_verbosity(absl_logging.ERROR)
 
+from . import manifest
 from .errors import InputError
 
 
@@ -30,7 +31,12 @@ def _flatten(tree) -> tuple[dict[str, np.ndarray], object]:
 
 
 def save(directory: str, step: int, state, meta: dict, *, max_to_keep: int | None = 2) -> None:
-    """Save ``state`` (any pytree of arrays) and ``meta`` (JSON-serialisable) as ``directory/<step>``."""
+    """Save ``state`` (any pytree of arrays) and ``meta`` (JSON-serialisable) as ``directory/<step>``.
+
+    A manifest of ``directory`` is removed first: once the folder changes it no longer holds, and
+    the folder is whole again only when its writer lists it anew (:func:`scdc_jax.manifest.write`).
+    """
+    manifest.discard(directory)
     state = {k: np.asarray(v) for k, v in _flatten(state)[0].items()}
     with _manager(directory, max_to_keep) as mngr:
         mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),

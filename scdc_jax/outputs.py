@@ -93,21 +93,26 @@ def write_h5ad(path: str, adata) -> None:
         adata.write_h5ad(tmp)
 
 
-def provenance(seed: int, config: dict, n_devices: int, command: str | None = None) -> dict:
-    """Seed, configuration, package versions, devices, machine and time of a run."""
+def package_versions() -> dict[str, str]:
+    """Versions of scdc_jax and the packages its results depend on (those installed)."""
     import importlib.metadata as md
-
-    import jax
 
     versions = {}
     for pkg in ("scdc_jax", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "scikit-learn",
                 "scanpy", "anndata", "igraph", "leidenalg"):
         with contextlib.suppress(md.PackageNotFoundError):
             versions[pkg] = md.version(pkg)
+    return versions
+
+
+def provenance(seed: int, config: dict, n_devices: int, command: str | None = None) -> dict:
+    """Seed, configuration, package versions, devices, machine and time of a run."""
+    import jax
+
     return {
         "seed": seed,
         "config": config,
-        "versions": versions,
+        "versions": package_versions(),
         "n_devices": n_devices,
         "platform": jax.devices()[0].platform,
         "device_kind": jax.devices()[0].device_kind,

@@ -48,3 +48,34 @@ def synthetic_counts(n_cells: int = 240, n_genes: int = 120, n_groups: int = 3, 
 @pytest.fixture
 def counts_small():
     return synthetic_counts()
+
+
+def flip_byte(path) -> None:
+    """Change one byte in the middle of ``path`` (same size, other content)."""
+    with open(path, "r+b") as fh:
+        fh.seek(os.path.getsize(path) // 2)
+        byte = fh.read(1)[0]
+        fh.seek(-1, os.SEEK_CUR)
+        fh.write(bytes([byte ^ 0xFF]))
+
+
+def largest_file(folder) -> str:
+    """The largest file under ``folder`` (in an orbax checkpoint: the arrays)."""
+    return max((os.path.join(d, n) for d, _, names in os.walk(folder) for n in names), key=os.path.getsize)
+
+
+class _Touch:
+    """Unpickling this creates the file ``marker`` (a stand-in for code a crafted pickle runs)."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return open, (self.marker, "w")
+
+
+def crafted_pickle(marker) -> bytes:
+    """A pickle whose unpickling creates the file ``marker``."""
+    import pickle
+
+    return pickle.dumps(_Touch(marker))

@@ -8,6 +8,7 @@ untouched.  The inputs, good and bad, are written once by :func:`write_inputs`.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 
@@ -16,7 +17,7 @@ import h5py
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import ROOT, synthetic_counts
+from conftest import ROOT, crafted_pickle, flip_byte, largest_file, synthetic_counts
 
 CLUSTER_TINY = ["--pretrain-epochs", "3", "--maxiter", "3", "--batch-size", "32", "--quiet"]
 GSRCL_TINY = {"encoder": [16, 8], "head": [8, 4], "n_folds": 2, "svm_cv": 2, "svm_gamma": ["scale"],
@@ -107,6 +108,16 @@ def write_inputs(tmp) -> dict[str, str]:
     _train_reference(f["good"], f["ref"])
     f["cluster_model"] = str(tmp / "cluster_model")
     _train_cluster_model(f["h5ad"], f["cluster_model"])
+    # shared folders someone changed; a pickle that, were it ever loaded, would leave a file in tmp
+    f["old_ref"] = str(shutil.copytree(f["ref"], tmp / "old_ref"))
+    with open(os.path.join(f["old_ref"], "svms.joblib"), "wb") as fh:
+        fh.write(crafted_pickle(tmp / "unpickled"))
+    f["altered_ref"] = str(shutil.copytree(f["ref"], tmp / "altered_ref"))
+    flip_byte(os.path.join(f["altered_ref"], "svms.npz"))
+    f["altered_model"] = str(shutil.copytree(f["cluster_model"], tmp / "altered_model"))
+    flip_byte(largest_file(os.path.join(f["altered_model"], "model")))
+    f["truncated_pretrain"] = str(shutil.copytree(f["cluster_model"], tmp / "truncated_pretrain"))
+    os.remove(largest_file(os.path.join(f["truncated_pretrain"], "pretrain")))
     return f
 
 
@@ -165,6 +176,8 @@ CASES = {
     "cluster h5ad missing batch key": ("cluster", ["--data-file", "{h5ad}", "--batch-key", "plate"],
                                        "no .obs column 'plate'"),
     "cluster h5ad missing layer": ("cluster", ["--data-file", "{h5ad}", "--layer", "counts"], "no layer 'counts'"),
+    "cluster truncated ae-weights": ("cluster", ["--data-file", "{h5ad}", "--ae-weights", "{truncated_pretrain}"],
+                                     "is incomplete"),
     "predict duplicate genes": ("predict", ["--model", "{cluster_model}", "--data-file", "{dup_h5ad}"],
                                 "duplicate gene names"),
     "predict missing genes": ("predict", ["--model", "{cluster_model}", "--data-file", "{half_h5ad}"],
@@ -172,6 +185,8 @@ CASES = {
     "predict folder that is no model": ("predict", ["--model", "{not_ref}", "--data-file", "{h5ad}"],
                                         "holds no final scdc_jax model"),
     "predict negative counts": ("predict", ["--model", "{cluster_model}", "--data-file", "{neg}"], "negative"),
+    "predict altered model": ("predict", ["--model", "{altered_model}", "--data-file", "{h5ad}"],
+                              "was altered or damaged after it was saved"),
     "cluster flag not a number": ("cluster", ["--data-file", "{good}", "--n-clusters", "three"],
                                   "argument --n-clusters: invalid int value: 'three'"),
     "cluster unknown flag": ("cluster", ["--data-file", "{good}", "--clusters", "3"], "unrecognized arguments: --clusters"),
@@ -267,6 +282,11 @@ CASES = {
                                    "not a GsRCL reference folder"),
     "annotate folder that is no reference": ("annotate", ["--reference", "{not_ref}", "--data-file", "{h5ad}"],
                                              "not a GsRCL reference folder"),
+    "annotate old reference with svms.joblib": ("annotate", ["--reference", "{old_ref}", "--data-file", "{h5ad}"],
+                                                ("re-create it from its data with 'python -m scdc_jax.gsrcl "
+                                                 "train-reference'")),
+    "annotate altered reference": ("annotate", ["--reference", "{altered_ref}", "--data-file", "{h5ad}"],
+                                   "was altered or damaged after it was saved"),
     "annotate cutoff 1": ("annotate", ["--reference", "{ref}", "--data-file", "{h5ad}", "--cutoff", "1"],
                           "--cutoff must lie in [0, 1)"),
     "annotate cutoff negative": ("annotate", ["--reference", "{ref}", "--data-file", "{h5ad}", "--cutoff", "-0.1"],

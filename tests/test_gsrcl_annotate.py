@@ -1,12 +1,14 @@
-"""GsRCL annotation: gene alignment, calls with a cutoff, and a reference -> query round trip."""
+"""GsRCL annotation: gene alignment, calls with a cutoff, a reference -> query round trip, and
+references as shared data (SVMs as arrays scored in JAX, manifests, no pickle ever loaded)."""
 from __future__ import annotations
 
 import os
+import re
 
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import synthetic_counts
+from conftest import crafted_pickle, flip_byte, largest_file, synthetic_counts
 from test_gsrcl import cli_error, run_cli, write_h5
 
 from scdc_jax.errors import InputError
@@ -161,3 +163,167 @@ def test_sigkill_during_train_reference_then_resume_gives_the_same_reference(tmp
     query = CountData(X=counts, gene_names=np.array([f"g{i}" for i in range(30)]), source="query")
     pd.testing.assert_frame_equal(annotate(str(out), query)[0], annotate(str(tmp_path / "ref"), query)[0],
                                   check_exact=True)
+
+
+# ---- references as shared data ----------------------------------------------------------------
+
+def _blobs(n, seed):
+    """(n, 12) float32 encodings of three offset groups, far from the origin, and the groups."""
+    rng = np.random.default_rng(seed)
+    centres = np.random.default_rng(99).normal(0.0, 2.0, size=(3, 12)) + 5.0
+    groups = np.arange(n) % 3
+    return (centres[groups] + rng.normal(size=(n, 12))).astype(np.float32), groups
+
+
+@pytest.mark.parametrize("gamma", [["scale"], [0.01, 0.1]])
+def test_jax_svm_scores_equal_sklearn_and_survive_the_npz_round_trip(tmp_path, gamma):
+    from scdc_jax.gsrcl.svm import calibrated_svm, svm_parameters
+    from scdc_jax.gsrcl.svm_params import load_svms, save_svms, svm_arrays, svm_scores
+
+    h, groups = _blobs(150, 0)
+    query, _ = _blobs(70, 1)
+    cfg = load_config(None, svm_cv=3, svm_gamma=gamma, svm_c=[1.0, 10.0])
+    clfs = [calibrated_svm(h, (groups == t).astype(np.int64), cfg, t) for t in range(3)]
+    arrays = svm_arrays(h, [svm_parameters(c) for c in clfs])
+    f, p = svm_scores(arrays, query)
+    sk_f = np.column_stack([c.calibrated_classifiers_[0].estimator.decision_function(query) for c in clfs])
+    sk_p = np.column_stack([c.predict_proba(query)[:, 1] for c in clfs])
+    assert f.dtype == np.float32 and np.abs(sk_f).max() > 1.0 and 0.01 < sk_p.mean() < 0.99
+    np.testing.assert_allclose(f, sk_f, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(p, sk_p, rtol=1e-5, atol=1e-6)
+    # blocks of rows (padded last block) give the same scores
+    np.testing.assert_allclose(svm_scores(arrays, query, max_elements=16 * len(arrays["vectors"]))[1], p, atol=1e-6)
+    save_svms(str(tmp_path / "svms.npz"), arrays)
+    loaded = load_svms(str(tmp_path / "svms.npz"), 3, 12)
+    for key, value in arrays.items():
+        np.testing.assert_array_equal(loaded[key], value)
+        assert loaded[key].dtype == value.dtype
+    f2, p2 = svm_scores(loaded, query)
+    np.testing.assert_array_equal(f2, f)
+    np.testing.assert_array_equal(p2, p)
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory):
+    """A tiny reference, a query of its genes (CountData and .h5ad) and a folder for copies."""
+    import anndata
+
+    d = tmp_path_factory.mktemp("shared")
+    counts, y, _ = synthetic_counts(60, 30, n_groups=2, seed=5)
+    genes = np.array([f"g{i}" for i in range(30)])
+    ref = CountData(X=counts, labels=y, label_names=["T", "B"], gene_names=genes, source="synthetic")
+    cfg = load_config(None, encoder=[16, 8], head=[8, 4], epochs=4, eval_every=4, svm_cv=2, svm_gamma=["scale"],
+                      svm_c=[1.0])
+    train_reference(ref, cfg, str(d / "ref"), log=lambda m: None)
+    adata = anndata.AnnData(X=counts[:20].astype(np.float32))
+    adata.var_names = list(genes)
+    adata.write_h5ad(d / "q.h5ad")
+    return {"ref": d / "ref", "cfg": cfg, "data": ref, "h5ad": str(d / "q.h5ad"),
+            "query": CountData(X=counts[:20], gene_names=genes, source="query")}
+
+
+def _copy(shared, dst, change=None):
+    import shutil
+
+    shutil.copytree(shared["ref"], dst)
+    if change is not None:
+        change(dst)
+    return str(dst)
+
+
+def test_reference_holds_arrays_and_json_and_a_copy_annotates_identically(shared, tmp_path):
+    from scdc_jax import manifest
+
+    names = sorted(p.name for p in shared["ref"].iterdir())
+    assert names == ["genes.txt", "manifest.json", "model", "reference.json", "svms.npz"]
+    listed = manifest.verify(str(shared["ref"]), "GsRCL reference", "")["files"]
+    assert {"genes.txt", "reference.json", "svms.npz"} <= set(listed)
+    with np.load(shared["ref"] / "svms.npz", allow_pickle=False) as z:
+        assert all(z[k].dtype.kind == "f" for k in z.files)
+    copy = _copy(shared, tmp_path / "sent")
+    pd.testing.assert_frame_equal(annotate(copy, shared["query"])[0], annotate(str(shared["ref"]), shared["query"])[0],
+                                  check_exact=True)
+
+
+@pytest.mark.parametrize("change, words", [
+    (lambda d: flip_byte(d / "svms.npz"), "altered or damaged"),
+    (lambda d: flip_byte(largest_file(d / "model")), "altered or damaged"),
+    (lambda d: os.remove(d / "genes.txt"), "incomplete: genes.txt listed"),
+    (lambda d: os.remove(largest_file(d / "model")), "incomplete"),
+    (lambda d: os.remove(d / "manifest.json"), "has no manifest.json"),
+], ids=["svms byte changed", "model byte changed", "genes removed", "model file removed", "manifest removed"])
+def test_altered_or_truncated_reference_is_refused(shared, tmp_path, capsys, change, words):
+    ref = _copy(shared, tmp_path / "ref", change)
+    err = cli_error(["annotate", "--reference", ref, "--data-file", shared["h5ad"], "--out",
+                     str(tmp_path / "calls.csv")], capsys)
+    assert words in err and "train-reference" in err, err
+    assert not (tmp_path / "calls.csv").exists()
+
+
+def _svms_npz_holding_a_pickle(d):
+    """A forger's reference: svms.npz with a pickled object array, and a manifest that matches."""
+    from scdc_jax import manifest
+
+    np.savez(d / "svms.npz", vectors=np.array([_Unpickled(d / "marker")], dtype=object))
+    manifest.write(str(d), "GsRCL reference")
+
+
+class _Unpickled:
+    def __init__(self, marker):
+        self.blob = crafted_pickle(marker)
+
+    def __reduce__(self):  # pickled as the crafted pickle itself
+        import pickle
+
+        return pickle.loads, (self.blob,)
+
+
+@pytest.mark.parametrize("change, words", [
+    (lambda d: (d / "svms.joblib").write_bytes(crafted_pickle(d / "marker")), "an older scdc_jax"),
+    (lambda d: (d / "extra.pkl").write_bytes(crafted_pickle(d / "marker")), "holds a pickle (extra.pkl)"),
+    (lambda d: (d / "model" / "data").write_bytes(crafted_pickle(d / "marker")), "does not list (model/data)"),
+    (_svms_npz_holding_a_pickle, "is not an SVM store"),
+], ids=["old svms.joblib", "extra .pkl", "extra file", "pickle inside svms.npz with a matching manifest"])
+def test_a_crafted_pickle_in_a_reference_is_never_unpickled(shared, tmp_path, capsys, change, words):
+    import pickle
+
+    pickle.loads(crafted_pickle(tmp_path / "live"))  # the crafted pickle does run code when unpickled
+    assert (tmp_path / "live").exists()
+    ref = _copy(shared, tmp_path / "ref", change)
+    with pytest.raises(InputError, match=re.escape(words)):
+        annotate(ref, shared["query"])
+    err = cli_error(["annotate", "--reference", ref, "--data-file", shared["h5ad"], "--out",
+                     str(tmp_path / "calls.csv")], capsys)
+    assert words in err
+    assert not (tmp_path / "ref" / "marker").exists()
+
+
+def test_old_reference_is_refused_with_how_to_remake_it_and_retraining_replaces_it(shared, tmp_path):
+    ref = _copy(shared, tmp_path / "ref", lambda d: (d / "svms.joblib").write_bytes(b"\x80\x04N."))
+    with pytest.raises(InputError, match=r"re-create it from its data with 'python -m scdc_jax.gsrcl train-reference'"):
+        annotate(ref, shared["query"])
+    train_reference(shared["data"], shared["cfg"], ref, log=lambda m: None)
+    assert not (tmp_path / "ref" / "svms.joblib").exists()
+    assert len(annotate(ref, shared["query"])[0]) == 20
+
+
+def test_train_reference_refuses_a_folder_holding_other_files(shared, tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(InputError, match=r"not part of a GsRCL reference \(notes.txt\)"):
+        train_reference(shared["data"], shared["cfg"], str(tmp_path), log=lambda m: None)
+
+
+def test_annotating_imports_neither_joblib_nor_scikit_learn(shared):
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    code = ("import sys, numpy as np; from scdc_jax.io import read_counts; "
+            "from scdc_jax.gsrcl.annotate import annotate; "
+            f"annotate({str(shared['ref'])!r}, read_counts({shared['h5ad']!r})); "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'joblib', 'sklearn'}))")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT},
+                       capture_output=True, text=True, timeout=150)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip().splitlines()[-1] == "[]"

@@ -1,5 +1,8 @@
 """Assign new cells with a saved scDeepCluster model (``save_dir/model``).
 
+The folder is checked against its manifest before anything in it is read (it may come from
+someone else); it holds orbax arrays and JSON only.
+
 The query must hold the model's genes: matched by name (and reordered) when both sides have
 names, otherwise by position with the same gene count.  Cells are normalised with the TRAINING
 statistics (median total, gene means and spreads) and encoded by the clean encoder pass.
@@ -11,16 +14,19 @@ import os
 import jax.numpy as jnp
 import numpy as np
 
-from .. import checkpoint
+from .. import checkpoint, manifest
 from ..errors import InputError
 from ..io import CountData, check_counts
 from .config import ClusterConfig
+from .pipeline import MODEL, MODEL_KIND, RETRAIN
 from .train import build_model, device_data, make_assign
 
 
 def _model_dir(path: str) -> str:
-    for cand in (os.path.join(path, "model"), path):
-        if checkpoint.latest_step(cand) is not None and checkpoint.read_meta(cand).get("stage") == "model":
+    """The model folder of ``path`` (a run's --save-dir or its ``model``), checked against its manifest."""
+    for cand in (os.path.join(path, MODEL), path):
+        if os.path.isfile(os.path.join(cand, manifest.NAME)) or checkpoint.latest_step(cand) is not None:
+            manifest.verify(cand, MODEL_KIND, RETRAIN)
             return cand
     raise InputError(f"{path} holds no final scdc_jax model (look for the 'model' folder of a finished run's --save-dir).")
 

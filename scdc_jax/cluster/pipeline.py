@@ -3,7 +3,9 @@
 :func:`run` takes a :class:`~scdc_jax.io.CountData` and a :class:`ClusterConfig` and returns a
 :class:`ClusterResult`; :func:`fit` is the scanpy-style wrapper that writes into an AnnData.
 Checkpoints (orbax) go to ``save_dir/pretrain``, ``save_dir/cluster`` (periodic, for ``resume``)
-and ``save_dir/model`` (the final model with its cluster centres, used by ``predict``).
+and ``save_dir/model`` (the final model with its cluster centres, used by ``predict``).  The two
+folders others may be given, ``pretrain`` (for ``ae_weights``) and ``model``, get a manifest once
+complete and are checked against it before they are read (:mod:`scdc_jax.manifest`).
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .. import checkpoint
+from .. import checkpoint, manifest
 from ..errors import InputError, TrainingDiverged
 from ..io import CountData
 from ..metrics import clustering_scores
@@ -29,6 +31,8 @@ from .train import (build_model, device_data, make_assign, make_cluster_epoch, m
                     make_pretrain_epoch, stage_key)
 
 PRETRAIN, CLUSTER, MODEL = "pretrain", "cluster", "model"
+PRETRAIN_KIND, MODEL_KIND = "scDeepCluster pretrained autoencoder", "scDeepCluster model"
+RETRAIN = "train it again with 'python -m scdc_jax.cluster'"
 
 
 @dataclass
@@ -126,7 +130,8 @@ def _resolve_ae_weights(path: str) -> str:
     if not os.path.isdir(path):
         raise InputError(f"--ae-weights {path} is not a folder holding a scdc_jax checkpoint.")
     for cand in (os.path.join(path, PRETRAIN), path):
-        if checkpoint.latest_step(cand) is not None:
+        if os.path.isfile(os.path.join(cand, manifest.NAME)) or checkpoint.latest_step(cand) is not None:
+            manifest.verify(cand, PRETRAIN_KIND, RETRAIN)
             return cand
     raise InputError(f"--ae-weights {path} holds no pretrained autoencoder checkpoint.")
 
@@ -135,6 +140,7 @@ def run(data: CountData, cfg: ClusterConfig, *, save_dir: str | None = None, ae_
         resume: bool = False, progress: bool = True) -> ClusterResult:
     """Preprocess ``data`` and run scDeepCluster with ``cfg``; see the module docstring."""
     cfg.validate()
+    ae_dir = _resolve_ae_weights(ae_weights) if ae_weights is not None else None  # checked before any work
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
     prep = prepare(data, select_genes_n=cfg.select_genes)
@@ -160,13 +166,12 @@ def run(data: CountData, cfg: ClusterConfig, *, save_dir: str | None = None, ae_
 
     # ---- pretraining --------------------------------------------------------------------------
     t0 = time.perf_counter()
-    if ae_weights is not None:
-        where = _resolve_ae_weights(ae_weights)
-        meta = checkpoint.read_meta(where)
-        _check_compatible(meta, g, nb, cfg, where)
-        restored, meta = checkpoint.restore(where, {"ae": ae, "opt": amsgrad_torch(cfg.lr_pretrain).init(ae)})
+    if ae_dir is not None:
+        meta = checkpoint.read_meta(ae_dir)
+        _check_compatible(meta, g, nb, cfg, ae_dir)
+        restored, meta = checkpoint.restore(ae_dir, {"ae": ae, "opt": amsgrad_torch(cfg.lr_pretrain).init(ae)})
         ae = restored["ae"]
-        say(f"pretrained autoencoder restored from {where} (epoch {meta.get('epoch')}); pretraining skipped")
+        say(f"pretrained autoencoder restored from {ae_dir} (epoch {meta.get('epoch')}); pretraining skipped")
         history["pretrain_loss"] = list(meta.get("pretrain_loss", []))
     else:
         tx = amsgrad_torch(cfg.lr_pretrain)
@@ -197,6 +202,8 @@ def run(data: CountData, cfg: ClusterConfig, *, save_dir: str | None = None, ae_
                                     _ckpt_meta(PRETRAIN, done, cfg, g, nb, pretrain_loss=history["pretrain_loss"]))
         finally:
             bar.close()
+        if ck_dir:
+            manifest.write(ck_dir, PRETRAIN_KIND)
     timings["pretrain_s"] = time.perf_counter() - t0
 
     # ---- cluster initialisation ---------------------------------------------------------------
@@ -291,6 +298,7 @@ def run(data: CountData, cfg: ClusterConfig, *, save_dir: str | None = None, ae_
                         _ckpt_meta(MODEL, len(history["cluster"]), cfg, g, nb, n_clusters=k,
                                    gene_names=gene_names, batch_names=prep.data.batch_names,
                                    median_total=prep.norm["median_total"]))
+        manifest.write(sub(MODEL), MODEL_KIND)
     scores = clustering_scores(labels_true, last) if labels_true is not None else None
     return ClusterResult(labels=last, latent=np.asarray(z0), q=np.asarray(q), centers=np.asarray(params["mu"]),
                          cells=prep.cells, genes=prep.genes, n_cells_input=data.n_cells, config=cfg.to_dict(),

@@ -6,9 +6,11 @@ representation.  ``annotate`` aligns a query to the reference genes, encodes it 
 cell the type of highest normalised probability, or "Unassigned" at or below a cutoff.
 
 Reference folder layout: ``model/`` (orbax checkpoint of the network, meta = that of
-``reference.json``), ``svms.joblib`` (one classifier per type), ``genes.txt`` (one gene a line),
-``reference.json`` (provenance: seed, configuration, versions, devices; genes' count, cell types),
-and ``.partial/`` (encoder checkpoints) while training.
+``reference.json``), ``svms.npz`` (the classifiers' parameters, :mod:`~scdc_jax.gsrcl.svm_params`),
+``genes.txt`` (one gene a line), ``reference.json`` (provenance: seed, configuration, versions,
+devices; genes' count, cell types) and ``manifest.json`` (:mod:`scdc_jax.manifest`), plus
+``.partial/`` (encoder checkpoints) while training.  A reference is shared data: it holds arrays
+and JSON only, and is checked against its manifest before anything in it is read.
 """
 from __future__ import annotations
 
@@ -16,16 +18,20 @@ import dataclasses
 import json
 import os
 import shutil
+from typing import NamedTuple
 
 import numpy as np
 
 from ..errors import InputError
 from ..outputs import atomic_path, write_json
 from .config import GsRCLConfig
-from .svm import calibrated_svm
 from .train import Trainer, build_model, log_transform, make_encode
 
 UNASSIGNED = "Unassigned"
+KIND = "GsRCL reference"
+REMAKE = "make it again with 'python -m scdc_jax.gsrcl train-reference'"
+FILES = ("model", "svms.npz", "genes.txt", "reference.json")
+OLD_SVMS = "svms.joblib"  # the pickled classifiers of references written before format 1
 
 
 def align_genes(X, query_genes, reference_genes) -> np.ndarray:
@@ -72,10 +78,10 @@ def train_reference(data, cfg: GsRCLConfig, out_dir: str, *, log=print, resume: 
     Returns the metadata written to ``reference.json``: the provenance of the run (seed,
     configuration, versions, devices, ``command``), the genes' count and the cell types.
     """
-    import joblib
-
-    from .. import checkpoint
+    from .. import checkpoint, manifest
     from ..outputs import provenance
+    from .svm import calibrated_svm, svm_parameters
+    from .svm_params import save_svms, svm_arrays
 
     if data.labels is None:
         raise InputError("a reference needs cell-type labels; give a labelled data file.")
@@ -94,6 +100,13 @@ def train_reference(data, cfg: GsRCLConfig, out_dir: str, *, log=print, resume: 
     if os.path.exists(model_dir) and not os.path.exists(os.path.join(out_dir, "reference.json")):
         raise InputError(f"{out_dir} already holds a 'model' folder that is not a GsRCL reference; "
                          "choose another output folder.")
+    # The manifest will list the whole folder, and a reference with other files would be refused
+    # when loaded: refuse them now, before the training.
+    foreign = sorted(set(os.listdir(out_dir) if os.path.isdir(out_dir) else [])
+                     - {*FILES, manifest.NAME, OLD_SVMS, ".partial"})
+    if foreign:
+        raise InputError(f"{out_dir} holds files that are not part of a GsRCL reference ({', '.join(foreign[:3])}); "
+                         "choose an empty or new output folder.")
     for code in sorted(set(range(len(names))) - set(types)):
         log(f"skipping cell type '{names[code]}': {int(counts[code])} cells are too few for its classifier.")
     x = log_transform(data.X)
@@ -105,20 +118,26 @@ def train_reference(data, cfg: GsRCLConfig, out_dir: str, *, log=print, resume: 
         log(f"continuing the reference encoder's training from its checkpoint at epoch {epoch}")
     params, losses = trainer.fit(x, None, cfg.seed, ckpt_dir=ckpt_dir)
     h = trainer.encode(params, x)
-    svms = {names[c]: calibrated_svm(h, (data.labels == c).astype(np.int64), cfg, cfg.seed + c) for c in types}
+    svms = svm_arrays(h, [svm_parameters(calibrated_svm(h, (data.labels == c).astype(np.int64), cfg, cfg.seed + c))
+                          for c in types])
+    # A previous reference in the same folder is replaced; without its manifest first, so that a
+    # kill from here on leaves a folder that is refused as unfinished.
+    manifest.discard(out_dir)
     if os.path.exists(model_dir):
-        shutil.rmtree(model_dir)  # a previous reference in the same folder is replaced
+        shutil.rmtree(model_dir)
+    if os.path.exists(os.path.join(out_dir, OLD_SVMS)):
+        os.remove(os.path.join(out_dir, OLD_SVMS))
     meta = {**provenance(cfg.seed, dataclasses.asdict(cfg), cfg.devices, command),
-            "n_genes": int(x.shape[1]), "cell_types": list(svms), "batch_norm": bool(trainer.batch_norm),
-            "final_loss": losses[-1], "source": data.source}
+            "n_genes": int(x.shape[1]), "cell_types": [names[c] for c in types],
+            "batch_norm": bool(trainer.batch_norm), "final_loss": losses[-1], "source": data.source}
     checkpoint.save(model_dir, cfg.n_epochs, jax_to_numpy(params), meta, max_to_keep=1)
-    with atomic_path(os.path.join(out_dir, "svms.joblib")) as tmp:
-        joblib.dump(svms, tmp)
+    save_svms(os.path.join(out_dir, "svms.npz"), svms)
     with atomic_path(os.path.join(out_dir, "genes.txt")) as tmp:
         with open(tmp, "w") as fh:
             fh.write("\n".join(map(str, data.gene_names)) + "\n")
     write_json(os.path.join(out_dir, "reference.json"), meta)
     shutil.rmtree(partial)
+    manifest.write(out_dir, KIND)
     return meta
 
 
@@ -129,30 +148,51 @@ def jax_to_numpy(tree):
 
 
 def reference_meta(reference_dir: str) -> dict:
-    """The ``reference.json`` of a folder from ``train_reference`` (InputError for any other folder)."""
-    paths = [os.path.join(reference_dir, p) for p in ("model", "svms.joblib", "genes.txt", "reference.json")]
-    missing = [p for p in paths if not os.path.exists(p)]
-    if missing:
-        raise InputError(f"{reference_dir} is not a GsRCL reference folder (missing {', '.join(map(os.path.basename, missing))}); "
+    """The ``reference.json`` of a folder from ``train_reference``, once the folder is checked
+    against its manifest (InputError for any other, old-format, altered or incomplete folder)."""
+    from .. import manifest
+
+    if os.path.exists(os.path.join(reference_dir, OLD_SVMS)):
+        raise InputError(f"{reference_dir} is a GsRCL reference of an older scdc_jax, whose SVMs are a pickle "
+                         f"({OLD_SVMS}) that is never loaded because unpickling can run any code; re-create it "
+                         "from its data with 'python -m scdc_jax.gsrcl train-reference'.")
+    if not any(os.path.exists(os.path.join(reference_dir, p)) for p in (*FILES, manifest.NAME)):
+        raise InputError(f"{reference_dir} is not a GsRCL reference folder (it holds none of {', '.join(FILES)}); "
                          "make one with 'python -m scdc_jax.gsrcl train-reference'.")
-    with open(paths[3]) as fh:
+    manifest.verify(reference_dir, KIND, REMAKE)
+    missing = [p for p in FILES if not os.path.exists(os.path.join(reference_dir, p))]
+    if missing:  # a manifest written for a folder that never was a whole reference
+        raise InputError(f"{reference_dir} is not a complete GsRCL reference (it lacks {', '.join(missing)}); "
+                         f"{REMAKE}.")
+    with open(os.path.join(reference_dir, "reference.json")) as fh:
         return json.load(fh)
 
 
-def load_reference(reference_dir: str):
-    """(config, graphdef, params, svms dict, reference genes) of a folder from ``train_reference``."""
-    import joblib
+class Reference(NamedTuple):
+    """A loaded reference: its configuration, network, cell types, SVM arrays and genes."""
 
+    cfg: GsRCLConfig
+    graphdef: object
+    params: object
+    cell_types: list[str]
+    svms: dict[str, np.ndarray]
+    genes: np.ndarray
+
+
+def load_reference(reference_dir: str) -> Reference:
+    """The reference in a folder from ``train_reference``: arrays and JSON only, nothing unpickled."""
     from .. import checkpoint
+    from .svm_params import load_svms
 
     meta = reference_meta(reference_dir)
     cfg = GsRCLConfig(**meta["config"])
     graphdef, template = build_model(meta["n_genes"], cfg, 0, bool(meta.get("batch_norm", False)))
     params, _ = checkpoint.restore(os.path.join(reference_dir, "model"), jax_to_numpy(template))
-    svms = joblib.load(os.path.join(reference_dir, "svms.joblib"))
+    names = list(meta["cell_types"])
+    svms = load_svms(os.path.join(reference_dir, "svms.npz"), len(names), cfg.encoder[-1])
     with open(os.path.join(reference_dir, "genes.txt")) as fh:
         genes = np.array([g for g in fh.read().split("\n") if g])
-    return cfg, graphdef, params, svms, genes
+    return Reference(cfg, graphdef, params, names, svms, genes)
 
 
 def annotate(reference_dir: str, query, cutoff: float = 0.5):
@@ -163,18 +203,19 @@ def annotate(reference_dir: str, query, cutoff: float = 0.5):
     """
     import pandas as pd
 
+    from .svm_params import svm_scores
+
     if not 0.0 <= cutoff < 1.0:
         raise InputError(f"--cutoff must lie in [0, 1), got {cutoff}.")
     if query.gene_names is None:
         raise InputError("the query has no gene names, so it cannot be aligned to the reference genes.")
-    cfg, graphdef, params, svms, genes = load_reference(reference_dir)
-    x = log_transform(align_genes(query.X, query.gene_names, genes))
-    h = make_encode(graphdef)(params, x)
-    names = list(svms)
-    raw = np.column_stack([svms[n].predict_proba(h)[:, 1] for n in names])
-    probs, calls = call_types(raw, names, cutoff)
+    ref = load_reference(reference_dir)
+    x = log_transform(align_genes(query.X, query.gene_names, ref.genes))
+    h = make_encode(ref.graphdef)(ref.params, x)
+    _, raw = svm_scores(ref.svms, h)
+    probs, calls = call_types(raw, ref.cell_types, cutoff)
     index = query.cell_names if query.cell_names is not None else [f"cell{i}" for i in range(len(x))]
-    df = pd.DataFrame(probs, columns=names, index=pd.Index(index, name="cell"))
+    df = pd.DataFrame(probs, columns=ref.cell_types, index=pd.Index(index, name="cell"))
     df["call"] = calls
     return df, h
 

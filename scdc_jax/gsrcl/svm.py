@@ -9,7 +9,9 @@ processes beside the training.
 - :func:`selection_mccs` scores one model-selection point for several one-vs-rest tasks at once:
   the distances of the point's encodings are shared by all the tasks.
 - :func:`calibrated_svm` is the per-type classifier of a reference (probabilities by Platt-style
-  sigmoid calibration, as ``CalibratedClassifierCV(SVC(...), ensemble=False)``).
+  sigmoid calibration, as ``CalibratedClassifierCV(SVC(...), ensemble=False)``);
+  :func:`svm_parameters` takes the numbers that define it out of scikit-learn's objects, so a
+  reference stores arrays, not pickles (:mod:`scdc_jax.gsrcl.svm_params` computes with them).
 """
 from __future__ import annotations
 
@@ -151,6 +153,26 @@ def calibrated_svm(h, y, cfg, seed: int):
     cv = max(2, min(3, int(y.sum()), int(len(y) - y.sum())))
     clf = CalibratedClassifierCV(SVC(kernel="rbf", **search.best_params_), ensemble=False, cv=cv)
     return clf.fit(h, y)
+
+
+def svm_parameters(clf) -> dict:
+    """The parameters of a fitted :func:`calibrated_svm`, from which its scores follow exactly:
+
+    f(x) = sum_i dual_coef[i] * exp(-gamma * |x - h[support[i]]|^2) + intercept   (SVC.decision_function)
+    P(x) = 1 / (1 + exp(a * f(x) + b))                   (CalibratedClassifierCV.predict_proba[:, 1])
+
+    ``support`` (s,) indexes the rows of the training ``h``; ``dual_coef`` (s,) float64; the rest
+    floats.  With ``ensemble=False`` there is one calibrated classifier: the SVC refitted on all
+    rows and one sigmoid (binary problems have one calibrator, for class 1).
+    """
+    (cal,) = clf.calibrated_classifiers_
+    svc, (sigmoid,) = cal.estimator, cal.calibrators
+    assert list(svc.classes_) == [0, 1] and cal.method == "sigmoid", (svc.classes_, cal.method)
+    # SVC's public dual_coef_ and intercept_ already carry the sign flip of binary problems;
+    # _gamma is the number "scale" stood for (computed by SVC on the float64 training data).
+    return {"support": np.asarray(svc.support_, np.int64), "dual_coef": np.asarray(svc.dual_coef_[0], np.float64),
+            "intercept": float(svc.intercept_[0]), "gamma": float(svc._gamma),
+            "a": float(sigmoid.a_), "b": float(sigmoid.b_)}
 
 
 def limit_threads() -> None:
