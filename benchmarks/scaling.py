@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -123,7 +122,6 @@ def worker(args) -> dict:
 
 def _jax_epochs(prep, cfg, args) -> dict:
     import jax
-    import jax.numpy as jnp
 
     from scdc_jax.cluster.train import build_model, device_data, make_pretrain_epoch, stage_key
     from scdc_jax.optim import amsgrad_torch

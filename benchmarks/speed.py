@@ -155,30 +155,38 @@ def bench_gsrcl(args, torch_device):
     x = x[:args.gsrcl_cells]
     n, g = x.shape
 
-    graphdef, state = nnx.split(GsRCLNet(g, **sizes, rngs=nnx.Rngs(0)))
     tx = adam_coupled_l2(1e-4, 1e-6)
-
-    def loss_fn(params, xb, key):
-        k1, k2 = jax.random.split(key)
-        m = nnx.merge(graphdef, params)
-        v1 = xb + jax.random.normal(k1, xb.shape, xb.dtype)
-        v2 = xb + jax.random.normal(k2, xb.shape, xb.dtype)
-        return ntxent(m(v1)[1], m(v2)[1], temperature=0.07)
-
-    @partial(jax.jit, donate_argnums=(0, 1))
-    def step(params, opt_state, xb, key):
-        loss, grads = jax.value_and_grad(loss_fn)(params, xb, key)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss
-
     xj = jnp.asarray(x)
-    js = {"s": [state, tx.init(state)], "i": 0}
 
-    def jax_step():
-        js["i"] += 1
-        params, opt, loss = step(*js["s"], xj, jax.random.key(js["i"]))
-        jax.block_until_ready(loss)
-        js["s"] = [params, opt]
+    def jax_runner(dtype):
+        """One scdc_jax step with the Dense layers computed in ``dtype`` (parameters, loss and
+        optimiser float32 either way)."""
+        graphdef, state = nnx.split(GsRCLNet(g, **sizes, dtype=dtype, rngs=nnx.Rngs(0)))
+
+        def loss_fn(params, xb, key):
+            k1, k2 = jax.random.split(key)
+            m = nnx.merge(graphdef, params)
+            v1 = xb + jax.random.normal(k1, xb.shape, xb.dtype)
+            v2 = xb + jax.random.normal(k2, xb.shape, xb.dtype)
+            return ntxent(m(v1)[1].astype(jnp.float32), m(v2)[1].astype(jnp.float32), temperature=0.07)
+
+        @partial(jax.jit, donate_argnums=(0, 1))
+        def step(params, opt_state, xb, key):
+            loss, grads = jax.value_and_grad(loss_fn)(params, xb, key)
+            updates, opt_state = tx.update(grads, opt_state, params)
+            return optax.apply_updates(params, updates), opt_state, loss
+
+        js = {"s": [state, tx.init(state)], "i": 0}
+
+        def run():
+            js["i"] += 1
+            params, opt, loss = step(*js["s"], xj, jax.random.key(js["i"]))
+            jax.block_until_ready(loss)
+            js["s"] = [params, opt]
+
+        return state, run
+
+    state, jax_step = jax_runner(None)
 
     net = tg.copy_from_jax(tg.build_model(g, **sizes, device=torch_device), state)
     opt = tg.make_optimizer(net)
@@ -189,6 +197,8 @@ def bench_gsrcl(args, torch_device):
         float(tg.random_step(net, opt, xt, gen))
 
     runners = {"jax": jax_step, "torch32": torch_step}
+    if args.gsrcl_bf16:
+        runners["jax_bf16"] = jax_runner(jnp.bfloat16)[1]
     times = {k: [] for k in runners}
     for r in range(args.gsrcl_rounds + 1):
         for name, f in runners.items():
@@ -234,15 +244,18 @@ def write_report(args, platform_name, results, path_json, path_md):
     with open(path_json, "w") as fh:
         json.dump(report, fh, indent=2)
 
-    fws = ["jax", "torch32", "torch64"]
+    fws = ["jax", "torch32", "torch64", "jax_bf16"]
     lines = [f"# Speed, {platform_name} ({report['machine']['cpu_model']}, {report['machine']['cpu_cores']} cores)",
              "", f"`{report['command']}` on {report['date_utc']}; median seconds over the rounds "
              f"(frameworks alternated, warm-up excluded); ratio = torch / scdc_jax; float32 matmuls: {args.matmul}.", "",
-             "| measurement | scdc_jax f32 | torch f32 | torch f64 | torch f32 / jax | torch f64 / jax | rounds |",
-             "|---|---|---|---|---|---|---|"]
+             "| measurement | scdc_jax f32 | torch f32 | torch f64 | scdc_jax bf16 | torch f32 / jax | "
+             "torch f64 / jax | torch f32 / jax bf16 | rounds |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for key, s in summary.items():
-        cells = [f"{s['median_s'][f]:.3f}" if f in s["median_s"] else "–" for f in fws]
-        rat = [f"{s['ratios'][f + '/jax']:.1f}x" if f + "/jax" in s["ratios"] else "–" for f in fws[1:]]
+        med = s["median_s"]
+        cells = [f"{med[f]:.3f}" if f in med else "–" for f in fws]
+        rat = [f"{s['ratios'][f + '/jax']:.1f}x" if f + "/jax" in s["ratios"] else "–" for f in fws[1:3]]
+        rat.append(f"{med['torch32'] / med['jax_bf16']:.1f}x" if "jax_bf16" in med else "–")
         lines.append(f"| {key} | {' | '.join(cells)} | {' | '.join(rat)} | {len(s['rounds']['jax'])} |")
     lines.append("")
     for method, (_, setup) in results.items():
@@ -266,6 +279,8 @@ def main(argv=None):
     ap.add_argument("--gsrcl-file", default=os.path.join(DATA, "baron_mouse1.h5"))
     ap.add_argument("--gsrcl-cells", type=int, default=822)
     ap.add_argument("--skip-gsrcl", action="store_true")
+    ap.add_argument("--gsrcl-bf16", action=argparse.BooleanOptionalAction, default=True,
+                    help="also time the GsRCL step with bfloat16 matmuls (--precision bf16)")
     ap.add_argument("--matmul", choices=["float32", "tf32"], default="float32",
                     help="float32 matmul precision of both frameworks (GPUs only; default full float32)")
     args = ap.parse_args(argv)
