@@ -14,7 +14,7 @@ from absl import logging as absl_logging
 
 absl_logging.set_verbosity(absl_logging.ERROR)
 
-from .errors import InputError
+from .errors import InputError, option
 
 
 def _manager(directory: str, max_to_keep: int | None = 2, read_only: bool = False) -> ocp.CheckpointManager:
@@ -56,7 +56,7 @@ def run_dir(directory: str, fingerprint: dict, resume: bool) -> str:
             with open(key_file) as fh:
                 if json.load(fh) != fingerprint:
                     raise InputError(f"{directory} holds checkpoints of a different configuration or data file; "
-                                     "run without --resume to start afresh.")
+                                     f"run without {option('resume', True)} to start afresh.")
     os.makedirs(directory, exist_ok=True)
     write_json(key_file, fingerprint)
     return directory

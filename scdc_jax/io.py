@@ -22,7 +22,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import scipy.sparse as sp
 
-from .errors import InputError
+from .errors import InputError, option
 
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 
@@ -111,7 +111,7 @@ def check_one_hot(B: np.ndarray) -> np.ndarray:
     B = np.asarray(B, dtype=np.float32)
     if B.ndim == 1:
         raise InputError("the batch matrix B must be one-hot (cells x batches); got a 1-D array — "
-                         "give batch labels with --batch-key instead.")
+                         f"give batch labels with {option('batch_key')} instead.")
     if B.ndim != 2 or not np.all((B == 0) | (B == 1)) or not np.all(B.sum(1) == 1):
         raise InputError("the batch matrix B is not one-hot: every row must hold a single 1 and 0 elsewhere.")
     return B
@@ -132,7 +132,8 @@ def check_counts(X, *, require_integer: bool = True, what: str = "X") -> None:
         raise InputError(f"{what} contains negative values; raw counts must be non-negative.")
     if require_integer and vals.dtype.kind == "f" and not np.all(vals == np.round(vals)):
         raise InputError(f"{what} contains non-integer values but raw counts are required; "
-                         "pass raw (unnormalised) counts, e.g. --layer counts or --layer raw for an .h5ad.")
+                         f"pass raw (unnormalised) counts, e.g. {option('layer', 'counts')} or "
+                         f"{option('layer', 'raw')} for an .h5ad.")
     if not vals.size or not np.any(vals):
         raise InputError(f"{what} is all zeros; there are no counts to learn from.")
 
@@ -216,7 +217,7 @@ def from_anndata(adata, *, layer: str | None = None, label_key: str | None = Non
         X = adata.X
     elif layer == "raw":
         if adata.raw is None:
-            raise InputError(f"{source} has no .raw; choose another --layer or none.")
+            raise InputError(f"{source} has no .raw; choose another {option('layer')} or none.")
         if adata.raw.n_vars != adata.n_vars:
             raise InputError(f"{source}: .raw has {adata.raw.n_vars} genes but .X has {adata.n_vars}; "
                              "store the counts in a layer with the same genes.")
@@ -226,7 +227,7 @@ def from_anndata(adata, *, layer: str | None = None, label_key: str | None = Non
             raise InputError(f"{source} has no layer '{layer}' (layers: {', '.join(adata.layers.keys()) or 'none'}).")
         X = adata.layers[layer]
     if X is None:
-        raise InputError(f"{source} has no matrix in .X; give --layer.")
+        raise InputError(f"{source} has no matrix in .X; give {option('layer')}.")
     X = X.tocsr() if sp.issparse(X) else np.asarray(X)
     labels = label_names = batch = batch_names = None
     for key, what in ((label_key, "label"), (batch_key, "batch")):
@@ -334,13 +335,13 @@ def read_counts(path: str, *, layer: str | None = None, label_key: str | None = 
     """Read any supported file; the format is told from the content, not only the name."""
     fmt = sniff_format(path)
     if labels_csv is not None and fmt != "csv":
-        raise InputError(f"--labels-csv applies to CSV data files only; {path} is an {'.h5ad' if fmt == 'h5ad' else 'HDF5'} "
-                         "file: give its labels with --label-key.")
+        raise InputError(f"{option('labels_csv')} applies to CSV data files only; {path} is an "
+                         f"{'.h5ad' if fmt == 'h5ad' else 'HDF5'} file: give its labels with {option('label_key')}.")
     if fmt == "h5ad":
         data = read_h5ad(path, layer=layer, label_key=label_key, batch_key=batch_key)
     elif fmt == "h5":
         if layer is not None:
-            raise InputError(f"--layer applies to .h5ad files only; {path} is a plain HDF5 file.")
+            raise InputError(f"{option('layer')} applies to .h5ad files only; {path} is a plain HDF5 file.")
         data = read_scdeepcluster_h5(path, label_key=label_key, batch_key=batch_key)
     else:
         data = read_csv_counts(path, labels_csv=labels_csv)

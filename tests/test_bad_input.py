@@ -137,7 +137,9 @@ CASES = {
     "cluster hdf5 without X": ("cluster", ["--data-file", "{no_x}"], "no dataset 'X'"),
     "cluster X not 2-D": ("cluster", ["--data-file", "{x1}"], "2-D"),
     "cluster negative": ("cluster", ["--data-file", "{neg}"], "negative"),
-    "cluster non-integer": ("cluster", ["--data-file", "{frac}"], "non-integer"),
+    "cluster non-integer": ("cluster", ["--data-file", "{frac}"],
+                            "non-integer values but raw counts are required; pass raw (unnormalised) counts, e.g. "
+                            "--layer counts or --layer raw"),
     "cluster nan": ("cluster", ["--data-file", "{nan}"], "NaN"),
     "cluster labels length": ("cluster", ["--data-file", "{y59}"], "59 entries"),
     "cluster B not one-hot": ("cluster", ["--data-file", "{b_bad}"], "not one-hot"),
@@ -175,6 +177,8 @@ CASES = {
     "cluster flag not a number": ("cluster", ["--data-file", "{good}", "--n-clusters", "three"],
                                   "argument --n-clusters: invalid int value: 'three'"),
     "cluster unknown flag": ("cluster", ["--data-file", "{good}", "--clusters", "3"], "unrecognized arguments: --clusters"),
+    "cluster abbreviated flag": ("cluster", ["--data-file", "{good}", "--n-cluster", "3"],
+                                 "unrecognized arguments: --n-cluster 3"),
     # GsRCL evaluate: the data file
     "evaluate no data file": ("evaluate", [], "labelled data file"),
     "evaluate missing file": ("evaluate", ["--data-file", "{nope}"], "does not exist"),
@@ -223,6 +227,8 @@ CASES = {
                            "--dropout must lie"),
     "evaluate flag not a number": ("evaluate", ["--data-file", "{good}", "--epochs", "abc"],
                                    "argument --epochs: invalid int value: 'abc'"),
+    "evaluate abbreviated flag": ("evaluate", ["--data-file", "{good}", "--cell-typ", "1"],
+                                  "unrecognized arguments: --cell-typ 1"),
     "train-reference without --out": ("train-reference-bare", ["--data-file", "{good}"],
                                       "the following arguments are required: --out"),
     "evaluate devices": ("evaluate", ["--data-file", "{good}", "--devices", "64"], "--devices 64"),

@@ -92,6 +92,24 @@ def test_fit_writes_scanpy_fields():
     out.write_h5ad(__import__("tempfile").mktemp(suffix=".h5ad"))  # .uns must be writable
 
 
+def test_api_errors_name_keyword_arguments_not_flags():
+    """Through the Python API a message names ``layer="counts"``, not the command line's ``--layer counts``."""
+    import anndata
+
+    from scdc_jax.errors import InputError
+
+    X, _, _ = synthetic_counts(40, 20)
+    lognorm = anndata.AnnData(np.log1p(X).astype(np.float32))
+    with pytest.raises(InputError, match='e.g. layer="counts" or layer="raw"') as exc:
+        fit(lognorm, 2)
+    assert "--" not in str(exc.value)
+    counts = anndata.AnnData(X.astype(np.float32))
+    with pytest.raises(InputError, match="^pretrain_epochs must be positive, got 0.$"):
+        fit(counts, 2, pretrain_epochs=0)
+    with pytest.raises(InputError, match="^n_clusters=50 is more than the 40 cells left after filtering.$"):
+        fit(counts, 50, **FAST)
+
+
 def test_more_clusters_than_cells_is_refused():
     from scdc_jax.errors import InputError
 

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import checkpoint
-from ..errors import InputError
+from ..errors import InputError, option
 from ..io import CountData, check_counts
 from .config import ClusterConfig
 from .train import build_model, device_data, make_assign
@@ -22,7 +22,8 @@ def _model_dir(path: str) -> str:
     for cand in (os.path.join(path, "model"), path):
         if checkpoint.latest_step(cand) is not None and checkpoint.read_meta(cand).get("stage") == "model":
             return cand
-    raise InputError(f"{path} holds no final scdc_jax model (look for the 'model' folder of a finished run's --save-dir).")
+    raise InputError(f"{path} holds no final scdc_jax model (look for the 'model' folder of a finished run's "
+                     f"{option('save_dir')}).")
 
 
 def align_genes(data: CountData, model_genes: list[str] | None, n_genes: int) -> CountData:
@@ -49,7 +50,8 @@ def _align_batches(data: CountData, meta: dict) -> np.ndarray | None:
     if nb == 0:
         return None
     if data.batch is None:
-        raise InputError(f"the model was trained with {nb} batches; give the query's batches (B or --batch-key).")
+        raise InputError(f"the model was trained with {nb} batches; give the query's batches "
+                         f"(B or {option('batch_key')}).")
     names = meta.get("batch_names")
     if data.batch_names is not None and names is not None and set(data.batch_names) <= set(names):
         cols = [names.index(b) for b in data.batch_names]

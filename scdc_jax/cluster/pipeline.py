@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import checkpoint
-from ..errors import InputError, TrainingDiverged
+from ..errors import InputError, TrainingDiverged, option
 from ..io import CountData
 from ..metrics import clustering_scores
 from ..optim import adadelta_torch, amsgrad_torch
@@ -103,7 +103,7 @@ def _diverged(stage: str, epoch: int, save_dir: str | None, sub: str) -> Trainin
     hint = (f"the last good checkpoint is epoch {last} in {where}" if last is not None
             else "no checkpoint was saved before it")
     return TrainingDiverged(f"the {stage} loss became non-finite at epoch {epoch}; {hint}. "
-                            "Try a smaller --sigma or learning rate, or check the input counts.")
+                            f"Try a smaller {option('sigma')} or learning rate, or check the input counts.")
 
 
 def _ckpt_meta(stage: str, epoch: int, cfg: ClusterConfig, n_genes: int, n_batches: int, **extra) -> dict:
@@ -115,7 +115,7 @@ def _check_compatible(meta: dict, n_genes: int, n_batches: int, cfg: ClusterConf
     if meta.get("n_genes") != n_genes or meta.get("n_batches") != n_batches:
         raise InputError(f"the checkpoint in {where} was made for {meta.get('n_genes')} genes and "
                          f"{meta.get('n_batches')} batches, but this data has {n_genes} genes and {n_batches} "
-                         "batches after preprocessing; use the same data and --select-genes.")
+                         f"batches after preprocessing; use the same data and {option('select_genes')}.")
     saved = meta.get("config", {})
     for k in ("encoder", "latent", "decoder"):
         if k in saved and list(np.atleast_1d(saved[k])) != list(np.atleast_1d(getattr(cfg, k))):
@@ -124,11 +124,11 @@ def _check_compatible(meta: dict, n_genes: int, n_batches: int, cfg: ClusterConf
 
 def _resolve_ae_weights(path: str) -> str:
     if not os.path.isdir(path):
-        raise InputError(f"--ae-weights {path} is not a folder holding a scdc_jax checkpoint.")
+        raise InputError(f"{option('ae_weights', path)} is not a folder holding a scdc_jax checkpoint.")
     for cand in (os.path.join(path, PRETRAIN), path):
         if checkpoint.latest_step(cand) is not None:
             return cand
-    raise InputError(f"--ae-weights {path} holds no pretrained autoencoder checkpoint.")
+    raise InputError(f"{option('ae_weights', path)} holds no pretrained autoencoder checkpoint.")
 
 
 def run(data: CountData, cfg: ClusterConfig, *, save_dir: str | None = None, ae_weights: str | None = None,
@@ -142,7 +142,7 @@ def run(data: CountData, cfg: ClusterConfig, *, save_dir: str | None = None, ae_
     batch = prep.data.batch
     nb = 0 if batch is None else batch.shape[1]
     if cfg.n_clusters > n:
-        raise InputError(f"--n-clusters {cfg.n_clusters} is more than the {n} cells left after filtering.")
+        raise InputError(f"{option('n_clusters', cfg.n_clusters)} is more than the {n} cells left after filtering.")
     labels_true = prep.data.labels
     say = (lambda msg: print(msg, file=sys.stderr)) if progress else (lambda msg: None)
     say(f"data: {n} cells x {g} genes" + (f", {nb} batches" if nb else "")
