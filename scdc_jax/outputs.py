@@ -5,6 +5,7 @@ import contextlib
 import datetime
 import os
 import platform
+import secrets
 import tempfile
 
 import numpy as np
@@ -48,11 +49,21 @@ def check_writable_file(path: str, what: str = "output file") -> str:
 
 @contextlib.contextmanager
 def atomic_path(path: str):
-    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds."""
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
+
+    The temporary file is created with mode 0666 less the umask, as ``open`` would create
+    ``path`` itself (``tempfile.mkstemp`` would make every output private, 0600).
+    """
     d, base = os.path.split(os.path.abspath(path))
     os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=f".{base}.", suffix=os.path.splitext(base)[1] or ".tmp")
-    os.close(fd)
+    suffix = os.path.splitext(base)[1] or ".tmp"
+    while True:
+        tmp = os.path.join(d, f".{base}.{secrets.token_hex(4)}{suffix}")
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            break
+        except FileExistsError:  # another writer's temporary name: draw again
+            continue
     try:
         yield tmp
         os.replace(tmp, path)

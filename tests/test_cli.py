@@ -12,10 +12,10 @@ import numpy as np
 from conftest import ROOT, synthetic_counts
 
 
-def cli(*args, cwd=None, env=None):
+def cli(*args, cwd=None, env=None, umask=-1):
     return subprocess.run([sys.executable, "-m", "scdc_jax.cluster", *map(str, args)], cwd=cwd or ROOT,
                           capture_output=True, text=True, env={**os.environ, "PYTHONPATH": ROOT, **(env or {})},
-                          timeout=600)
+                          timeout=600, umask=umask)
 
 
 def make_h5(path, X=None, **extra):
@@ -42,11 +42,26 @@ def test_help_lists_reference_flags():
         assert flag in out.stdout
 
 
+def modes(*paths) -> dict[str, int]:
+    """Permission bits of ``paths`` and of everything below the folders among them."""
+    found = {}
+    for top in map(str, paths):
+        found[top] = os.stat(top).st_mode & 0o777
+        for d, dirs, files in os.walk(top):
+            for name in dirs + files:
+                found[os.path.join(d, name)] = os.stat(os.path.join(d, name)).st_mode & 0o777
+    return found
+
+
 def test_small_run_writes_outputs(tmp_path):
     data = make_h5(tmp_path / "d.h5")
+    # under umask 027 every output is group-readable: the files 0640, the folders 0750
     out = cli("--data-file", data, "--n-clusters", "3", "--save-dir", tmp_path / "res", "--out",
-              tmp_path / "res.h5ad", "--plot", tmp_path / "plots", *TINY)
+              tmp_path / "res.h5ad", "--plot", tmp_path / "plots", *TINY, umask=0o027)
     assert out.returncode == 0, out.stderr
+    written = modes(tmp_path / "res", tmp_path / "plots", tmp_path / "res.h5ad")
+    assert len(written) > 10 and all(m == (0o750 if os.path.isdir(p) else 0o640) for p, m in written.items()), \
+        {p: oct(m) for p, m in written.items()}
     labels = np.loadtxt(tmp_path / "res" / "pred_labels.txt")
     latent = np.loadtxt(tmp_path / "res" / "final_latent_file.txt", delimiter=",")
     assert labels.shape == (60,) and set(np.unique(labels)) <= {0, 1, 2}
