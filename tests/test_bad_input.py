@@ -99,6 +99,9 @@ def write_inputs(tmp) -> dict[str, str]:
     f["unknown_toml"] = str(tmp / "unknown.toml")
     with open(f["unknown_toml"], "w") as fh:
         fh.write("[gsrcl]\nepochz = 3\n")
+    f["wrong_type_toml"] = str(tmp / "wrong_type.toml")
+    with open(f["wrong_type_toml"], "w") as fh:
+        fh.write('[scdeepcluster]\npretrain_epochs = "twenty"\n')
     f["not_ref"] = str(tmp / "not_ref")
     os.makedirs(f["not_ref"])
     f["model_dir"] = str(tmp / "has_model")  # a folder with a 'model' folder that is no reference
@@ -158,6 +161,8 @@ CASES = {
     "cluster unwritable save dir": ("cluster", ["--data-file", "{good}", "--save-dir", "{good}/sub"],
                                     "cannot be created"),
     "cluster bad config": ("cluster", ["--data-file", "{good}", "--config", "{dir}/nope.toml"], "does not exist"),
+    "cluster config value of the wrong type": ("cluster", ["--data-file", "{good}", "--config", "{wrong_type_toml}"],
+                                               "wrong_type.toml: pretrain_epochs must be an integer, got 'twenty'."),
     "cluster layer on h5": ("cluster", ["--data-file", "{good}", "--layer", "counts"], "--layer applies to .h5ad"),
     "cluster missing label dataset": ("cluster", ["--data-file", "{good}", "--label-key", "celltype"],
                                       "no dataset 'celltype'"),
