@@ -148,6 +148,27 @@ def test_predict_held_out_cells_matches_full_run(tmp_path):
         predict(str(tmp_path), nameless)
 
 
+def test_predict_without_gene_names_takes_the_training_columns_by_position(tmp_path):
+    """Training dropped 6 genes without counts; the other cells of the same nameless file, with all
+    its columns, get the model's columns by position."""
+    from scdc_jax.cluster import predict
+    from scdc_jax.errors import InputError
+
+    X, groups, _ = synthetic_counts(300, 120, seed=4)
+    X[:240, [3, 17, 40, 41, 90, 119]] = 0  # no counts in the training cells: dropped by training
+    cfg = ClusterConfig(n_clusters=3, **{**FAST, "pretrain_epochs": 5, "maxiter": 2})
+    res = run(CountData(X=X[:240]), cfg, save_dir=str(tmp_path), progress=False)
+    assert len(res.genes) == 114
+    query = X[240:]
+    out = predict(str(tmp_path), CountData(X=query))
+    filtered = predict(str(tmp_path), CountData(X=query[:, res.genes]))  # the model's genes alone
+    np.testing.assert_array_equal(out["labels"], filtered["labels"])
+    np.testing.assert_allclose(out["latent"], filtered["latent"], rtol=1e-6)
+    with pytest.raises(InputError, match=r"the query has 119 genes and the model 114 \(the training data had 120 "
+                                         r"before filtering\)"):
+        predict(str(tmp_path), CountData(X=query[:, :119]))
+
+
 def test_batch_variant_follows_groups_not_batches():
     from scdc_jax.metrics import clustering_scores
 

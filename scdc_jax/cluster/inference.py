@@ -1,7 +1,8 @@
 """Assign new cells with a saved scDeepCluster model (``save_dir/model``).
 
 The query must hold the model's genes: matched by name (and reordered) when both sides have
-names, otherwise by position with the same gene count.  Cells are normalised with the TRAINING
+names, otherwise by position: either the model's genes alone, or every column of the training
+input, from which the model's columns are taken as in training.  Cells are normalised with the TRAINING
 statistics (median total, gene means and spreads) and encoded by the clean encoder pass.
 """
 from __future__ import annotations
@@ -26,8 +27,14 @@ def _model_dir(path: str) -> str:
                      f"{option('save_dir')}).")
 
 
-def align_genes(data: CountData, model_genes: list[str] | None, n_genes: int) -> CountData:
-    """Reorder the query's genes to the model's; refuse when they cannot be matched."""
+def align_genes(data: CountData, model_genes: list[str] | None, n_genes: int, *,
+                kept: list[int] | None = None, n_input: int | None = None) -> CountData:
+    """Reorder the query's genes to the model's; refuse when they cannot be matched.
+
+    Without names on both sides, a query of ``n_input`` genes (the training input's count, of
+    which the model kept the columns ``kept``: genes without counts and unselected genes were
+    dropped) gets the same columns by position; one of ``n_genes`` genes is taken as it is.
+    """
     if model_genes is not None and data.gene_names is not None:
         names = np.asarray(data.gene_names).astype(str)
         uniq, counts = np.unique(names, return_counts=True)
@@ -39,10 +46,14 @@ def align_genes(data: CountData, model_genes: list[str] | None, n_genes: int) ->
             raise InputError(f"the query lacks {len(missing)} of the model's {len(model_genes)} genes "
                              f"(e.g. '{missing[0]}'); the model needs all of its genes.")
         return data.subset(genes=np.array([pos[g] for g in model_genes]))
-    if data.n_genes != n_genes:
-        raise InputError(f"the query has {data.n_genes} genes and the model {n_genes}, and without gene names on "
-                         "both sides they cannot be matched; give gene names or the same genes in the same order.")
-    return data
+    if data.n_genes == n_genes:
+        return data
+    if kept is not None and data.n_genes == n_input:
+        return data.subset(genes=np.asarray(kept, np.int64))
+    trained_on = f" (the training data had {n_input} before filtering)" if n_input not in (None, n_genes) else ""
+    raise InputError(f"the query has {data.n_genes} genes and the model {n_genes}{trained_on}, and without gene "
+                     "names on both sides they cannot be matched; give gene names or the same genes in the same "
+                     "order.")
 
 
 def _align_batches(data: CountData, meta: dict) -> np.ndarray | None:
@@ -73,7 +84,8 @@ def predict(model: str, data: CountData) -> dict:
     meta = checkpoint.read_meta(where)
     cfg = ClusterConfig(**meta["config"])
     n_genes, k = int(meta["n_genes"]), int(meta["n_clusters"])
-    data = align_genes(data, meta.get("gene_names"), n_genes)
+    data = align_genes(data, meta.get("gene_names"), n_genes, kept=meta.get("kept_genes"),
+                       n_input=meta.get("n_input_genes"))
     check_counts(data.X, require_integer=True)
     b = _align_batches(data, meta)
     graphdef, ae = build_model(n_genes, int(meta["n_batches"]), cfg, cfg.seed)

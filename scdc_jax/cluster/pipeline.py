@@ -290,7 +290,8 @@ def run(data: CountData, cfg: ClusterConfig, *, save_dir: str | None = None, ae_
                                         "norm_std": prep.norm["std"]},
                         _ckpt_meta(MODEL, len(history["cluster"]), cfg, g, nb, n_clusters=k,
                                    gene_names=gene_names, batch_names=prep.data.batch_names,
-                                   median_total=prep.norm["median_total"]))
+                                   median_total=prep.norm["median_total"], n_input_genes=data.n_genes,
+                                   kept_genes=[int(i) for i in prep.genes]))
     scores = clustering_scores(labels_true, last) if labels_true is not None else None
     return ClusterResult(labels=last, latent=np.asarray(z0), q=np.asarray(q), centers=np.asarray(params["mu"]),
                          cells=prep.cells, genes=prep.genes, n_cells_input=data.n_cells, config=cfg.to_dict(),
