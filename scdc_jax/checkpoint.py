@@ -33,6 +33,8 @@ def save(directory: str, step: int, state, meta: dict, *, max_to_keep: int | Non
     """Save ``state`` (any pytree of arrays) and ``meta`` (JSON-serialisable) as ``directory/<step>``."""
     state = {k: np.asarray(v) for k, v in _flatten(state)[0].items()}
     with _manager(directory, max_to_keep) as mngr:
+        if step in mngr.all_steps():  # a resumed run redoing its last epochs saves their step again
+            mngr.delete(step)
         mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                 meta=ocp.args.JsonSave(meta)), force=True)
         mngr.wait_until_finished()

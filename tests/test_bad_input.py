@@ -160,6 +160,11 @@ CASES = {
     "cluster devices": ("cluster", ["--data-file", "{good}", "--devices", "64"], "--devices 64"),
     "cluster unwritable save dir": ("cluster", ["--data-file", "{good}", "--save-dir", "{good}/sub"],
                                     "cannot be created"),
+    "cluster save dir holding another run": ("cluster", ["--data-file", "{good}", "--save-dir", "{cluster_model}"],
+                                             "cluster_model already holds a scdc_jax run; give --overwrite to replace "
+                                             "it, --resume to continue it, or choose another --save-dir."),
+    "cluster overwrite and resume": ("cluster", ["--data-file", "{good}", "--overwrite", "--resume"],
+                                     "give one of them"),
     "cluster bad config": ("cluster", ["--data-file", "{good}", "--config", "{dir}/nope.toml"], "does not exist"),
     "cluster config value of the wrong type": ("cluster", ["--data-file", "{good}", "--config", "{wrong_type_toml}"],
                                                "wrong_type.toml: pretrain_epochs must be an integer, got 'twenty'."),

@@ -78,6 +78,31 @@ def test_small_run_writes_outputs(tmp_path):
     assert ad.uns["scdc"]["params"]["n_clusters"] == 3
 
 
+def test_rerun_into_a_save_dir_is_refused_or_replaces_the_run_whole(tmp_path):
+    """The quick start run twice: the second is refused at once (nothing touched); with --overwrite
+    another data set replaces the run, and the folder holds that run's checkpoints only."""
+    first, second = make_h5(tmp_path / "a.h5"), make_h5(tmp_path / "b.h5", synthetic_counts(50, 30, seed=1)[0])
+    save = tmp_path / "res"
+    args = ["--n-clusters", "2", "--save-dir", save, "--checkpoint-every", "2", *TINY]
+    assert cli("--data-file", first, *args).returncode == 0
+    (save / "notes.txt").write_text("mine")  # not the run's: stays
+    before = sorted((p, p.stat().st_mtime_ns) for p in save.rglob("*"))
+    again = cli("--data-file", first, *args)
+    assert again.returncode == 2 and again.stderr.strip() == (
+        f"error: {save} already holds a scdc_jax run; give --overwrite to replace it, --resume to continue it, "
+        "or choose another --save-dir.")
+    assert sorted((p, p.stat().st_mtime_ns) for p in save.rglob("*")) == before
+    replaced = cli("--data-file", second, *args[:-len(TINY)], "--pretrain-epochs", "4", *TINY[2:], "--overwrite")
+    assert replaced.returncode == 0, replaced.stderr
+    assert sorted(os.listdir(save / "pretrain")) == ["2", "4"]  # the first run's step 3 is gone
+    assert json.loads((save / "run.json").read_text())["data"] == second
+    from scdc_jax import checkpoint
+
+    assert checkpoint.read_meta(str(save / "model"))["n_input_genes"] == 30
+    assert (save / "notes.txt").read_text() == "mine"
+    assert sorted(os.listdir(tmp_path)) == ["a.h5", "b.h5", "res"]  # no staging folder left
+
+
 def test_config_file_and_paper_config(tmp_path):
     data = make_h5(tmp_path / "d.h5")
     out = cli("--config", os.path.join(ROOT, "configs", "scdeepcluster_paper.toml"), "--data-file", data,

@@ -169,6 +169,46 @@ def test_predict_without_gene_names_takes_the_training_columns_by_position(tmp_p
         predict(str(tmp_path), CountData(X=query[:, :119]))
 
 
+def test_interrupted_overwrite_leaves_the_old_run_whole_and_resume_finishes_it(tmp_path, monkeypatch):
+    import os
+
+    from scdc_jax.cluster import pipeline
+    from scdc_jax.errors import InputError
+
+    cfg = ClusterConfig(n_clusters=3, **{**FAST, "pretrain_epochs": 20, "maxiter": 5, "checkpoint_every": 5})
+    save, staged = tmp_path / "res", tmp_path / ".res.overwrite"
+    run(small_data(0), cfg, save_dir=str(save), progress=False)
+    old = sorted((str(p), p.stat().st_mtime_ns) for p in save.rglob("*"))
+    with pytest.raises(InputError, match=r"^.*res already holds a scdc_jax run; give overwrite=True to replace it, "
+                                         r"resume=True to continue it, or choose another save_dir.$"):
+        run(small_data(1), cfg, save_dir=str(save), progress=False)
+
+    real = pipeline.make_pretrain_epoch
+
+    def interrupted_at_epoch_12(*a, **kw):
+        epoch, calls = real(*a, **kw), []
+
+        def wrapped(*args):
+            calls.append(1)
+            if len(calls) == 12:
+                raise KeyboardInterrupt
+            return epoch(*args)
+
+        return wrapped
+
+    monkeypatch.setattr(pipeline, "make_pretrain_epoch", interrupted_at_epoch_12)
+    with pytest.raises(KeyboardInterrupt):
+        run(small_data(1), cfg, save_dir=str(save), overwrite=True, progress=False)
+    monkeypatch.undo()
+    assert sorted((str(p), p.stat().st_mtime_ns) for p in save.rglob("*")) == old  # the old run, untouched
+    assert sorted(os.listdir(staged / "pretrain")) == ["10", "5"]
+    with pytest.raises(InputError, match=r"\.res\.overwrite holds a run of other settings or data"):
+        run(small_data(0), cfg, save_dir=str(save), resume=True, progress=False)
+    resumed = run(small_data(1), cfg, save_dir=str(save), resume=True, progress=False)
+    assert not staged.exists() and sorted(os.listdir(save / "pretrain")) == ["15", "20"]
+    np.testing.assert_array_equal(resumed.labels, run(small_data(1), cfg, progress=False).labels)
+
+
 def test_batch_variant_follows_groups_not_batches():
     from scdc_jax.metrics import clustering_scores
 

@@ -3,10 +3,13 @@
 :func:`run` takes a :class:`~scdc_jax.io.CountData` and a :class:`ClusterConfig` and returns a
 :class:`ClusterResult`; :func:`fit` is the scanpy-style wrapper that writes into an AnnData.
 Checkpoints (orbax) go to ``save_dir/pretrain``, ``save_dir/cluster`` (periodic, for ``resume``)
-and ``save_dir/model`` (the final model with its cluster centres, used by ``predict``).
+and ``save_dir/model`` (the final model with its cluster centres, used by ``predict``).  A
+``save_dir`` holding another run is refused unless ``overwrite`` (replace it) or ``resume``
+(continue it) is given (:mod:`.layout`), so it never holds checkpoints of two runs.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
 import time
@@ -25,10 +28,10 @@ from ..parallel import data_sharded, make_mesh, replicated
 from ..preprocess import prepare
 from .config import ClusterConfig
 from .init import centres_of, community_labels, kmeans
+from .layout import CLUSTER, MODEL, PRETRAIN, run_folder
 from .train import (build_model, device_data, make_assign, make_cluster_epoch, make_encoder,
                     make_pretrain_epoch, stage_key)
 
-PRETRAIN, CLUSTER, MODEL = "pretrain", "cluster", "model"
 
 
 @dataclass
@@ -131,10 +134,22 @@ def _resolve_ae_weights(path: str) -> str:
     raise InputError(f"{option('ae_weights', path)} holds no pretrained autoencoder checkpoint.")
 
 
+def _fingerprint(cfg: ClusterConfig, prep) -> dict:
+    """What makes two runs one run, for ``resume``: the settings that shape the result (not the
+    device count or the checkpoint interval) and a digest of the preprocessed data."""
+    digest = hashlib.sha256()
+    for part in (prep.cells, prep.genes, prep.size_factors, prep.norm["mean"], prep.norm["std"], prep.data.batch):
+        if part is not None:
+            digest.update(np.ascontiguousarray(part).tobytes())
+    settings = {k: v for k, v in cfg.to_dict().items() if k not in ("devices", "checkpoint_every")}
+    return {"config": settings, "shape": list(prep.shape), "data": digest.hexdigest()}
+
+
 def run(data: CountData, cfg: ClusterConfig, *, save_dir: str | None = None, ae_weights: str | None = None,
-        resume: bool = False, progress: bool = True) -> ClusterResult:
+        resume: bool = False, overwrite: bool = False, progress: bool = True) -> ClusterResult:
     """Preprocess ``data`` and run scDeepCluster with ``cfg``; see the module docstring."""
     cfg.validate()
+    folder = run_folder(save_dir, resume=resume, overwrite=overwrite) if save_dir else None
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
     prep = prepare(data, select_genes_n=cfg.select_genes)
@@ -156,11 +171,7 @@ def run(data: CountData, cfg: ClusterConfig, *, save_dir: str | None = None, ae_
     if rep is not None:
         ae = jax.device_put(ae, rep)
     history: dict = {"pretrain_loss": [], "cluster": [], "scores": []}
-    sub = (lambda s: os.path.join(save_dir, s)) if save_dir else (lambda s: None)
-
-    # ---- pretraining --------------------------------------------------------------------------
-    t0 = time.perf_counter()
-    if ae_weights is not None:
+    if ae_weights is not None:  # before the run folder is made, so that a bad checkpoint leaves nothing behind
         where = _resolve_ae_weights(ae_weights)
         meta = checkpoint.read_meta(where)
         _check_compatible(meta, g, nb, cfg, where)
@@ -168,7 +179,12 @@ def run(data: CountData, cfg: ClusterConfig, *, save_dir: str | None = None, ae_
         ae = restored["ae"]
         say(f"pretrained autoencoder restored from {where} (epoch {meta.get('epoch')}); pretraining skipped")
         history["pretrain_loss"] = list(meta.get("pretrain_loss", []))
-    else:
+    work = folder.claim(_fingerprint(cfg, prep)) if folder is not None else None
+    sub = (lambda s: os.path.join(work, s)) if work else (lambda s: None)
+
+    # ---- pretraining --------------------------------------------------------------------------
+    t0 = time.perf_counter()
+    if ae_weights is None:
         tx = amsgrad_torch(cfg.lr_pretrain)
         opt_state = tx.init(ae)
         start = 0
@@ -188,7 +204,7 @@ def run(data: CountData, cfg: ClusterConfig, *, save_dir: str | None = None, ae_
                 ae, opt_state, loss = epoch_fn(ae, opt_state, dd, stage_key(cfg.seed, 1, epoch))
                 loss = float(loss)
                 if not np.isfinite(loss):
-                    raise _diverged("pretraining", epoch + 1, save_dir, PRETRAIN)
+                    raise _diverged("pretraining", epoch + 1, work, PRETRAIN)
                 history["pretrain_loss"].append(loss)
                 bar.update(zinb=loss)
                 done = epoch + 1
@@ -267,7 +283,7 @@ def run(data: CountData, cfg: ClusterConfig, *, save_dir: str | None = None, ae_
             params, opt_state, losses = epoch_fn(params, opt_state, dd, p, stage_key(cfg.seed, 2, epoch))
             loss, kl, zinb = (float(v) for v in losses)
             if not np.isfinite(loss):
-                raise _diverged("clustering", epoch + 1, save_dir, CLUSTER)
+                raise _diverged("clustering", epoch + 1, work, CLUSTER)
             history["cluster"].append({"epoch": epoch + 1, "loss": loss, "kl": kl, "zinb": zinb})
             post = {"loss": loss, "kl": kl, "delta": delta}
             if history["scores"]:
@@ -285,13 +301,14 @@ def run(data: CountData, cfg: ClusterConfig, *, save_dir: str | None = None, ae_
     timings["cluster_epochs"] = len(history["cluster"])
 
     gene_names = None if prep.data.gene_names is None else [str(x) for x in prep.data.gene_names]
-    if save_dir:
+    if work:
         checkpoint.save(sub(MODEL), 0, {"params": params, "norm_mean": prep.norm["mean"],
                                         "norm_std": prep.norm["std"]},
                         _ckpt_meta(MODEL, len(history["cluster"]), cfg, g, nb, n_clusters=k,
                                    gene_names=gene_names, batch_names=prep.data.batch_names,
                                    median_total=prep.norm["median_total"], n_input_genes=data.n_genes,
                                    kept_genes=[int(i) for i in prep.genes]))
+        folder.commit()
     scores = clustering_scores(labels_true, last) if labels_true is not None else None
     return ClusterResult(labels=last, latent=np.asarray(z0), q=np.asarray(q), centers=np.asarray(params["mu"]),
                          cells=prep.cells, genes=prep.genes, n_cells_input=data.n_cells, config=cfg.to_dict(),
