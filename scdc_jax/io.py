@@ -16,6 +16,7 @@ Every reader returns a :class:`CountData`; problems a user can cause raise
 from __future__ import annotations
 
 import os
+import re
 import warnings
 from dataclasses import dataclass, replace
 
@@ -255,11 +256,79 @@ def read_h5ad(path: str, **kw) -> CountData:
     return from_anndata(adata, source=path, **kw)
 
 
-def read_csv_counts(path: str, *, labels_csv: str | None = None) -> CountData:
-    """Cells x genes CSV (header of gene names, first column cell ids); optional labels CSV.
+# Names that tell the rows of a table from its columns: cell barcodes (a run of 10 or more
+# nucleotides, e.g. 10x's AAACCTGAGAAGGCCT-1, also with a sample prefix), Ensembl gene ids, and
+# the mitochondrial and ribosomal-protein genes every transcriptome holds.
+_BARCODE = re.compile(r"(?:^|[^A-Za-z])[ACGTN]{10,}(?:[^A-Za-z]|$)")
+_ENSEMBL = re.compile(r"^ENS[A-Z]*G\d{11}(?:\.\d+)?$")
+_GENE_FAMILY = re.compile(r"^(?:MT|mt|Mt)-|^R[Pp][LlSs]\d+[A-Za-z]?$")
 
-    The labels CSV has one row per cell, either two columns (cell id, label) or one column; a
-    header row is allowed.  With cell ids, labels are matched to the counts by id.
+
+def _names_look_like(names) -> str | None:
+    """'barcodes', 'genes' or None (cannot tell) for the row or column names of a table."""
+    names = [str(n) for n in names]
+    if names and sum(bool(_BARCODE.search(n)) for n in names) >= 0.5 * len(names):
+        return "barcodes"
+    if names and (sum(bool(_ENSEMBL.match(n)) for n in names) >= 0.5 * len(names)
+                  or sum(bool(_GENE_FAMILY.match(n)) for n in names) >= 3):
+        return "genes"
+    return None
+
+
+def genes_as_rows(row_names, col_names, shape: tuple[int, int]) -> tuple[bool | None, str]:
+    """Whether a table holds genes as rows and cells as columns (the usual R/GEO layout): True,
+    False, or None when it cannot be told; and the reason, for messages."""
+    rows, cols = _names_look_like(row_names), _names_look_like(col_names)
+    genes_first = [r for r in (cols == "barcodes" and "its header holds cell barcodes",
+                               rows == "genes" and "its row names are genes") if r]
+    cells_first = [r for r in (rows == "barcodes" and "its row names are cell barcodes",
+                               cols == "genes" and "its header holds genes") if r]
+    if genes_first and cells_first:
+        return None, f"{genes_first[0]}, yet {cells_first[0]}"
+    if genes_first or cells_first:
+        return bool(genes_first), " and ".join(genes_first or cells_first)
+    if shape[0] >= 10 * shape[1]:  # far more rows than columns: genes x cells is the likelier
+        return None, (f"it has {shape[0]} rows and {shape[1]} columns, and neither the row names nor the header "
+                      "tell cells from genes")
+    return False, "cells as rows is the default"
+
+
+def attach_csv_labels(data: CountData, labels_csv: str) -> CountData:
+    """``data`` with labels from a CSV: one row per cell, either two columns (cell id, label) or
+    one column; a header row is allowed.  With cell ids, labels are matched to the cells by id."""
+    import pandas as pd
+
+    try:
+        lab = pd.read_csv(labels_csv)
+    except Exception as exc:
+        raise InputError(f"{labels_csv} could not be read as CSV ({type(exc).__name__}).") from None
+    ids = set(lab.iloc[:, 0].astype(str))
+    row_numbers = ({str(i) for i in range(len(lab))},  # pandas' to_csv counts from 0,
+                   {str(i) for i in range(1, len(lab) + 1)})  # R's write.csv from 1
+    cells = [] if data.cell_names is None else [str(c) for c in data.cell_names]
+    if lab.shape[1] >= 2 and cells and set(cells) <= ids:
+        lab = lab.set_index(lab.columns[0]).iloc[:, 0]
+        lab.index = lab.index.astype(str)
+        values = lab.loc[cells].to_numpy()
+    elif lab.shape[1] >= 2 and cells and ids not in row_numbers:  # a first column of row numbers is no ids
+        missing = [c for c in cells if c not in ids]
+        raise InputError(f"the ids in the first column of {labels_csv} do not match the cell ids of {data.source} "
+                         f"({len(missing)} of its {data.n_cells} cells are missing, e.g. '{missing[0]}'); give a "
+                         "(cell id, label) row per cell, or one label a line in the cells' order.")
+    else:
+        values = lab.iloc[:, -1].to_numpy()
+    _check_length(data.n_cells, values, f"labels in {labels_csv}")
+    data.labels, data.label_names = encode_labels(values.astype(str), what="labels")
+    return data
+
+
+def read_csv_counts(path: str, *, labels_csv: str | None = None, transpose: bool | None = None) -> CountData:
+    """A CSV of counts with a header row and a first column of names; optional labels CSV.
+
+    The rows are cells and the columns genes, or with ``transpose`` genes and cells (R's and
+    GEO's layout).  Left as None, the orientation is told from the names and the shape
+    (:func:`genes_as_rows`), and a table that cannot be told is refused.  Labels: see
+    :func:`attach_csv_labels`.
     """
     import pandas as pd
 
@@ -270,33 +339,21 @@ def read_csv_counts(path: str, *, labels_csv: str | None = None) -> CountData:
     try:
         X = df.to_numpy(dtype=np.float64)
     except (ValueError, TypeError):
-        raise InputError(f"{path} has non-numeric entries; expected cells x genes counts with a header row "
-                         "and a first column of cell ids.") from None
+        raise InputError(f"{path} has non-numeric entries; expected counts with a header row and a first "
+                         f"column of names (cell ids, or genes with {option('transpose', True)}).") from None
     header = pd.read_csv(path, header=None, nrows=1, dtype=str, keep_default_na=False).iloc[0]
-    data = CountData(X=X, gene_names=header.to_numpy(str)[-X.shape[1]:],  # as written: pandas renames duplicates
-                     cell_names=np.asarray(df.index.astype(str)), source=path)
-    if labels_csv is not None:
-        try:
-            lab = pd.read_csv(labels_csv)
-        except Exception as exc:
-            raise InputError(f"{labels_csv} could not be read as CSV ({type(exc).__name__}).") from None
-        ids = set(lab.iloc[:, 0].astype(str))
-        row_numbers = ({str(i) for i in range(len(lab))},  # pandas' to_csv counts from 0,
-                       {str(i) for i in range(1, len(lab) + 1)})  # R's write.csv from 1
-        if lab.shape[1] >= 2 and set(data.cell_names) <= ids:
-            lab = lab.set_index(lab.columns[0]).iloc[:, 0]
-            lab.index = lab.index.astype(str)
-            values = lab.loc[data.cell_names].to_numpy()
-        elif lab.shape[1] >= 2 and ids not in row_numbers:  # a first column of row numbers is no ids
-            missing = [c for c in data.cell_names if c not in ids]
-            raise InputError(f"the ids in the first column of {labels_csv} do not match the cell ids of {path} "
-                             f"({len(missing)} of its {data.n_cells} cells are missing, e.g. '{missing[0]}'); give a "
-                             "(cell id, label) row per cell, or one label a line in the cells' order.")
-        else:
-            values = lab.iloc[:, -1].to_numpy()
-        _check_length(data.n_cells, values, f"labels in {labels_csv}")
-        data.labels, data.label_names = encode_labels(values.astype(str), what="labels")
-    return data
+    col_names = header.to_numpy(str)[-X.shape[1]:]  # as written: pandas renames duplicates
+    row_names = np.asarray(df.index.astype(str))
+    if transpose is None:
+        transpose, reason = genes_as_rows(row_names, col_names, X.shape)
+        if transpose is None:
+            raise InputError(f"{path} may hold genes as rows and cells as columns ({reason}); give "
+                             f"{option('transpose', True)} if its rows are genes or {option('transpose', False)} "
+                             "if they are cells.")
+    if transpose:
+        X, row_names, col_names = np.ascontiguousarray(X.T), col_names, row_names
+    data = CountData(X=X, gene_names=col_names, cell_names=row_names, source=path)
+    return attach_csv_labels(data, labels_csv) if labels_csv is not None else data
 
 
 def sniff_format(path: str) -> str:
@@ -331,9 +388,16 @@ def sniff_format(path: str) -> str:
 
 
 def read_counts(path: str, *, layer: str | None = None, label_key: str | None = None,
-                batch_key: str | None = None, labels_csv: str | None = None) -> CountData:
-    """Read any supported file; the format is told from the content, not only the name."""
+                batch_key: str | None = None, labels_csv: str | None = None,
+                transpose: bool | None = None) -> CountData:
+    """Read any supported file; the format is told from the content, not only the name.
+
+    ``transpose`` (CSV only): True for genes as rows, False for cells as rows, None to tell.
+    """
     fmt = sniff_format(path)
+    if transpose is not None and fmt != "csv":
+        raise InputError(f"{option('transpose', transpose)} applies to CSV data files only; {path} is an "
+                         f"{'.h5ad' if fmt == 'h5ad' else 'HDF5'} file, whose layout fixes the orientation.")
     if labels_csv is not None and fmt != "csv":
         raise InputError(f"{option('labels_csv')} applies to CSV data files only; {path} is an "
                          f"{'.h5ad' if fmt == 'h5ad' else 'HDF5'} file: give its labels with {option('label_key')}.")
@@ -344,7 +408,7 @@ def read_counts(path: str, *, layer: str | None = None, label_key: str | None = 
             raise InputError(f"{option('layer')} applies to .h5ad files only; {path} is a plain HDF5 file.")
         data = read_scdeepcluster_h5(path, label_key=label_key, batch_key=batch_key)
     else:
-        data = read_csv_counts(path, labels_csv=labels_csv)
+        data = read_csv_counts(path, labels_csv=labels_csv, transpose=transpose)
     if getattr(data.X, "ndim", 0) != 2:
         raise InputError(f"X in {path} must be a 2-D cells x genes matrix, got shape {np.shape(data.X)}.")
     return data

@@ -85,6 +85,8 @@ def write_inputs(tmp) -> dict[str, str]:
     f["half_h5ad"] = _h5ad(tmp / "half.h5ad", X, genes[:20] + [f"other{i}" for i in range(20)])
     f["csv"] = str(tmp / "cells.csv")
     pd.DataFrame(X, index=cells, columns=genes).to_csv(f["csv"])
+    f["tall_csv"] = str(tmp / "tall.csv")  # 400 rows x 40 columns, names telling nothing: genes as rows?
+    pd.DataFrame(synthetic_counts(40, 400)[0].T, index=[f"r{i}" for i in range(400)], columns=genes).to_csv(f["tall_csv"])
     f["dup_csv"] = str(tmp / "dup.csv")
     pd.DataFrame(X, index=cells, columns=["g0", "g0"] + genes[2:]).to_csv(f["dup_csv"])
     f["text_csv"] = str(tmp / "text.csv")
@@ -215,6 +217,12 @@ CASES = {
                                 "do not match the cell ids"),
     "evaluate labels csv length": ("evaluate", ["--data-file", "{csv}", "--labels-csv", "{short_csv}"],
                                    "59 entries but X has 60 cells"),
+    "evaluate csv orientation unclear": ("evaluate", ["--data-file", "{tall_csv}"],
+                                         "may hold genes as rows and cells as columns (it has 400 rows and 40 columns, "
+                                         "and neither the row names nor the header tell cells from genes); give "
+                                         "--transpose if its rows are genes or --no-transpose if they are cells."),
+    "cluster transpose of an h5": ("cluster", ["--data-file", "{good}", "--genes-as-rows"],
+                                   "--transpose applies to CSV data files only"),
     "evaluate labels csv for h5": ("evaluate", ["--data-file", "{good}", "--labels-csv", "{short_csv}"],
                                    "--labels-csv applies to CSV"),
     "evaluate labels csv missing": ("evaluate", ["--data-file", "{csv}", "--labels-csv", "{dir}/nope.csv"],

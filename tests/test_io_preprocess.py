@@ -190,3 +190,50 @@ def test_encoder_input_is_built_once_and_equals_the_dense_path():
     sparse, dense = prepare(CountData(X=sp.csr_matrix(X))), prepare(CountData(X=X))
     assert sparse.x is sparse.x  # cached: a second read does not rebuild the matrix
     np.testing.assert_allclose(sparse.x, dense.x, atol=1e-5)
+
+
+def _barcodes(n):
+    rng = np.random.default_rng(1)
+    return ["".join(rng.choice(list("ACGT"), 16)) + "-1" for _ in range(n)]
+
+
+def test_csv_orientation_is_told_from_names_and_shape(tmp_path):
+    """R and GEO write genes as rows: told from barcodes in the header or gene ids as row names
+    and read transposed; a table that cannot be told is refused unless ``transpose`` is given."""
+    import pandas as pd
+
+    X = synthetic_counts(30, 20, seed=2)[0]
+    cells, symbols = _barcodes(30), ["MT-CO1", "MT-ND1", "RPL13", "RPS3"] + [f"G{i}" for i in range(16)]
+    ensembl = [f"ENSG{i:011d}" for i in range(20)]
+
+    def csv(name, frame):
+        frame.to_csv(tmp_path / name)
+        return str(tmp_path / name)
+
+    plain_ids = [f"s{i}" for i in range(30)]
+    for genes, header in ((symbols, plain_ids), (ensembl, plain_ids), ([f"g{i}" for i in range(20)], cells)):
+        d = read_counts(csv("t.csv", pd.DataFrame(X.T, index=genes, columns=header)))  # each sign alone
+        np.testing.assert_array_equal(d.X, X)
+        assert list(d.gene_names) == genes and list(d.cell_names) == header
+    plain = read_counts(csv("c.csv", pd.DataFrame(X, index=cells, columns=symbols)))  # cells as rows
+    np.testing.assert_array_equal(plain.X, X)
+    labels = tmp_path / "l.csv"
+    pd.DataFrame({"cell": cells[::-1], "type": [f"t{i % 3}" for i in range(30)][::-1]}).to_csv(labels, index=False)
+    d = read_counts(csv("t.csv", pd.DataFrame(X.T, index=symbols, columns=cells)), labels_csv=str(labels))
+    assert [d.label_names[c] for c in d.labels] == [f"t{i % 3}" for i in range(30)]
+
+    # 200 rows x 10 columns named by nothing telling: refused, then read as told
+    tall = synthetic_counts(10, 200, seed=3)[0].T
+    path = csv("tall.csv", pd.DataFrame(tall, index=[f"r{i}" for i in range(200)],
+                                        columns=[f"s{i}" for i in range(10)]))
+    with pytest.raises(InputError, match=r"may hold genes as rows and cells as columns \(it has 200 rows and 10 "
+                                         r".*give transpose=True if its rows are genes or transpose=False"):
+        read_counts(path)
+    assert read_counts(path, transpose=True).X.shape == (10, 200)
+    assert read_counts(path, transpose=False).X.shape == (200, 10)
+    # barcodes on both sides contradict each other
+    with pytest.raises(InputError, match="its header holds cell barcodes, yet its row names are cell barcodes"):
+        read_counts(csv("both.csv", pd.DataFrame(X[:, :20], index=cells, columns=_barcodes(50)[30:])))
+    h5 = write_h5(tmp_path / "a.h5", X=X)
+    with pytest.raises(InputError, match="transpose=True applies to CSV data files only"):
+        read_counts(h5, transpose=True)

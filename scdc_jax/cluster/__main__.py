@@ -27,6 +27,11 @@ A --save-dir holding another run is refused unless --overwrite (replace it) or -
 """
 
 
+TRANSPOSE_HELP = ("CSV: the rows are genes and the columns cells (R's and GEO's layout); --no-transpose: the rows "
+                  "are cells. Default: told from the names (cell barcodes, gene ids) and the shape, and a file "
+                  "that cannot be told is refused")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = CliParser(
         prog="python -m scdc_jax.cluster", description="scDeepCluster in JAX: ZINB autoencoder pretraining, "
@@ -36,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     io.add_argument("--data-file", help="counts: scDeepCluster .h5 (X, optional Y, B), .h5ad, or CSV; "
                     "default: scanpy's bundled pbmc68k_reduced")
     io.add_argument("--layer", help=".h5ad: layer holding the raw counts ('raw' for .raw.X); default .X")
+    io.add_argument("--transpose", "--genes-as-rows", action=argparse.BooleanOptionalAction, help=TRANSPOSE_HELP)
     io.add_argument("--label-key", help="known labels: .obs column (.h5ad) or dataset name (.h5, default Y)")
     io.add_argument("--batch-key", help="batches: .obs column (.h5ad) or 1-D dataset (.h5); an .h5 with a one-hot "
                     "B uses it automatically; switches on the batch-conditioned model")
@@ -81,6 +87,7 @@ def build_predict_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="a finished run's --save-dir (or its model/ folder)")
     p.add_argument("--data-file", required=True, help="query counts (.h5, .h5ad or CSV)")
     p.add_argument("--layer", help=".h5ad layer with the counts ('raw' for .raw.X)")
+    p.add_argument("--transpose", "--genes-as-rows", action=argparse.BooleanOptionalAction, help=TRANSPOSE_HELP)
     p.add_argument("--label-key", help="known labels of the query, to score the assignment")
     p.add_argument("--batch-key", help="batches of the query (batch-conditioned models)")
     p.add_argument("--save-dir", default="scdc_predict", help="output folder (default: %(default)s)")
@@ -93,7 +100,8 @@ def predict_main(argv: list[str]) -> int:
     from ..io import read_counts
     from ..outputs import check_writable_dir, check_writable_file, write_labels, write_matrix_csv
 
-    data = read_counts(args.data_file, layer=args.layer, label_key=args.label_key, batch_key=args.batch_key)
+    data = read_counts(args.data_file, layer=args.layer, label_key=args.label_key, batch_key=args.batch_key,
+                       transpose=args.transpose)
     save_dir = check_writable_dir(args.save_dir, "save folder")
     if args.out:
         check_writable_file(args.out, "--out file")
@@ -149,11 +157,12 @@ def main(argv: list[str] | None = None) -> int:
     save_dir = args.save_dir
     run_folder(save_dir, resume=args.resume, overwrite=args.overwrite)  # refuses a folder before any data is read
     if args.data_file is None:
-        if args.layer or args.label_key or args.batch_key:
-            raise InputError("--layer, --label-key and --batch-key need --data-file.")
+        if args.layer or args.label_key or args.batch_key or args.transpose is not None:
+            raise InputError("--layer, --label-key, --batch-key and --transpose need --data-file.")
         data = pbmc68k_counts()
     else:
-        data = read_counts(args.data_file, layer=args.layer, label_key=args.label_key, batch_key=args.batch_key)
+        data = read_counts(args.data_file, layer=args.layer, label_key=args.label_key, batch_key=args.batch_key,
+                           transpose=args.transpose)
     check_counts(data.X, require_integer=True)
     if cfg.select_genes > data.n_genes:
         raise InputError(f"--select-genes {cfg.select_genes} is larger than the number of genes ({data.n_genes}).")
