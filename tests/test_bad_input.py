@@ -16,6 +16,8 @@ import h5py
 import numpy as np
 import pandas as pd
 import pytest
+import scipy.io
+import scipy.sparse as sp
 from conftest import ROOT, synthetic_counts
 
 CLUSTER_TINY = ["--pretrain-epochs", "3", "--maxiter", "3", "--batch-size", "32", "--quiet"]
@@ -87,6 +89,14 @@ def write_inputs(tmp) -> dict[str, str]:
     pd.DataFrame(X, index=cells, columns=genes).to_csv(f["csv"])
     f["tall_csv"] = str(tmp / "tall.csv")  # 400 rows x 40 columns, names telling nothing: genes as rows?
     pd.DataFrame(synthetic_counts(40, 400)[0].T, index=[f"r{i}" for i in range(400)], columns=genes).to_csv(f["tall_csv"])
+    f["loom"] = _h5(tmp / "cells.loom", matrix=X.T)
+    with h5py.File(f["loom"], "a") as h:
+        h.create_group("row_attrs"), h.create_group("col_attrs")
+    f["mex_no_barcodes"] = str(tmp / "mex")  # a Cell Ranger folder without its barcodes.tsv
+    os.makedirs(f["mex_no_barcodes"])
+    scipy.io.mmwrite(os.path.join(f["mex_no_barcodes"], "matrix.mtx"), sp.coo_matrix(X.T))
+    with open(os.path.join(f["mex_no_barcodes"], "features.tsv"), "w") as fh:
+        fh.write("".join(f"id{g}\t{g}\tGene Expression\n" for g in genes))
     f["dup_csv"] = str(tmp / "dup.csv")
     pd.DataFrame(X, index=cells, columns=["g0", "g0"] + genes[2:]).to_csv(f["dup_csv"])
     f["text_csv"] = str(tmp / "text.csv")
@@ -167,6 +177,13 @@ CASES = {
                                              "it, --resume to continue it, or choose another --save-dir."),
     "cluster overwrite and resume": ("cluster", ["--data-file", "{good}", "--overwrite", "--resume"],
                                      "give one of them"),
+    "cluster loom": ("cluster", ["--data-file", "{loom}"], "is a .loom file, which scdc_jax does not read; convert "
+                     "it once to .h5ad"),
+    "cluster 10x folder without barcodes": ("cluster", ["--data-file", "{mex_no_barcodes}"],
+                                            "has no barcodes.tsv; it needs matrix.mtx, features.tsv"),
+    "evaluate 10x folder with --label-key": ("evaluate", ["--data-file", "{mex_no_barcodes}/matrix.mtx",
+                                                          "--label-key", "celltype"],
+                                             "holds no cell annotations for --label-key"),
     "cluster bad config": ("cluster", ["--data-file", "{good}", "--config", "{dir}/nope.toml"], "does not exist"),
     "cluster config value of the wrong type": ("cluster", ["--data-file", "{good}", "--config", "{wrong_type_toml}"],
                                                "wrong_type.toml: pretrain_epochs must be an integer, got 'twenty'."),

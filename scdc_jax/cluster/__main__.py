@@ -38,9 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
         "then deep embedded clustering of single-cell RNA-seq counts.", epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter)
     io = p.add_argument_group("input and output")
-    io.add_argument("--data-file", help="counts: scDeepCluster .h5 (X, optional Y, B), .h5ad, or CSV; "
-                    "default: scanpy's bundled pbmc68k_reduced")
-    io.add_argument("--layer", help=".h5ad: layer holding the raw counts ('raw' for .raw.X); default .X")
+    io.add_argument("--data-file", help="counts: scDeepCluster .h5 (X, optional Y, B), .h5ad, .zarr, CSV, or 10x "
+                    "Genomics (filtered_feature_bc_matrix.h5 or its matrix folder); default: scanpy's bundled "
+                    "pbmc68k_reduced")
+    io.add_argument("--layer", help=".h5ad, .zarr: layer holding the raw counts ('raw' for .raw.X); default .X")
     io.add_argument("--transpose", "--genes-as-rows", action=argparse.BooleanOptionalAction, help=TRANSPOSE_HELP)
     io.add_argument("--label-key", help="known labels: .obs column (.h5ad) or dataset name (.h5, default Y)")
     io.add_argument("--batch-key", help="batches: .obs column (.h5ad) or 1-D dataset (.h5); an .h5 with a one-hot "
@@ -85,7 +86,8 @@ def build_predict_parser() -> argparse.ArgumentParser:
                                 "assignments q and hard labels. The query needs the model's genes (matched by name "
                                 "when both have names).")
     p.add_argument("--model", required=True, help="a finished run's --save-dir (or its model/ folder)")
-    p.add_argument("--data-file", required=True, help="query counts (.h5, .h5ad or CSV)")
+    p.add_argument("--data-file", required=True, help="query counts (.h5, .h5ad, .zarr, CSV, or a 10x Genomics "
+                   ".h5 or matrix folder)")
     p.add_argument("--layer", help=".h5ad layer with the counts ('raw' for .raw.X)")
     p.add_argument("--transpose", "--genes-as-rows", action=argparse.BooleanOptionalAction, help=TRANSPOSE_HELP)
     p.add_argument("--label-key", help="known labels of the query, to score the assignment")
