@@ -33,7 +33,6 @@ from .train import (build_model, device_data, make_assign, make_cluster_epoch, m
                     make_pretrain_epoch, stage_key)
 
 
-
 @dataclass
 class ClusterResult:
     """Everything a run produces (rows are the cells kept by filtering, see ``cells``).
