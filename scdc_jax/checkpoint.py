@@ -15,7 +15,7 @@ from absl import logging as absl_logging
 absl_logging.set_verbosity(absl_logging.ERROR)
 
 from . import manifest
-from .errors import InputError
+from .errors import InputError, option
 
 
 def _manager(directory: str, max_to_keep: int | None = 2, read_only: bool = False) -> ocp.CheckpointManager:
@@ -39,6 +39,8 @@ def save(directory: str, step: int, state, meta: dict, *, max_to_keep: int | Non
     manifest.discard(directory)
     state = {k: np.asarray(v) for k, v in _flatten(state)[0].items()}
     with _manager(directory, max_to_keep) as mngr:
+        if step in mngr.all_steps():  # a resumed run redoing its last epochs saves their step again
+            mngr.delete(step)
         mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                 meta=ocp.args.JsonSave(meta)), force=True)
         mngr.wait_until_finished()
@@ -62,7 +64,7 @@ def run_dir(directory: str, fingerprint: dict, resume: bool) -> str:
             with open(key_file) as fh:
                 if json.load(fh) != fingerprint:
                     raise InputError(f"{directory} holds checkpoints of a different configuration or data file; "
-                                     "run without --resume to start afresh.")
+                                     f"run without {option('resume', True)} to start afresh.")
     os.makedirs(directory, exist_ok=True)
     write_json(key_file, fingerprint)
     return directory

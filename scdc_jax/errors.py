@@ -3,12 +3,38 @@
 A user can cause an :class:`InputError` (a bad file, a bad flag, bad data); the CLIs print its
 message and exit with status 2.  An ``OSError`` the system raises mid-run (disk full, a folder
 removed) is one sentence and status 1.  Anything else is a bug and keeps its traceback.
+
+Messages name the options the way the user gave them: :func:`option` spells ``layer="raw"`` for
+a Python call and ``--layer raw`` while a command line runs (inside :func:`run_cli`).
 """
 from __future__ import annotations
 
 import argparse
 import sys
 from typing import Callable
+
+
+_NO_VALUE = object()
+# Set by run_cli while a command runs.  A process-wide flag rather than a context variable, so
+# that a message raised in a worker thread of a command is spelled for the command line too.
+_cli_running = False
+
+
+def option(name: str, value=_NO_VALUE) -> str:
+    """An option as the user writes it: ``name="value"`` in Python, ``--name value`` on a command
+    line (``_`` becomes ``-``; ``True``/``False`` give ``--name``/``--no-name``).
+
+    >>> option("layer", "raw"), option("n_clusters")
+    ('layer="raw"', 'n_clusters')
+    """
+    if not _cli_running:
+        if value is _NO_VALUE:
+            return name
+        return f'{name}="{value}"' if isinstance(value, str) else f"{name}={value!r}"
+    flag = name.replace("_", "-")
+    if value is True or value is False:
+        return f"--{flag}" if value else f"--no-{flag}"
+    return f"--{flag}" if value is _NO_VALUE else f"--{flag} {value}"
 
 
 class InputError(ValueError):
@@ -22,6 +48,10 @@ class TrainingDiverged(RuntimeError):
 class CliParser(argparse.ArgumentParser):
     """argparse whose flag errors (an unknown flag, ``--epochs abc``) are one sentence too."""
 
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)  # '--n-cluster' must not pass for '--n-clusters'
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str):
         print(f"error: {message}; see '{self.prog} --help'.", file=sys.stderr)
         sys.exit(2)
@@ -29,6 +59,8 @@ class CliParser(argparse.ArgumentParser):
 
 def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> None:
     """Run ``main(argv)``; turn user errors into ``error: <sentence>`` and exit code 2."""
+    global _cli_running
+    _cli_running = True
     try:
         code = main(argv)
     except (InputError, TrainingDiverged) as exc:
@@ -42,4 +74,6 @@ def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | No
         print("interrupted: rerun the same command with --resume to continue from the last "
               "checkpoint", file=sys.stderr)
         sys.exit(130)
+    finally:
+        _cli_running = False
     sys.exit(code or 0)

@@ -8,7 +8,13 @@ Supported inputs
   ``X`` may also be a CSR group with ``data``, ``indices``, ``indptr`` and ``shape``.
 * ``.h5ad`` (AnnData): counts from ``.X``, a layer, or ``.raw`` (``layer="raw"``); labels and
   batches from ``.obs`` columns.
-* CSV: cells x genes with a header row and a first column of cell ids; labels from a second CSV.
+* ``.zarr`` AnnData stores, read as ``.h5ad``.
+* CSV: a header row and a first column of names, cells x genes or genes x cells (told from the
+  names and the shape, or given by ``transpose``); labels from a second CSV.
+* 10x Genomics (Cell Ranger): ``filtered_feature_bc_matrix.h5`` (v3, or v2 with one genome) and
+  matrix folders (``matrix.mtx``, ``features.tsv`` or ``genes.tsv``, ``barcodes.tsv``, each plain
+  or gzipped); gene expression features only, named by gene symbol; labels from a second CSV.
+* ``.loom`` is refused with the one-line conversion to ``.h5ad``.
 
 Every reader returns a :class:`CountData`; problems a user can cause raise
 :class:`~scdc_jax.errors.InputError` with one sentence saying what is wrong and what to do.
@@ -16,13 +22,14 @@ Every reader returns a :class:`CountData`; problems a user can cause raise
 from __future__ import annotations
 
 import os
+import re
 import warnings
 from dataclasses import dataclass, replace
 
 import numpy as np
 import scipy.sparse as sp
 
-from .errors import InputError
+from .errors import InputError, option
 
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 
@@ -111,7 +118,7 @@ def check_one_hot(B: np.ndarray) -> np.ndarray:
     B = np.asarray(B, dtype=np.float32)
     if B.ndim == 1:
         raise InputError("the batch matrix B must be one-hot (cells x batches); got a 1-D array — "
-                         "give batch labels with --batch-key instead.")
+                         f"give batch labels with {option('batch_key')} instead.")
     if B.ndim != 2 or not np.all((B == 0) | (B == 1)) or not np.all(B.sum(1) == 1):
         raise InputError("the batch matrix B is not one-hot: every row must hold a single 1 and 0 elsewhere.")
     return B
@@ -132,7 +139,8 @@ def check_counts(X, *, require_integer: bool = True, what: str = "X") -> None:
         raise InputError(f"{what} contains negative values; raw counts must be non-negative.")
     if require_integer and vals.dtype.kind == "f" and not np.all(vals == np.round(vals)):
         raise InputError(f"{what} contains non-integer values but raw counts are required; "
-                         "pass raw (unnormalised) counts, e.g. --layer counts or --layer raw for an .h5ad.")
+                         f"pass raw (unnormalised) counts, e.g. {option('layer', 'counts')} or "
+                         f"{option('layer', 'raw')} for an .h5ad.")
     if not vals.size or not np.any(vals):
         raise InputError(f"{what} is all zeros; there are no counts to learn from.")
 
@@ -216,7 +224,7 @@ def from_anndata(adata, *, layer: str | None = None, label_key: str | None = Non
         X = adata.X
     elif layer == "raw":
         if adata.raw is None:
-            raise InputError(f"{source} has no .raw; choose another --layer or none.")
+            raise InputError(f"{source} has no .raw; choose another {option('layer')} or none.")
         if adata.raw.n_vars != adata.n_vars:
             raise InputError(f"{source}: .raw has {adata.raw.n_vars} genes but .X has {adata.n_vars}; "
                              "store the counts in a layer with the same genes.")
@@ -226,7 +234,7 @@ def from_anndata(adata, *, layer: str | None = None, label_key: str | None = Non
             raise InputError(f"{source} has no layer '{layer}' (layers: {', '.join(adata.layers.keys()) or 'none'}).")
         X = adata.layers[layer]
     if X is None:
-        raise InputError(f"{source} has no matrix in .X; give --layer.")
+        raise InputError(f"{source} has no matrix in .X; give {option('layer')}.")
     X = X.tocsr() if sp.issparse(X) else np.asarray(X)
     labels = label_names = batch = batch_names = None
     for key, what in ((label_key, "label"), (batch_key, "batch")):
@@ -254,11 +262,79 @@ def read_h5ad(path: str, **kw) -> CountData:
     return from_anndata(adata, source=path, **kw)
 
 
-def read_csv_counts(path: str, *, labels_csv: str | None = None) -> CountData:
-    """Cells x genes CSV (header of gene names, first column cell ids); optional labels CSV.
+# Names that tell the rows of a table from its columns: cell barcodes (a run of 10 or more
+# nucleotides, e.g. 10x's AAACCTGAGAAGGCCT-1, also with a sample prefix), Ensembl gene ids, and
+# the mitochondrial and ribosomal-protein genes every transcriptome holds.
+_BARCODE = re.compile(r"(?:^|[^A-Za-z])[ACGTN]{10,}(?:[^A-Za-z]|$)")
+_ENSEMBL = re.compile(r"^ENS[A-Z]*G\d{11}(?:\.\d+)?$")
+_GENE_FAMILY = re.compile(r"^(?:MT|mt|Mt)-|^R[Pp][LlSs]\d+[A-Za-z]?$")
 
-    The labels CSV has one row per cell, either two columns (cell id, label) or one column; a
-    header row is allowed.  With cell ids, labels are matched to the counts by id.
+
+def _names_look_like(names) -> str | None:
+    """'barcodes', 'genes' or None (cannot tell) for the row or column names of a table."""
+    names = [str(n) for n in names]
+    if names and sum(bool(_BARCODE.search(n)) for n in names) >= 0.5 * len(names):
+        return "barcodes"
+    if names and (sum(bool(_ENSEMBL.match(n)) for n in names) >= 0.5 * len(names)
+                  or sum(bool(_GENE_FAMILY.match(n)) for n in names) >= 3):
+        return "genes"
+    return None
+
+
+def genes_as_rows(row_names, col_names, shape: tuple[int, int]) -> tuple[bool | None, str]:
+    """Whether a table holds genes as rows and cells as columns (the usual R/GEO layout): True,
+    False, or None when it cannot be told; and the reason, for messages."""
+    rows, cols = _names_look_like(row_names), _names_look_like(col_names)
+    genes_first = [r for r in (cols == "barcodes" and "its header holds cell barcodes",
+                               rows == "genes" and "its row names are genes") if r]
+    cells_first = [r for r in (rows == "barcodes" and "its row names are cell barcodes",
+                               cols == "genes" and "its header holds genes") if r]
+    if genes_first and cells_first:
+        return None, f"{genes_first[0]}, yet {cells_first[0]}"
+    if genes_first or cells_first:
+        return bool(genes_first), " and ".join(genes_first or cells_first)
+    if shape[0] >= 10 * shape[1]:  # far more rows than columns: genes x cells is the likelier
+        return None, (f"it has {shape[0]} rows and {shape[1]} columns, and neither the row names nor the header "
+                      "tell cells from genes")
+    return False, "cells as rows is the default"
+
+
+def attach_csv_labels(data: CountData, labels_csv: str) -> CountData:
+    """``data`` with labels from a CSV: one row per cell, either two columns (cell id, label) or
+    one column; a header row is allowed.  With cell ids, labels are matched to the cells by id."""
+    import pandas as pd
+
+    try:
+        lab = pd.read_csv(labels_csv)
+    except Exception as exc:
+        raise InputError(f"{labels_csv} could not be read as CSV ({type(exc).__name__}).") from None
+    ids = set(lab.iloc[:, 0].astype(str))
+    row_numbers = ({str(i) for i in range(len(lab))},  # pandas' to_csv counts from 0,
+                   {str(i) for i in range(1, len(lab) + 1)})  # R's write.csv from 1
+    cells = [] if data.cell_names is None else [str(c) for c in data.cell_names]
+    if lab.shape[1] >= 2 and cells and set(cells) <= ids:
+        lab = lab.set_index(lab.columns[0]).iloc[:, 0]
+        lab.index = lab.index.astype(str)
+        values = lab.loc[cells].to_numpy()
+    elif lab.shape[1] >= 2 and cells and ids not in row_numbers:  # a first column of row numbers is no ids
+        missing = [c for c in cells if c not in ids]
+        raise InputError(f"the ids in the first column of {labels_csv} do not match the cell ids of {data.source} "
+                         f"({len(missing)} of its {data.n_cells} cells are missing, e.g. '{missing[0]}'); give a "
+                         "(cell id, label) row per cell, or one label a line in the cells' order.")
+    else:
+        values = lab.iloc[:, -1].to_numpy()
+    _check_length(data.n_cells, values, f"labels in {labels_csv}")
+    data.labels, data.label_names = encode_labels(values.astype(str), what="labels")
+    return data
+
+
+def read_csv_counts(path: str, *, labels_csv: str | None = None, transpose: bool | None = None) -> CountData:
+    """A CSV of counts with a header row and a first column of names; optional labels CSV.
+
+    The rows are cells and the columns genes, or with ``transpose`` genes and cells (R's and
+    GEO's layout).  Left as None, the orientation is told from the names and the shape
+    (:func:`genes_as_rows`), and a table that cannot be told is refused.  Labels: see
+    :func:`attach_csv_labels`.
     """
     import pandas as pd
 
@@ -269,84 +345,210 @@ def read_csv_counts(path: str, *, labels_csv: str | None = None) -> CountData:
     try:
         X = df.to_numpy(dtype=np.float64)
     except (ValueError, TypeError):
-        raise InputError(f"{path} has non-numeric entries; expected cells x genes counts with a header row "
-                         "and a first column of cell ids.") from None
+        raise InputError(f"{path} has non-numeric entries; expected counts with a header row and a first "
+                         f"column of names (cell ids, or genes with {option('transpose', True)}).") from None
     header = pd.read_csv(path, header=None, nrows=1, dtype=str, keep_default_na=False).iloc[0]
-    data = CountData(X=X, gene_names=header.to_numpy(str)[-X.shape[1]:],  # as written: pandas renames duplicates
-                     cell_names=np.asarray(df.index.astype(str)), source=path)
-    if labels_csv is not None:
-        try:
-            lab = pd.read_csv(labels_csv)
-        except Exception as exc:
-            raise InputError(f"{labels_csv} could not be read as CSV ({type(exc).__name__}).") from None
-        ids = set(lab.iloc[:, 0].astype(str))
-        row_numbers = ({str(i) for i in range(len(lab))},  # pandas' to_csv counts from 0,
-                       {str(i) for i in range(1, len(lab) + 1)})  # R's write.csv from 1
-        if lab.shape[1] >= 2 and set(data.cell_names) <= ids:
-            lab = lab.set_index(lab.columns[0]).iloc[:, 0]
-            lab.index = lab.index.astype(str)
-            values = lab.loc[data.cell_names].to_numpy()
-        elif lab.shape[1] >= 2 and ids not in row_numbers:  # a first column of row numbers is no ids
-            missing = [c for c in data.cell_names if c not in ids]
-            raise InputError(f"the ids in the first column of {labels_csv} do not match the cell ids of {path} "
-                             f"({len(missing)} of its {data.n_cells} cells are missing, e.g. '{missing[0]}'); give a "
-                             "(cell id, label) row per cell, or one label a line in the cells' order.")
-        else:
-            values = lab.iloc[:, -1].to_numpy()
-        _check_length(data.n_cells, values, f"labels in {labels_csv}")
-        data.labels, data.label_names = encode_labels(values.astype(str), what="labels")
-    return data
+    col_names = header.to_numpy(str)[-X.shape[1]:]  # as written: pandas renames duplicates
+    row_names = np.asarray(df.index.astype(str))
+    if transpose is None:
+        transpose, reason = genes_as_rows(row_names, col_names, X.shape)
+        if transpose is None:
+            raise InputError(f"{path} may hold genes as rows and cells as columns ({reason}); give "
+                             f"{option('transpose', True)} if its rows are genes or {option('transpose', False)} "
+                             "if they are cells.")
+    if transpose:
+        X, row_names, col_names = np.ascontiguousarray(X.T), col_names, row_names
+    data = CountData(X=X, gene_names=col_names, cell_names=row_names, source=path)
+    return attach_csv_labels(data, labels_csv) if labels_csv is not None else data
+
+
+FORMATS = {"h5": "a plain HDF5 file", "h5ad": "an .h5ad file", "zarr": "a .zarr AnnData store", "csv": "a CSV file",
+           "10x_h5": "a 10x Genomics HDF5 file", "10x_mtx": "a 10x Genomics matrix folder"}
+_SUPPORTED = ("an .h5, .h5ad or .csv file, a .zarr AnnData store, a 10x Genomics .h5 or a 10x matrix folder "
+              "(matrix.mtx, features.tsv, barcodes.tsv)")
+
+
+def _mex_file(folder: str, *names: str) -> str | None:
+    """The first of ``names`` (each plain or gzipped) present in ``folder``."""
+    for name in names:
+        for candidate in (name, name + ".gz"):
+            if os.path.isfile(os.path.join(folder, candidate)):
+                return os.path.join(folder, candidate)
+    return None
+
+
+def _sniff_folder(path: str) -> str:
+    if _mex_file(path, "matrix.mtx"):
+        return "10x_mtx"
+    if any(os.path.exists(os.path.join(path, m)) for m in (".zgroup", "zarr.json")):
+        if not all(os.path.isdir(os.path.join(path, k)) for k in ("obs", "var")):
+            raise InputError(f"{path} is a zarr store but not an AnnData one (it has no obs and var); give {_SUPPORTED}.")
+        return "zarr"
+    raise InputError(f"{path} is a folder that is neither a 10x Genomics matrix folder (matrix.mtx, features.tsv, "
+                     "barcodes.tsv) nor a .zarr AnnData store; give the path of one, or of an .h5, .h5ad or .csv "
+                     "file.")
+
+
+def _sniff_hdf5(path: str) -> str:
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            if "obs" in f and "var" in f:
+                return "h5ad"
+            if "row_attrs" in f and "col_attrs" in f:
+                stem = os.path.splitext(os.path.basename(path))[0]
+                raise InputError(f"{path} is a .loom file, which scdc_jax does not read; convert it once to .h5ad "
+                                 f"(pip install loompy, then python -c \"import scanpy as sc; "
+                                 f"sc.read_loom('{path}').write_h5ad('{stem}.h5ad')\") and give the .h5ad.")
+            # Cell Ranger: a group 'matrix' (v3) or one per genome (v2) holding a CSC matrix and its barcodes
+            if any(isinstance(g, h5py.Group) and {"barcodes", "data", "indices", "indptr", "shape"} <= set(g.keys())
+                   for g in f.values()):
+                return "10x_h5"
+            return "h5"
+    except OSError as exc:
+        raise InputError(f"{path} could not be read as HDF5 ({exc}); the file may be truncated or corrupt.") from None
 
 
 def sniff_format(path: str) -> str:
-    """'h5ad', 'h5' or 'csv' from the file's content (and name); InputError for anything else."""
+    """One of :data:`FORMATS` from the content (and name) of ``path``; InputError for anything else."""
     if not os.path.exists(path):
-        raise InputError(f"{path} does not exist; give the path of an .h5, .h5ad or .csv file.")
+        raise InputError(f"{path} does not exist; give the path of {_SUPPORTED}.")
     if os.path.isdir(path):
-        raise InputError(f"{path} is a folder; give the path of an .h5, .h5ad or .csv file.")
+        return _sniff_folder(path)
+    if os.path.basename(path) in ("matrix.mtx", "matrix.mtx.gz"):
+        return "10x_mtx"  # the matrix of a Cell Ranger folder: read with the files beside it
     with open(path, "rb") as fh:
         head = fh.read(512)
     if head.startswith(HDF5_MAGIC):
-        import h5py
-
-        try:
-            with h5py.File(path, "r") as f:
-                is_adata = "obs" in f and "var" in f
-        except OSError as exc:
-            raise InputError(f"{path} could not be read as HDF5 ({exc}); the file may be truncated or corrupt.") from None
-        return "h5ad" if is_adata else "h5"
+        return _sniff_hdf5(path)
     low = path.lower()
-    if low.endswith((".h5", ".h5ad", ".hdf5")):
+    if low.endswith((".h5", ".h5ad", ".hdf5", ".loom")):
         raise InputError(f"{path} is not an HDF5 file (its header is wrong); it may be corrupt or of another format.")
+    if head.startswith(b"%%MatrixMarket"):
+        raise InputError(f"{path} is a Matrix Market file; give the 10x Genomics folder that holds it as matrix.mtx "
+                         "beside features.tsv (or genes.tsv) and barcodes.tsv.")
     if low.endswith((".csv", ".csv.gz", ".tsv")):
         return "csv"
     try:
         head.decode("utf-8")
     except UnicodeDecodeError:
-        raise InputError(f"{path} is neither HDF5, .h5ad nor CSV; give the counts in one of those formats.") from None
+        raise InputError(f"{path} is neither HDF5, .h5ad nor CSV; give {_SUPPORTED}.") from None
     if b"," in head:
         return "csv"
-    raise InputError(f"{path} is neither HDF5, .h5ad nor CSV; give the counts in one of those formats.")
+    raise InputError(f"{path} is neither HDF5, .h5ad nor CSV; give {_SUPPORTED}.")
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
+
+
+def read_10x_h5(path: str) -> CountData:
+    """Cell Ranger's ``filtered_feature_bc_matrix.h5`` (v3, or v2 with one genome), gene expression
+    features only, named by gene symbol (made unique as scanpy does: ``-1``, ``-2`` appended)."""
+    import scanpy as sc
+
+    try:
+        with warnings.catch_warnings():  # repeated symbols, made unique below
+            warnings.filterwarnings("ignore", message=".*names are not unique")
+            adata = sc.read_10x_h5(path)
+    except Exception as exc:  # scanpy raises bare Exceptions, KeyErrors and ValueErrors for malformed files
+        raise InputError(f"{path} could not be read as a 10x Genomics HDF5 file ({_first_line(exc)}).") from None
+    adata.var_names_make_unique()
+    return from_anndata(adata, source=path)
+
+
+def read_10x_mtx(path: str) -> CountData:
+    """A Cell Ranger matrix folder (or its ``matrix.mtx``): ``matrix.mtx``, ``features.tsv`` (v3)
+    or ``genes.tsv`` (v2) and ``barcodes.tsv``, each plain or gzipped.
+
+    Gene expression features only (v3 files also list antibody or CRISPR features), named by gene
+    symbol, made unique as scanpy's ``read_10x_mtx`` does.
+    """
+    import anndata
+    import pandas as pd
+    import scipy.io
+
+    folder = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
+    files = {"matrix.mtx": _mex_file(folder, "matrix.mtx"),
+             "features.tsv (or genes.tsv)": _mex_file(folder, "features.tsv", "genes.tsv"),
+             "barcodes.tsv": _mex_file(folder, "barcodes.tsv")}
+    missing = [name for name, found in files.items() if found is None]
+    if missing:
+        raise InputError(f"the 10x Genomics matrix folder {folder} has no {' and no '.join(missing)}; it needs "
+                         "matrix.mtx, features.tsv (or genes.tsv) and barcodes.tsv, each plain or gzipped.")
+    matrix, features, barcodes = files.values()
+    try:
+        X = sp.csr_matrix(scipy.io.mmread(matrix).T)  # Cell Ranger writes genes x cells
+        table = {"header": None, "sep": "\t", "dtype": str, "keep_default_na": False}
+        genes = pd.read_csv(features, **table)
+        cells = pd.read_csv(barcodes, **table)[0].to_numpy(str)
+    except Exception as exc:  # scipy and pandas raise many types for malformed files
+        raise InputError(f"the 10x Genomics matrix folder {folder} could not be read ({_first_line(exc)}).") from None
+    if X.shape != (len(cells), len(genes)):
+        raise InputError(f"the matrix in {folder} holds {X.shape[1]} genes x {X.shape[0]} cells, but the folder lists "
+                         f"{len(genes)} features and {len(cells)} barcodes; they must match.")
+    if genes.shape[1] >= 3:
+        keep = np.flatnonzero(genes[2].to_numpy() == "Gene Expression")
+        X, genes = X[:, keep], genes.iloc[keep]
+    names = genes[1] if genes.shape[1] >= 2 else genes[0]
+    names = np.asarray(anndata.utils.make_index_unique(pd.Index(names.to_numpy(str))), dtype=str)
+    return CountData(X=X, gene_names=names, cell_names=cells, source=path)
+
+
+def read_zarr(path: str, **kw) -> CountData:
+    import anndata
+
+    try:
+        with warnings.catch_warnings():  # duplicate names are refused, with one sentence, where they matter
+            warnings.filterwarnings("ignore", message=".*names are not unique")
+            adata = anndata.read_zarr(path)
+    except Exception as exc:  # anndata and zarr raise many types for malformed stores
+        raise InputError(f"{path} could not be read as a .zarr AnnData store ({_first_line(exc)}).") from None
+    return from_anndata(adata, source=path, **kw)
 
 
 def read_counts(path: str, *, layer: str | None = None, label_key: str | None = None,
-                batch_key: str | None = None, labels_csv: str | None = None) -> CountData:
-    """Read any supported file; the format is told from the content, not only the name."""
+                batch_key: str | None = None, labels_csv: str | None = None,
+                transpose: bool | None = None) -> CountData:
+    """Read any supported input (:data:`FORMATS`); the format is told from the content, not the name.
+
+    ``layer`` applies to .h5ad and .zarr, ``transpose`` (True: genes as rows, False: cells as rows,
+    None: told) to CSV, ``labels_csv`` to the inputs that carry no labels of their own (CSV and
+    10x Genomics), ``label_key`` and ``batch_key`` to the others.
+    """
     fmt = sniff_format(path)
-    if labels_csv is not None and fmt != "csv":
-        raise InputError(f"--labels-csv applies to CSV data files only; {path} is an {'.h5ad' if fmt == 'h5ad' else 'HDF5'} "
-                         "file: give its labels with --label-key.")
+    what = f"{path} is {FORMATS[fmt]}"
+    is_anndata, is_10x = fmt in ("h5ad", "zarr"), fmt in ("10x_h5", "10x_mtx")
+    if transpose is not None and fmt != "csv":
+        raise InputError(f"{option('transpose', transpose)} applies to CSV data files only; {what}, whose layout "
+                         "fixes the orientation.")
+    if labels_csv is not None and not (fmt == "csv" or is_10x):
+        raise InputError(f"{option('labels_csv')} applies to CSV and 10x Genomics data only; {what}: give its "
+                         f"labels with {option('label_key')}.")
+    if layer is not None and not is_anndata:
+        raise InputError(f"{option('layer')} applies to .h5ad files and .zarr stores only; {what}.")
+    if is_10x and (label_key or batch_key):
+        key = option("label_key" if label_key else "batch_key")
+        raise InputError(f"{what}, which holds no cell annotations for {key}; store the data as .h5ad with the "
+                         "annotations in .obs" + (f", or give the labels with {option('labels_csv')}." if label_key
+                                                  else "."))
     if fmt == "h5ad":
         data = read_h5ad(path, layer=layer, label_key=label_key, batch_key=batch_key)
+    elif fmt == "zarr":
+        data = read_zarr(path, layer=layer, label_key=label_key, batch_key=batch_key)
     elif fmt == "h5":
-        if layer is not None:
-            raise InputError(f"--layer applies to .h5ad files only; {path} is a plain HDF5 file.")
         data = read_scdeepcluster_h5(path, label_key=label_key, batch_key=batch_key)
+    elif fmt == "10x_h5":
+        data = read_10x_h5(path)
+    elif fmt == "10x_mtx":
+        data = read_10x_mtx(path)
     else:
-        data = read_csv_counts(path, labels_csv=labels_csv)
+        data = read_csv_counts(path, transpose=transpose)
     if getattr(data.X, "ndim", 0) != 2:
         raise InputError(f"X in {path} must be a 2-D cells x genes matrix, got shape {np.shape(data.X)}.")
-    return data
+    return attach_csv_labels(data, labels_csv) if labels_csv is not None else data
 
 
 def pbmc68k_counts() -> CountData:

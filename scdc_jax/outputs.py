@@ -1,15 +1,18 @@
-"""Writing results: atomic files (temporary file, then rename) and the provenance of a run."""
+"""Writing results: atomic files (temporary file, then rename), run folders that never mix two
+runs, and the provenance of a run."""
 from __future__ import annotations
 
 import contextlib
 import datetime
 import os
 import platform
+import secrets
+import shutil
 import tempfile
 
 import numpy as np
 
-from .errors import InputError
+from .errors import InputError, option
 
 
 def check_writable_dir(path: str, what: str = "output folder") -> str:
@@ -48,17 +51,110 @@ def check_writable_file(path: str, what: str = "output file") -> str:
 
 @contextlib.contextmanager
 def atomic_path(path: str):
-    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds."""
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
+
+    The temporary file is created with mode 0666 less the umask, as ``open`` would create
+    ``path`` itself (``tempfile.mkstemp`` would make every output private, 0600).
+    """
     d, base = os.path.split(os.path.abspath(path))
     os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=f".{base}.", suffix=os.path.splitext(base)[1] or ".tmp")
-    os.close(fd)
+    suffix = os.path.splitext(base)[1] or ".tmp"
+    while True:
+        tmp = os.path.join(d, f".{base}.{secrets.token_hex(4)}{suffix}")
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            break
+        except FileExistsError:  # another writer's temporary name: draw again
+            continue
     try:
         yield tmp
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+class RunFolder:
+    """The folder of one run's checkpoints and outputs, which never holds parts of two runs.
+
+    ``entries`` are the names a run writes there.  A folder holding none of them is written in
+    place.  One holding a run is refused, unless ``resume`` (continue that run; refused by
+    :meth:`claim` when its ``fingerprint.json`` names other settings or data) or ``overwrite``
+    (build the new run in the sibling staging folder ``.NAME.overwrite``; :meth:`commit` then moves
+    the old run's entries out and the new ones in, so a failed or interrupted run leaves the old
+    one whole).  ``resume`` after an interrupted ``overwrite`` continues in the staging folder.
+
+    Constructing one only checks, and refuses before any work; :meth:`claim` creates the folder.
+    """
+
+    FINGERPRINT = "fingerprint.json"
+
+    def __init__(self, path: str, entries, *, resume: bool = False, overwrite: bool = False):
+        if resume and overwrite:
+            raise InputError(f"{option('resume', True)} continues the run in {path} (or an interrupted "
+                             f"{option('overwrite', True)} of it) and {option('overwrite', True)} replaces it; "
+                             "give one of them.")
+        check_writable_dir(path, "save folder")
+        self.path, self.resume = path, resume
+        self.entries = (*entries, self.FINGERPRINT)
+        parent, name = os.path.split(os.path.abspath(path))
+        self.staging = os.path.join(parent, f".{name}.overwrite")
+        self.work = path
+        if resume and os.path.isdir(self.staging):
+            self.work = self.staging
+        elif self.holds_run():
+            if not (resume or overwrite):
+                raise InputError(f"{path} already holds a scdc_jax run; give {option('overwrite', True)} to replace "
+                                 f"it, {option('resume', True)} to continue it, or choose another "
+                                 f"{option('save_dir')}.")
+            if overwrite:
+                check_writable_dir(parent, "folder of the save folder")
+                self.work = self.staging
+
+    def holds_run(self) -> bool:
+        return os.path.isdir(self.path) and any(os.path.lexists(os.path.join(self.path, e)) for e in self.entries)
+
+    def claim(self, fingerprint: dict) -> str:
+        """Create the folder to write into and record ``fingerprint`` (JSON-serialisable: the
+        settings and data that make two runs the same run); returns the folder."""
+        import json
+
+        fingerprint = json.loads(json.dumps(fingerprint, default=_json_default))  # as it will read back
+        key = os.path.join(self.work, self.FINGERPRINT)
+        if self.resume and os.path.exists(key):
+            with open(key) as fh:
+                if json.load(fh) != fingerprint:
+                    raise InputError(f"{self.work} holds a run of other settings or data, which "
+                                     f"{option('resume', True)} cannot continue; give {option('overwrite', True)} "
+                                     f"to replace it, or choose another {option('save_dir')}.")
+        elif not self.resume and os.path.isdir(self.staging):
+            shutil.rmtree(self.staging)  # left by an interrupted overwrite that is not being resumed
+        os.makedirs(self.work, exist_ok=True)
+        write_json(key, fingerprint)
+        return self.work
+
+    def commit(self) -> None:
+        """Put a staged run in place of the old one; other files in the folder stay.
+
+        The old run's entries all move out (to a sibling folder, then deleted) before any new one
+        moves in: renames within one file system, so the folder is without a run for an instant
+        but never holds parts of two.
+        """
+        if self.work != self.staging:
+            return
+        os.makedirs(self.path, exist_ok=True)
+        old = self.staging[: -len(".overwrite")] + ".replaced"
+        shutil.rmtree(old, ignore_errors=True)
+        os.makedirs(old)
+        new = os.listdir(self.staging)
+        for name in {*self.entries, *new}:
+            if os.path.lexists(os.path.join(self.path, name)):
+                os.rename(os.path.join(self.path, name), os.path.join(old, name))
+        for name in new:
+            os.rename(os.path.join(self.staging, name), os.path.join(self.path, name))
+        os.rmdir(self.staging)
+        shutil.rmtree(old)
+        self.work = self.path
 
 
 def write_matrix_csv(path: str, a: np.ndarray, fmt: str = "%.6g") -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import jax
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
-from .errors import InputError
+from .errors import InputError, option
 
 
 def make_mesh(n_devices: int) -> jax.sharding.Mesh:
@@ -14,10 +14,10 @@ def make_mesh(n_devices: int) -> jax.sharding.Mesh:
     """
     available = jax.devices()
     if n_devices < 1:
-        raise InputError(f"--devices must be at least 1, got {n_devices}.")
+        raise InputError(f"{option('devices')} must be at least 1, got {n_devices}.")
     if n_devices > len(available):
         kind = available[0].platform.upper()
-        raise InputError(f"--devices {n_devices} asked for, but only {len(available)} {kind} device(s) are "
+        raise InputError(f"{option('devices', n_devices)} asked for, but only {len(available)} {kind} device(s) are "
                          "available; use fewer (on a CPU, XLA_FLAGS=--xla_force_host_platform_device_count=N "
                          "simulates N devices).")
     return jax.make_mesh((n_devices,), ("data",), axis_types=(AxisType.Auto,), devices=available[:n_devices])

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
-from .errors import InputError
+from .errors import InputError, option
 from .io import CountData, check_counts
 
 
@@ -58,12 +58,12 @@ def select_genes(X, n_genes: int, *, decay: float = 1.5, y_offset: float = 0.02,
     are selected (the closest count reached otherwise).
     """
     if n_genes > X.shape[1]:
-        raise InputError(f"--select-genes {n_genes} is larger than the number of genes ({X.shape[1]}).")
+        raise InputError(f"{option('select_genes', n_genes)} is larger than the number of genes ({X.shape[1]}).")
     zero_rate, mean_log2 = gene_selection_stats(X)
     valid = np.isfinite(zero_rate)
     if valid.sum() < n_genes:
         raise InputError(f"only {int(valid.sum())} genes are detected in at least 10 cells, fewer than "
-                         f"--select-genes {n_genes}; ask for fewer genes.")
+                         f"{option('select_genes', n_genes)}; ask for fewer genes.")
     low, high, x0 = 0.0, 10.0, 5.0
     for _ in range(max_steps):
         sel = np.zeros(X.shape[1], bool)

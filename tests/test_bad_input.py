@@ -17,6 +17,8 @@ import h5py
 import numpy as np
 import pandas as pd
 import pytest
+import scipy.io
+import scipy.sparse as sp
 from conftest import ROOT, crafted_pickle, flip_byte, largest_file, synthetic_counts
 
 CLUSTER_TINY = ["--pretrain-epochs", "3", "--maxiter", "3", "--batch-size", "32", "--quiet"]
@@ -86,6 +88,16 @@ def write_inputs(tmp) -> dict[str, str]:
     f["half_h5ad"] = _h5ad(tmp / "half.h5ad", X, genes[:20] + [f"other{i}" for i in range(20)])
     f["csv"] = str(tmp / "cells.csv")
     pd.DataFrame(X, index=cells, columns=genes).to_csv(f["csv"])
+    f["tall_csv"] = str(tmp / "tall.csv")  # 400 rows x 40 columns, names telling nothing: genes as rows?
+    pd.DataFrame(synthetic_counts(40, 400)[0].T, index=[f"r{i}" for i in range(400)], columns=genes).to_csv(f["tall_csv"])
+    f["loom"] = _h5(tmp / "cells.loom", matrix=X.T)
+    with h5py.File(f["loom"], "a") as h:
+        h.create_group("row_attrs"), h.create_group("col_attrs")
+    f["mex_no_barcodes"] = str(tmp / "mex")  # a Cell Ranger folder without its barcodes.tsv
+    os.makedirs(f["mex_no_barcodes"])
+    scipy.io.mmwrite(os.path.join(f["mex_no_barcodes"], "matrix.mtx"), sp.coo_matrix(X.T))
+    with open(os.path.join(f["mex_no_barcodes"], "features.tsv"), "w") as fh:
+        fh.write("".join(f"id{g}\t{g}\tGene Expression\n" for g in genes))
     f["dup_csv"] = str(tmp / "dup.csv")
     pd.DataFrame(X, index=cells, columns=["g0", "g0"] + genes[2:]).to_csv(f["dup_csv"])
     f["text_csv"] = str(tmp / "text.csv")
@@ -100,6 +112,9 @@ def write_inputs(tmp) -> dict[str, str]:
     f["unknown_toml"] = str(tmp / "unknown.toml")
     with open(f["unknown_toml"], "w") as fh:
         fh.write("[gsrcl]\nepochz = 3\n")
+    f["wrong_type_toml"] = str(tmp / "wrong_type.toml")
+    with open(f["wrong_type_toml"], "w") as fh:
+        fh.write('[scdeepcluster]\npretrain_epochs = "twenty"\n')
     f["not_ref"] = str(tmp / "not_ref")
     os.makedirs(f["not_ref"])
     f["model_dir"] = str(tmp / "has_model")  # a folder with a 'model' folder that is no reference
@@ -148,7 +163,9 @@ CASES = {
     "cluster hdf5 without X": ("cluster", ["--data-file", "{no_x}"], "no dataset 'X'"),
     "cluster X not 2-D": ("cluster", ["--data-file", "{x1}"], "2-D"),
     "cluster negative": ("cluster", ["--data-file", "{neg}"], "negative"),
-    "cluster non-integer": ("cluster", ["--data-file", "{frac}"], "non-integer"),
+    "cluster non-integer": ("cluster", ["--data-file", "{frac}"],
+                            "non-integer values but raw counts are required; pass raw (unnormalised) counts, e.g. "
+                            "--layer counts or --layer raw"),
     "cluster nan": ("cluster", ["--data-file", "{nan}"], "NaN"),
     "cluster labels length": ("cluster", ["--data-file", "{y59}"], "59 entries"),
     "cluster B not one-hot": ("cluster", ["--data-file", "{b_bad}"], "not one-hot"),
@@ -166,7 +183,21 @@ CASES = {
     "cluster devices": ("cluster", ["--data-file", "{good}", "--devices", "64"], "--devices 64"),
     "cluster unwritable save dir": ("cluster", ["--data-file", "{good}", "--save-dir", "{good}/sub"],
                                     "cannot be created"),
+    "cluster save dir holding another run": ("cluster", ["--data-file", "{good}", "--save-dir", "{cluster_model}"],
+                                             "cluster_model already holds a scdc_jax run; give --overwrite to replace "
+                                             "it, --resume to continue it, or choose another --save-dir."),
+    "cluster overwrite and resume": ("cluster", ["--data-file", "{good}", "--overwrite", "--resume"],
+                                     "give one of them"),
+    "cluster loom": ("cluster", ["--data-file", "{loom}"], "is a .loom file, which scdc_jax does not read; convert "
+                     "it once to .h5ad"),
+    "cluster 10x folder without barcodes": ("cluster", ["--data-file", "{mex_no_barcodes}"],
+                                            "has no barcodes.tsv; it needs matrix.mtx, features.tsv"),
+    "evaluate 10x folder with --label-key": ("evaluate", ["--data-file", "{mex_no_barcodes}/matrix.mtx",
+                                                          "--label-key", "celltype"],
+                                             "holds no cell annotations for --label-key"),
     "cluster bad config": ("cluster", ["--data-file", "{good}", "--config", "{dir}/nope.toml"], "does not exist"),
+    "cluster config value of the wrong type": ("cluster", ["--data-file", "{good}", "--config", "{wrong_type_toml}"],
+                                               "wrong_type.toml: pretrain_epochs must be an integer, got 'twenty'."),
     "cluster layer on h5": ("cluster", ["--data-file", "{good}", "--layer", "counts"], "--layer applies to .h5ad"),
     "cluster missing label dataset": ("cluster", ["--data-file", "{good}", "--label-key", "celltype"],
                                       "no dataset 'celltype'"),
@@ -190,6 +221,8 @@ CASES = {
     "cluster flag not a number": ("cluster", ["--data-file", "{good}", "--n-clusters", "three"],
                                   "argument --n-clusters: invalid int value: 'three'"),
     "cluster unknown flag": ("cluster", ["--data-file", "{good}", "--clusters", "3"], "unrecognized arguments: --clusters"),
+    "cluster abbreviated flag": ("cluster", ["--data-file", "{good}", "--n-cluster", "3"],
+                                 "unrecognized arguments: --n-cluster 3"),
     # GsRCL evaluate: the data file
     "evaluate no data file": ("evaluate", [], "labelled data file"),
     "evaluate missing file": ("evaluate", ["--data-file", "{nope}"], "does not exist"),
@@ -216,6 +249,12 @@ CASES = {
                                 "do not match the cell ids"),
     "evaluate labels csv length": ("evaluate", ["--data-file", "{csv}", "--labels-csv", "{short_csv}"],
                                    "59 entries but X has 60 cells"),
+    "evaluate csv orientation unclear": ("evaluate", ["--data-file", "{tall_csv}"],
+                                         "may hold genes as rows and cells as columns (it has 400 rows and 40 columns, "
+                                         "and neither the row names nor the header tell cells from genes); give "
+                                         "--transpose if its rows are genes or --no-transpose if they are cells."),
+    "cluster transpose of an h5": ("cluster", ["--data-file", "{good}", "--genes-as-rows"],
+                                   "--transpose applies to CSV data files only"),
     "evaluate labels csv for h5": ("evaluate", ["--data-file", "{good}", "--labels-csv", "{short_csv}"],
                                    "--labels-csv applies to CSV"),
     "evaluate labels csv missing": ("evaluate", ["--data-file", "{csv}", "--labels-csv", "{dir}/nope.csv"],
@@ -238,6 +277,8 @@ CASES = {
                            "--dropout must lie"),
     "evaluate flag not a number": ("evaluate", ["--data-file", "{good}", "--epochs", "abc"],
                                    "argument --epochs: invalid int value: 'abc'"),
+    "evaluate abbreviated flag": ("evaluate", ["--data-file", "{good}", "--cell-typ", "1"],
+                                  "unrecognized arguments: --cell-typ 1"),
     "train-reference without --out": ("train-reference-bare", ["--data-file", "{good}"],
                                       "the following arguments are required: --out"),
     "evaluate devices": ("evaluate", ["--data-file", "{good}", "--devices", "64"], "--devices 64"),

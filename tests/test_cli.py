@@ -12,10 +12,10 @@ import numpy as np
 from conftest import ROOT, synthetic_counts
 
 
-def cli(*args, cwd=None, env=None):
+def cli(*args, cwd=None, env=None, umask=-1):
     return subprocess.run([sys.executable, "-m", "scdc_jax.cluster", *map(str, args)], cwd=cwd or ROOT,
                           capture_output=True, text=True, env={**os.environ, "PYTHONPATH": ROOT, **(env or {})},
-                          timeout=600)
+                          timeout=600, umask=umask)
 
 
 def make_h5(path, X=None, **extra):
@@ -42,11 +42,26 @@ def test_help_lists_reference_flags():
         assert flag in out.stdout
 
 
+def modes(*paths) -> dict[str, int]:
+    """Permission bits of ``paths`` and of everything below the folders among them."""
+    found = {}
+    for top in map(str, paths):
+        found[top] = os.stat(top).st_mode & 0o777
+        for d, dirs, files in os.walk(top):
+            for name in dirs + files:
+                found[os.path.join(d, name)] = os.stat(os.path.join(d, name)).st_mode & 0o777
+    return found
+
+
 def test_small_run_writes_outputs(tmp_path):
     data = make_h5(tmp_path / "d.h5")
+    # under umask 027 every output is group-readable: the files 0640, the folders 0750
     out = cli("--data-file", data, "--n-clusters", "3", "--save-dir", tmp_path / "res", "--out",
-              tmp_path / "res.h5ad", "--plot", tmp_path / "plots", *TINY)
+              tmp_path / "res.h5ad", "--plot", tmp_path / "plots", *TINY, umask=0o027)
     assert out.returncode == 0, out.stderr
+    written = modes(tmp_path / "res", tmp_path / "plots", tmp_path / "res.h5ad")
+    assert len(written) > 10 and all(m == (0o750 if os.path.isdir(p) else 0o640) for p, m in written.items()), \
+        {p: oct(m) for p, m in written.items()}
     labels = np.loadtxt(tmp_path / "res" / "pred_labels.txt")
     latent = np.loadtxt(tmp_path / "res" / "final_latent_file.txt", delimiter=",")
     assert labels.shape == (60,) and set(np.unique(labels)) <= {0, 1, 2}
@@ -61,6 +76,31 @@ def test_small_run_writes_outputs(tmp_path):
     ad = anndata.read_h5ad(tmp_path / "res.h5ad")
     assert ad.obsm["X_scdc"].shape == (60, 32) and "scdc_cluster" in ad.obs
     assert ad.uns["scdc"]["params"]["n_clusters"] == 3
+
+
+def test_rerun_into_a_save_dir_is_refused_or_replaces_the_run_whole(tmp_path):
+    """The quick start run twice: the second is refused at once (nothing touched); with --overwrite
+    another data set replaces the run, and the folder holds that run's checkpoints only."""
+    first, second = make_h5(tmp_path / "a.h5"), make_h5(tmp_path / "b.h5", synthetic_counts(50, 30, seed=1)[0])
+    save = tmp_path / "res"
+    args = ["--n-clusters", "2", "--save-dir", save, "--checkpoint-every", "2", *TINY]
+    assert cli("--data-file", first, *args).returncode == 0
+    (save / "notes.txt").write_text("mine")  # not the run's: stays
+    before = sorted((p, p.stat().st_mtime_ns) for p in save.rglob("*"))
+    again = cli("--data-file", first, *args)
+    assert again.returncode == 2 and again.stderr.strip() == (
+        f"error: {save} already holds a scdc_jax run; give --overwrite to replace it, --resume to continue it, "
+        "or choose another --save-dir.")
+    assert sorted((p, p.stat().st_mtime_ns) for p in save.rglob("*")) == before
+    replaced = cli("--data-file", second, *args[:-len(TINY)], "--pretrain-epochs", "4", *TINY[2:], "--overwrite")
+    assert replaced.returncode == 0, replaced.stderr
+    assert sorted(os.listdir(save / "pretrain")) == ["2", "4"]  # the first run's step 3 is gone
+    assert json.loads((save / "run.json").read_text())["data"] == second
+    from scdc_jax import checkpoint
+
+    assert checkpoint.read_meta(str(save / "model"))["n_input_genes"] == 30
+    assert (save / "notes.txt").read_text() == "mine"
+    assert sorted(os.listdir(tmp_path)) == ["a.h5", "b.h5", "res"]  # no staging folder left
 
 
 def test_config_file_and_paper_config(tmp_path):

@@ -92,6 +92,24 @@ def test_fit_writes_scanpy_fields():
     out.write_h5ad(__import__("tempfile").mktemp(suffix=".h5ad"))  # .uns must be writable
 
 
+def test_api_errors_name_keyword_arguments_not_flags():
+    """Through the Python API a message names ``layer="counts"``, not the command line's ``--layer counts``."""
+    import anndata
+
+    from scdc_jax.errors import InputError
+
+    X, _, _ = synthetic_counts(40, 20)
+    lognorm = anndata.AnnData(np.log1p(X).astype(np.float32))
+    with pytest.raises(InputError, match='e.g. layer="counts" or layer="raw"') as exc:
+        fit(lognorm, 2)
+    assert "--" not in str(exc.value)
+    counts = anndata.AnnData(X.astype(np.float32))
+    with pytest.raises(InputError, match="^pretrain_epochs must be positive, got 0.$"):
+        fit(counts, 2, pretrain_epochs=0)
+    with pytest.raises(InputError, match="^n_clusters=50 is more than the 40 cells left after filtering.$"):
+        fit(counts, 50, **FAST)
+
+
 def test_more_clusters_than_cells_is_refused():
     from scdc_jax.errors import InputError
 
@@ -128,6 +146,67 @@ def test_predict_held_out_cells_matches_full_run(tmp_path):
     nameless = CountData(X=X[:, :100])
     with pytest.raises(InputError, match="cannot be matched"):
         predict(str(tmp_path), nameless)
+
+
+def test_predict_without_gene_names_takes_the_training_columns_by_position(tmp_path):
+    """Training dropped 6 genes without counts; the other cells of the same nameless file, with all
+    its columns, get the model's columns by position."""
+    from scdc_jax.cluster import predict
+    from scdc_jax.errors import InputError
+
+    X, groups, _ = synthetic_counts(300, 120, seed=4)
+    X[:240, [3, 17, 40, 41, 90, 119]] = 0  # no counts in the training cells: dropped by training
+    cfg = ClusterConfig(n_clusters=3, **{**FAST, "pretrain_epochs": 5, "maxiter": 2})
+    res = run(CountData(X=X[:240]), cfg, save_dir=str(tmp_path), progress=False)
+    assert len(res.genes) == 114
+    query = X[240:]
+    out = predict(str(tmp_path), CountData(X=query))
+    filtered = predict(str(tmp_path), CountData(X=query[:, res.genes]))  # the model's genes alone
+    np.testing.assert_array_equal(out["labels"], filtered["labels"])
+    np.testing.assert_allclose(out["latent"], filtered["latent"], rtol=1e-6)
+    with pytest.raises(InputError, match=r"the query has 119 genes and the model 114 \(the training data had 120 "
+                                         r"before filtering\)"):
+        predict(str(tmp_path), CountData(X=query[:, :119]))
+
+
+def test_interrupted_overwrite_leaves_the_old_run_whole_and_resume_finishes_it(tmp_path, monkeypatch):
+    import os
+
+    from scdc_jax.cluster import pipeline
+    from scdc_jax.errors import InputError
+
+    cfg = ClusterConfig(n_clusters=3, **{**FAST, "pretrain_epochs": 20, "maxiter": 5, "checkpoint_every": 5})
+    save, staged = tmp_path / "res", tmp_path / ".res.overwrite"
+    run(small_data(0), cfg, save_dir=str(save), progress=False)
+    old = sorted((str(p), p.stat().st_mtime_ns) for p in save.rglob("*"))
+    with pytest.raises(InputError, match=r"^.*res already holds a scdc_jax run; give overwrite=True to replace it, "
+                                         r"resume=True to continue it, or choose another save_dir.$"):
+        run(small_data(1), cfg, save_dir=str(save), progress=False)
+
+    real = pipeline.make_pretrain_epoch
+
+    def interrupted_at_epoch_12(*a, **kw):
+        epoch, calls = real(*a, **kw), []
+
+        def wrapped(*args):
+            calls.append(1)
+            if len(calls) == 12:
+                raise KeyboardInterrupt
+            return epoch(*args)
+
+        return wrapped
+
+    monkeypatch.setattr(pipeline, "make_pretrain_epoch", interrupted_at_epoch_12)
+    with pytest.raises(KeyboardInterrupt):
+        run(small_data(1), cfg, save_dir=str(save), overwrite=True, progress=False)
+    monkeypatch.undo()
+    assert sorted((str(p), p.stat().st_mtime_ns) for p in save.rglob("*")) == old  # the old run, untouched
+    assert sorted(os.listdir(staged / "pretrain")) == ["10", "5"]
+    with pytest.raises(InputError, match=r"\.res\.overwrite holds a run of other settings or data"):
+        run(small_data(0), cfg, save_dir=str(save), resume=True, progress=False)
+    resumed = run(small_data(1), cfg, save_dir=str(save), resume=True, progress=False)
+    assert not staged.exists() and sorted(os.listdir(save / "pretrain")) == ["15", "20"]
+    np.testing.assert_array_equal(resumed.labels, run(small_data(1), cfg, progress=False).labels)
 
 
 def test_batch_variant_follows_groups_not_batches():

@@ -1,6 +1,8 @@
 """Readers and preprocessing on small synthetic files, plus the real scDeepCluster layouts."""
 from __future__ import annotations
 
+import os
+
 import h5py
 import numpy as np
 import pytest
@@ -190,3 +192,137 @@ def test_encoder_input_is_built_once_and_equals_the_dense_path():
     sparse, dense = prepare(CountData(X=sp.csr_matrix(X))), prepare(CountData(X=X))
     assert sparse.x is sparse.x  # cached: a second read does not rebuild the matrix
     np.testing.assert_allclose(sparse.x, dense.x, atol=1e-5)
+
+
+def _barcodes(n):
+    rng = np.random.default_rng(1)
+    return ["".join(rng.choice(list("ACGT"), 16)) + "-1" for _ in range(n)]
+
+
+def test_csv_orientation_is_told_from_names_and_shape(tmp_path):
+    """R and GEO write genes as rows: told from barcodes in the header or gene ids as row names
+    and read transposed; a table that cannot be told is refused unless ``transpose`` is given."""
+    import pandas as pd
+
+    X = synthetic_counts(30, 20, seed=2)[0]
+    cells, symbols = _barcodes(30), ["MT-CO1", "MT-ND1", "RPL13", "RPS3"] + [f"G{i}" for i in range(16)]
+    ensembl = [f"ENSG{i:011d}" for i in range(20)]
+
+    def csv(name, frame):
+        frame.to_csv(tmp_path / name)
+        return str(tmp_path / name)
+
+    plain_ids = [f"s{i}" for i in range(30)]
+    for genes, header in ((symbols, plain_ids), (ensembl, plain_ids), ([f"g{i}" for i in range(20)], cells)):
+        d = read_counts(csv("t.csv", pd.DataFrame(X.T, index=genes, columns=header)))  # each sign alone
+        np.testing.assert_array_equal(d.X, X)
+        assert list(d.gene_names) == genes and list(d.cell_names) == header
+    plain = read_counts(csv("c.csv", pd.DataFrame(X, index=cells, columns=symbols)))  # cells as rows
+    np.testing.assert_array_equal(plain.X, X)
+    labels = tmp_path / "l.csv"
+    pd.DataFrame({"cell": cells[::-1], "type": [f"t{i % 3}" for i in range(30)][::-1]}).to_csv(labels, index=False)
+    d = read_counts(csv("t.csv", pd.DataFrame(X.T, index=symbols, columns=cells)), labels_csv=str(labels))
+    assert [d.label_names[c] for c in d.labels] == [f"t{i % 3}" for i in range(30)]
+
+    # 200 rows x 10 columns named by nothing telling: refused, then read as told
+    tall = synthetic_counts(10, 200, seed=3)[0].T
+    path = csv("tall.csv", pd.DataFrame(tall, index=[f"r{i}" for i in range(200)],
+                                        columns=[f"s{i}" for i in range(10)]))
+    with pytest.raises(InputError, match=r"may hold genes as rows and cells as columns \(it has 200 rows and 10 "
+                                         r".*give transpose=True if its rows are genes or transpose=False"):
+        read_counts(path)
+    assert read_counts(path, transpose=True).X.shape == (10, 200)
+    assert read_counts(path, transpose=False).X.shape == (200, 10)
+    # barcodes on both sides contradict each other
+    with pytest.raises(InputError, match="its header holds cell barcodes, yet its row names are cell barcodes"):
+        read_counts(csv("both.csv", pd.DataFrame(X[:, :20], index=cells, columns=_barcodes(50)[30:])))
+    h5 = write_h5(tmp_path / "a.h5", X=X)
+    with pytest.raises(InputError, match="transpose=True applies to CSV data files only"):
+        read_counts(h5, transpose=True)
+
+
+def tenx_inputs(tmp_path):
+    """A tiny 10x Genomics data set (30 cells, 19 genes and an antibody feature, one gene symbol
+    twice) as Cell Ranger writes it: a v3 HDF5 file, a gzipped v3 folder and a plain v2 folder."""
+    import gzip
+
+    import pandas as pd
+    import scipy.io
+
+    X = synthetic_counts(30, 20, seed=4)[0]
+    cells = _barcodes(30)
+    ids = [f"ENSG{i:011d}" for i in range(19)] + ["CD3_TotalSeqB"]
+    names = ["ACTB", "ACTB"] + [f"G{i}" for i in range(2, 19)] + ["CD3"]
+    types = ["Gene Expression"] * 19 + ["Antibody Capture"]
+    csr = sp.csr_matrix(X.astype(np.int32))
+    h5 = str(tmp_path / "filtered_feature_bc_matrix.h5")
+    with h5py.File(h5, "w") as f:
+        m = f.create_group("matrix")
+        for key in ("data", "indices", "indptr"):
+            m.create_dataset(key, data=getattr(csr, key))
+        m.create_dataset("shape", data=np.array([20, 30], np.int32))  # genes x cells
+        m.create_dataset("barcodes", data=np.array(cells, "S"))
+        feats = m.create_group("features")
+        for key, values in (("id", ids), ("name", names), ("feature_type", types), ("genome", ["GRCh38"] * 20)):
+            feats.create_dataset(key, data=np.array(values, "S"))
+    v3, v2 = tmp_path / "v3", tmp_path / "v2"
+    v3.mkdir(), v2.mkdir()
+    scipy.io.mmwrite(str(v2 / "matrix.mtx"), sp.coo_matrix(X[:, :19].T))
+    (v2 / "genes.tsv").write_text("".join(f"{i}\t{n}\n" for i, n in zip(ids[:19], names)))
+    (v2 / "barcodes.tsv").write_text("\n".join(cells) + "\n")
+    scipy.io.mmwrite(str(tmp_path / "m.mtx"), sp.coo_matrix(X.T))
+    for name, text in (("matrix.mtx.gz", (tmp_path / "m.mtx").read_text()),
+                       ("features.tsv.gz", "".join(f"{i}\t{n}\t{t}\n" for i, n, t in zip(ids, names, types))),
+                       ("barcodes.tsv.gz", "\n".join(cells) + "\n")):
+        with gzip.open(v3 / name, "wt") as fh:
+            fh.write(text)
+    labels = tmp_path / "labels.csv"
+    pd.DataFrame({"barcode": cells[::-1], "type": [f"t{i % 2}" for i in range(30)][::-1]}).to_csv(labels, index=False)
+    return X, cells, {"h5": h5, "v3": str(v3), "v2": str(v2), "labels": str(labels)}
+
+
+def test_10x_genomics_h5_and_matrix_folders(tmp_path):
+    X, cells, f = tenx_inputs(tmp_path)
+    expected_genes = ["ACTB", "ACTB-1"] + [f"G{i}" for i in range(2, 19)]
+    for path in (f["h5"], f["v3"], f["v2"], os.path.join(f["v3"], "matrix.mtx.gz")):
+        d = read_counts(path, labels_csv=f["labels"])
+        assert sp.issparse(d.X) and d.X.shape == (30, 19), path  # the antibody feature is left out
+        np.testing.assert_array_equal(d.X.toarray(), X[:, :19])
+        assert list(d.gene_names) == expected_genes and list(d.cell_names) == cells
+        assert [d.label_names[c] for c in d.labels] == [f"t{i % 2}" for i in range(30)]
+    with pytest.raises(InputError, match="holds no cell annotations for label_key"):
+        read_counts(f["h5"], label_key="cell_type")
+    with pytest.raises(InputError, match="layer applies to .h5ad files and .zarr stores only"):
+        read_counts(f["v3"], layer="counts")
+    os.remove(os.path.join(f["v2"], "barcodes.tsv"))
+    with pytest.raises(InputError, match=r"matrix folder .*v2 has no barcodes.tsv; it needs matrix.mtx, "
+                                         r"features.tsv \(or genes.tsv\) and barcodes.tsv, each plain or gzipped."):
+        read_counts(f["v2"])
+
+
+@pytest.mark.parametrize("zarr_format", [2, 3])
+def test_zarr_store_and_loom_refusal(tmp_path, zarr_format):
+    import anndata
+    import pandas as pd
+
+    X, groups, _ = synthetic_counts(30, 20, seed=5)
+    ad = anndata.AnnData(np.log1p(X).astype(np.float32), obs=pd.DataFrame({"ct": groups.astype(str)},
+                                                                            index=[f"c{i}" for i in range(30)]))
+    ad.layers["counts"] = sp.csr_matrix(X.astype(np.float32))
+    with anndata.settings.override(zarr_write_format=zarr_format):
+        ad.write_zarr(tmp_path / "cells.zarr")
+    assert (tmp_path / "cells.zarr" / (".zgroup" if zarr_format == 2 else "zarr.json")).exists()
+    d = read_counts(str(tmp_path / "cells.zarr"), layer="counts", label_key="ct")
+    np.testing.assert_array_equal(d.X.toarray(), X)
+    np.testing.assert_array_equal(d.labels, groups)
+    loom = write_h5(tmp_path / "cells.loom", matrix=X.T)
+    with h5py.File(loom, "a") as f:
+        f.create_group("row_attrs").create_dataset("Gene", data=np.array([f"g{i}" for i in range(20)], "S"))
+        f.create_group("col_attrs").create_dataset("CellID", data=np.array([f"c{i}" for i in range(30)], "S"))
+    with pytest.raises(InputError, match=r"is a .loom file, which scdc_jax does not read; convert it once to .h5ad "
+                                         r"\(pip install loompy, then python -c .*sc.read_loom\(.*cells.loom'\)"
+                                         r".write_h5ad\('cells.h5ad'\)\"\) and give the .h5ad."):
+        read_counts(loom)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="is a folder that is neither a 10x Genomics matrix folder"):
+        read_counts(str(tmp_path / "empty"))

@@ -20,8 +20,16 @@ examples:
   python -m scdc_jax.cluster --data-file data.h5 --n-clusters 16 --select-genes 2000
   python -m scdc_jax.cluster --config configs/scdeepcluster_paper.toml --data-file data.h5
   python -m scdc_jax.cluster --data-file cells.h5ad --layer counts --label-key cell_type --out out.h5ad
-  python -m scdc_jax.cluster --data-file data.h5 --ae-weights scdc_results   # reuse a pretrained model
+  python -m scdc_jax.cluster --data-file data.h5 --ae-weights scdc_results --save-dir rerun   # reuse pretraining
+  python -m scdc_jax.cluster --data-file data.h5 --n-clusters 8 --overwrite   # replace the run in scdc_results
+
+A --save-dir holding another run is refused unless --overwrite (replace it) or --resume (continue it).
 """
+
+
+TRANSPOSE_HELP = ("CSV: the rows are genes and the columns cells (R's and GEO's layout); --no-transpose: the rows "
+                  "are cells. Default: told from the names (cell barcodes, gene ids) and the shape, and a file "
+                  "that cannot be told is refused")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,19 +38,25 @@ def build_parser() -> argparse.ArgumentParser:
         "then deep embedded clustering of single-cell RNA-seq counts.", epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter)
     io = p.add_argument_group("input and output")
-    io.add_argument("--data-file", help="counts: scDeepCluster .h5 (X, optional Y, B), .h5ad, or CSV; "
-                    "default: scanpy's bundled pbmc68k_reduced")
-    io.add_argument("--layer", help=".h5ad: layer holding the raw counts ('raw' for .raw.X); default .X")
+    io.add_argument("--data-file", help="counts: scDeepCluster .h5 (X, optional Y, B), .h5ad, .zarr, CSV, or 10x "
+                    "Genomics (filtered_feature_bc_matrix.h5 or its matrix folder); default: scanpy's bundled "
+                    "pbmc68k_reduced")
+    io.add_argument("--layer", help=".h5ad, .zarr: layer holding the raw counts ('raw' for .raw.X); default .X")
+    io.add_argument("--transpose", "--genes-as-rows", action=argparse.BooleanOptionalAction, help=TRANSPOSE_HELP)
     io.add_argument("--label-key", help="known labels: .obs column (.h5ad) or dataset name (.h5, default Y)")
     io.add_argument("--batch-key", help="batches: .obs column (.h5ad) or 1-D dataset (.h5); an .h5 with a one-hot "
                     "B uses it automatically; switches on the batch-conditioned model")
-    io.add_argument("--save-dir", default="scdc_results", help="checkpoints and outputs (default: %(default)s)")
+    io.add_argument("--save-dir", default="scdc_results", help="checkpoints and outputs (default: %(default)s); "
+                    "one holding another run is refused unless --overwrite or --resume")
     io.add_argument("--final-latent-file", help="latent CSV, cells x latent (default: SAVE_DIR/final_latent_file.txt)")
     io.add_argument("--predict-label-file", help="one cluster a line (default: SAVE_DIR/pred_labels.txt)")
     io.add_argument("--out", help="write an .h5ad with .obs['scdc_cluster'], .obsm['X_scdc'] and the run in .uns")
     io.add_argument("--ae-weights", help="folder of a pretrained autoencoder checkpoint (a previous SAVE_DIR); "
                     "skips pretraining")
-    io.add_argument("--resume", action="store_true", help="continue an interrupted run from the checkpoints in SAVE_DIR")
+    io.add_argument("--resume", action="store_true", help="continue the run in SAVE_DIR from its checkpoints (same "
+                    "data and settings; also an interrupted --overwrite run)")
+    io.add_argument("--overwrite", action="store_true", help="replace the run in SAVE_DIR: the new one is built "
+                    "beside it and swapped in when it has finished, so a failed run leaves the old one whole")
     io.add_argument("--plot", metavar="DIR", help="write PNGs: UMAP of the latent space by cluster (and label, "
                     "batch), loss curves, ARI/NMI trajectory")
     io.add_argument("--config", help="TOML file of settings (e.g. configs/scdeepcluster_paper.toml); flags override it")
@@ -72,8 +86,10 @@ def build_predict_parser() -> argparse.ArgumentParser:
                                 "assignments q and hard labels. The query needs the model's genes (matched by name "
                                 "when both have names).")
     p.add_argument("--model", required=True, help="a finished run's --save-dir (or its model/ folder)")
-    p.add_argument("--data-file", required=True, help="query counts (.h5, .h5ad or CSV)")
+    p.add_argument("--data-file", required=True, help="query counts (.h5, .h5ad, .zarr, CSV, or a 10x Genomics "
+                   ".h5 or matrix folder)")
     p.add_argument("--layer", help=".h5ad layer with the counts ('raw' for .raw.X)")
+    p.add_argument("--transpose", "--genes-as-rows", action=argparse.BooleanOptionalAction, help=TRANSPOSE_HELP)
     p.add_argument("--label-key", help="known labels of the query, to score the assignment")
     p.add_argument("--batch-key", help="batches of the query (batch-conditioned models)")
     p.add_argument("--save-dir", default="scdc_predict", help="output folder (default: %(default)s)")
@@ -86,7 +102,8 @@ def predict_main(argv: list[str]) -> int:
     from ..io import read_counts
     from ..outputs import check_writable_dir, check_writable_file, write_labels, write_matrix_csv
 
-    data = read_counts(args.data_file, layer=args.layer, label_key=args.label_key, batch_key=args.batch_key)
+    data = read_counts(args.data_file, layer=args.layer, label_key=args.label_key, batch_key=args.batch_key,
+                       transpose=args.transpose)
     save_dir = check_writable_dir(args.save_dir, "save folder")
     if args.out:
         check_writable_file(args.out, "--out file")
@@ -133,26 +150,29 @@ def main(argv: list[str] | None = None) -> int:
     from ..outputs import (check_writable_dir, check_writable_file, provenance, write_h5ad, write_json,
                            write_labels, write_matrix_csv)
     from .config import load_config
+    from .layout import LABEL_FILE, LATENT_FILE, RUN_FILE, run_folder
 
     overrides = {k: getattr(args, k) for k in (
         "n_clusters", "knn", "resolution", "community", "select_genes", "batch_size", "maxiter",
         "pretrain_epochs", "gamma", "sigma", "update_interval", "tol", "seed", "devices", "checkpoint_every")}
     cfg = load_config(args.config, **overrides)
+    save_dir = args.save_dir
+    run_folder(save_dir, resume=args.resume, overwrite=args.overwrite)  # refuses a folder before any data is read
     if args.data_file is None:
-        if args.layer or args.label_key or args.batch_key:
-            raise InputError("--layer, --label-key and --batch-key need --data-file.")
+        if args.layer or args.label_key or args.batch_key or args.transpose is not None:
+            raise InputError("--layer, --label-key, --batch-key and --transpose need --data-file.")
         data = pbmc68k_counts()
     else:
-        data = read_counts(args.data_file, layer=args.layer, label_key=args.label_key, batch_key=args.batch_key)
+        data = read_counts(args.data_file, layer=args.layer, label_key=args.label_key, batch_key=args.batch_key,
+                           transpose=args.transpose)
     check_counts(data.X, require_integer=True)
     if cfg.select_genes > data.n_genes:
         raise InputError(f"--select-genes {cfg.select_genes} is larger than the number of genes ({data.n_genes}).")
     if cfg.n_clusters > data.n_cells:
         raise InputError(f"--n-clusters {cfg.n_clusters} is more than the number of cells ({data.n_cells}).")
 
-    save_dir = check_writable_dir(args.save_dir, "save folder")
-    latent_file = args.final_latent_file or os.path.join(save_dir, "final_latent_file.txt")
-    label_file = args.predict_label_file or os.path.join(save_dir, "pred_labels.txt")
+    latent_file = args.final_latent_file or os.path.join(save_dir, LATENT_FILE)
+    label_file = args.predict_label_file or os.path.join(save_dir, LABEL_FILE)
     for path, what in ((latent_file, "latent file"), (label_file, "label file"), (args.out, "--out file")):
         if path:
             check_writable_file(path, what)
@@ -165,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     from .pipeline import run
 
     result = run(data, cfg, save_dir=save_dir, ae_weights=args.ae_weights, resume=args.resume,
-                 progress=not args.quiet)
+                 overwrite=args.overwrite, progress=not args.quiet)
     command = "python -m scdc_jax.cluster " + shlex.join(argv)
     prov = provenance(cfg.seed, cfg.to_dict(), cfg.devices, command)
     prov["data"] = data.source
@@ -175,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
                "timings": result.timings, "stop_reason": result.stop_reason,
                "n_cells_kept": int(len(result.cells)), "n_genes_kept": int(len(result.genes)),
                "outputs": {"latent": latent_file, "labels": label_file, "h5ad": args.out}}
-    write_json(os.path.join(save_dir, "run.json"), summary)
+    write_json(os.path.join(save_dir, RUN_FILE), summary)
     if args.out:
         import anndata
         import pandas as pd
@@ -205,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     if result.scores:
         s = result.scores
         print(f"ARI {s['ari']:.4f}  NMI {s['nmi']:.4f}  ACC {s['acc']:.4f}")
-    print(f"wrote {latent_file}, {label_file}, {os.path.join(save_dir, 'run.json')}"
+    print(f"wrote {latent_file}, {label_file}, {os.path.join(save_dir, RUN_FILE)}"
           + (f", {args.out}" if args.out else "") + f"; model checkpoint in {os.path.join(save_dir, 'model')}")
     return 0
 

@@ -10,7 +10,7 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from ..configfile import load_dataclass_config
-from ..errors import InputError
+from ..errors import InputError, option
 
 
 @dataclass
@@ -46,14 +46,14 @@ class ClusterConfig:
         for name in positive:
             value = getattr(self, name)
             if not value > 0:
-                raise InputError(f"--{name.replace('_', '-')} must be positive, got {value}.")
+                raise InputError(f"{option(name)} must be positive, got {value}.")
         for name in ("n_clusters", "select_genes", "gamma", "ridge_lambda"):
             if getattr(self, name) < 0:
-                raise InputError(f"--{name.replace('_', '-')} must be zero or positive, got {getattr(self, name)}.")
+                raise InputError(f"{option(name)} must be zero or positive, got {getattr(self, name)}.")
         if self.n_clusters == 1:
-            raise InputError("--n-clusters 1 makes no clustering; give 2 or more, or 0 to estimate it.")
+            raise InputError(f"{option('n_clusters', 1)} makes no clustering; give 2 or more, or 0 to estimate it.")
         if self.community not in ("louvain", "leiden"):
-            raise InputError(f"--community must be 'louvain' or 'leiden', got '{self.community}'.")
+            raise InputError(f"{option('community')} must be 'louvain' or 'leiden', got '{self.community}'.")
         return self
 
     def to_dict(self) -> dict:

@@ -4,7 +4,8 @@ The folder is checked against its manifest before anything in it is read (it may
 someone else); it holds orbax arrays and JSON only.
 
 The query must hold the model's genes: matched by name (and reordered) when both sides have
-names, otherwise by position with the same gene count.  Cells are normalised with the TRAINING
+names, otherwise by position: either the model's genes alone, or every column of the training
+input, from which the model's columns are taken as in training.  Cells are normalised with the TRAINING
 statistics (median total, gene means and spreads) and encoded by the clean encoder pass.
 """
 from __future__ import annotations
@@ -15,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import checkpoint, manifest
-from ..errors import InputError
+from ..errors import InputError, option
 from ..io import CountData, check_counts
 from .config import ClusterConfig
 from .pipeline import MODEL, MODEL_KIND, RETRAIN
@@ -28,11 +29,18 @@ def _model_dir(path: str) -> str:
         if os.path.isfile(os.path.join(cand, manifest.NAME)) or checkpoint.latest_step(cand) is not None:
             manifest.verify(cand, MODEL_KIND, RETRAIN)
             return cand
-    raise InputError(f"{path} holds no final scdc_jax model (look for the 'model' folder of a finished run's --save-dir).")
+    raise InputError(f"{path} holds no final scdc_jax model (look for the 'model' folder of a finished run's "
+                     f"{option('save_dir')}).")
 
 
-def align_genes(data: CountData, model_genes: list[str] | None, n_genes: int) -> CountData:
-    """Reorder the query's genes to the model's; refuse when they cannot be matched."""
+def align_genes(data: CountData, model_genes: list[str] | None, n_genes: int, *,
+                kept: list[int] | None = None, n_input: int | None = None) -> CountData:
+    """Reorder the query's genes to the model's; refuse when they cannot be matched.
+
+    Without names on both sides, a query of ``n_input`` genes (the training input's count, of
+    which the model kept the columns ``kept``: genes without counts and unselected genes were
+    dropped) gets the same columns by position; one of ``n_genes`` genes is taken as it is.
+    """
     if model_genes is not None and data.gene_names is not None:
         names = np.asarray(data.gene_names).astype(str)
         uniq, counts = np.unique(names, return_counts=True)
@@ -44,10 +52,14 @@ def align_genes(data: CountData, model_genes: list[str] | None, n_genes: int) ->
             raise InputError(f"the query lacks {len(missing)} of the model's {len(model_genes)} genes "
                              f"(e.g. '{missing[0]}'); the model needs all of its genes.")
         return data.subset(genes=np.array([pos[g] for g in model_genes]))
-    if data.n_genes != n_genes:
-        raise InputError(f"the query has {data.n_genes} genes and the model {n_genes}, and without gene names on "
-                         "both sides they cannot be matched; give gene names or the same genes in the same order.")
-    return data
+    if data.n_genes == n_genes:
+        return data
+    if kept is not None and data.n_genes == n_input:
+        return data.subset(genes=np.asarray(kept, np.int64))
+    trained_on = f" (the training data had {n_input} before filtering)" if n_input not in (None, n_genes) else ""
+    raise InputError(f"the query has {data.n_genes} genes and the model {n_genes}{trained_on}, and without gene "
+                     "names on both sides they cannot be matched; give gene names or the same genes in the same "
+                     "order.")
 
 
 def _align_batches(data: CountData, meta: dict) -> np.ndarray | None:
@@ -55,7 +67,8 @@ def _align_batches(data: CountData, meta: dict) -> np.ndarray | None:
     if nb == 0:
         return None
     if data.batch is None:
-        raise InputError(f"the model was trained with {nb} batches; give the query's batches (B or --batch-key).")
+        raise InputError(f"the model was trained with {nb} batches; give the query's batches "
+                         f"(B or {option('batch_key')}).")
     names = meta.get("batch_names")
     if data.batch_names is not None and names is not None and set(data.batch_names) <= set(names):
         cols = [names.index(b) for b in data.batch_names]
@@ -77,7 +90,8 @@ def predict(model: str, data: CountData) -> dict:
     meta = checkpoint.read_meta(where)
     cfg = ClusterConfig(**meta["config"])
     n_genes, k = int(meta["n_genes"]), int(meta["n_clusters"])
-    data = align_genes(data, meta.get("gene_names"), n_genes)
+    data = align_genes(data, meta.get("gene_names"), n_genes, kept=meta.get("kept_genes"),
+                       n_input=meta.get("n_input_genes"))
     check_counts(data.X, require_integer=True)
     b = _align_batches(data, meta)
     graphdef, ae = build_model(n_genes, int(meta["n_batches"]), cfg, cfg.seed)

@@ -5,7 +5,7 @@ import random
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import InputError, option
 
 
 def kmeans(z: np.ndarray, n_clusters: int, *, n_init: int = 20, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -13,7 +13,7 @@ def kmeans(z: np.ndarray, n_clusters: int, *, n_init: int = 20, seed: int = 0) -
     from sklearn.cluster import KMeans
 
     if n_clusters > z.shape[0]:
-        raise InputError(f"--n-clusters {n_clusters} is more than the {z.shape[0]} cells left after filtering.")
+        raise InputError(f"{option('n_clusters', n_clusters)} is more than the {z.shape[0]} cells left after filtering.")
     km = KMeans(n_clusters=n_clusters, n_init=n_init, random_state=seed).fit(np.asarray(z, np.float64))
     return km.cluster_centers_.astype(np.float32), km.labels_.astype(np.int64)
 
@@ -24,7 +24,7 @@ def knn_connectivities(z: np.ndarray, knn: int, *, seed: int = 0):
     import scanpy as sc
 
     if knn >= z.shape[0]:
-        raise InputError(f"--knn {knn} must be smaller than the number of cells ({z.shape[0]}).")
+        raise InputError(f"{option('knn', knn)} must be smaller than the number of cells ({z.shape[0]}).")
     ad = anndata.AnnData(np.asarray(z, np.float32))
     sc.pp.neighbors(ad, n_neighbors=knn, use_rep="X", random_state=seed)
     return ad.obsp["connectivities"]

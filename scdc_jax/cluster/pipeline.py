@@ -3,12 +3,15 @@
 :func:`run` takes a :class:`~scdc_jax.io.CountData` and a :class:`ClusterConfig` and returns a
 :class:`ClusterResult`; :func:`fit` is the scanpy-style wrapper that writes into an AnnData.
 Checkpoints (orbax) go to ``save_dir/pretrain``, ``save_dir/cluster`` (periodic, for ``resume``)
-and ``save_dir/model`` (the final model with its cluster centres, used by ``predict``).  The two
+and ``save_dir/model`` (the final model with its cluster centres, used by ``predict``).  A
+``save_dir`` holding another run is refused unless ``overwrite`` (replace it) or ``resume``
+(continue it) is given (:mod:`.layout`), so it never holds checkpoints of two runs.  The two
 folders others may be given, ``pretrain`` (for ``ae_weights``) and ``model``, get a manifest once
 complete and are checked against it before they are read (:mod:`scdc_jax.manifest`).
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
 import time
@@ -19,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import checkpoint, manifest
-from ..errors import InputError, TrainingDiverged
+from ..errors import InputError, TrainingDiverged, option
 from ..io import CountData
 from ..metrics import clustering_scores
 from ..optim import adadelta_torch, amsgrad_torch
@@ -27,10 +30,10 @@ from ..parallel import data_sharded, make_mesh, replicated
 from ..preprocess import prepare
 from .config import ClusterConfig
 from .init import centres_of, community_labels, kmeans
+from .layout import CLUSTER, MODEL, PRETRAIN, run_folder
 from .train import (build_model, device_data, make_assign, make_cluster_epoch, make_encoder,
                     make_pretrain_epoch, stage_key)
 
-PRETRAIN, CLUSTER, MODEL = "pretrain", "cluster", "model"
 PRETRAIN_KIND, MODEL_KIND = "scDeepCluster pretrained autoencoder", "scDeepCluster model"
 RETRAIN = "train it again with 'python -m scdc_jax.cluster'"
 
@@ -107,7 +110,7 @@ def _diverged(stage: str, epoch: int, save_dir: str | None, sub: str) -> Trainin
     hint = (f"the last good checkpoint is epoch {last} in {where}" if last is not None
             else "no checkpoint was saved before it")
     return TrainingDiverged(f"the {stage} loss became non-finite at epoch {epoch}; {hint}. "
-                            "Try a smaller --sigma or learning rate, or check the input counts.")
+                            f"Try a smaller {option('sigma')} or learning rate, or check the input counts.")
 
 
 def _ckpt_meta(stage: str, epoch: int, cfg: ClusterConfig, n_genes: int, n_batches: int, **extra) -> dict:
@@ -119,7 +122,7 @@ def _check_compatible(meta: dict, n_genes: int, n_batches: int, cfg: ClusterConf
     if meta.get("n_genes") != n_genes or meta.get("n_batches") != n_batches:
         raise InputError(f"the checkpoint in {where} was made for {meta.get('n_genes')} genes and "
                          f"{meta.get('n_batches')} batches, but this data has {n_genes} genes and {n_batches} "
-                         "batches after preprocessing; use the same data and --select-genes.")
+                         f"batches after preprocessing; use the same data and {option('select_genes')}.")
     saved = meta.get("config", {})
     for k in ("encoder", "latent", "decoder"):
         if k in saved and list(np.atleast_1d(saved[k])) != list(np.atleast_1d(getattr(cfg, k))):
@@ -128,19 +131,31 @@ def _check_compatible(meta: dict, n_genes: int, n_batches: int, cfg: ClusterConf
 
 def _resolve_ae_weights(path: str) -> str:
     if not os.path.isdir(path):
-        raise InputError(f"--ae-weights {path} is not a folder holding a scdc_jax checkpoint.")
+        raise InputError(f"{option('ae_weights', path)} is not a folder holding a scdc_jax checkpoint.")
     for cand in (os.path.join(path, PRETRAIN), path):
         if os.path.isfile(os.path.join(cand, manifest.NAME)) or checkpoint.latest_step(cand) is not None:
             manifest.verify(cand, PRETRAIN_KIND, RETRAIN)
             return cand
-    raise InputError(f"--ae-weights {path} holds no pretrained autoencoder checkpoint.")
+    raise InputError(f"{option('ae_weights', path)} holds no pretrained autoencoder checkpoint.")
+
+
+def _fingerprint(cfg: ClusterConfig, prep) -> dict:
+    """What makes two runs one run, for ``resume``: the settings that shape the result (not the
+    device count or the checkpoint interval) and a digest of the preprocessed data."""
+    digest = hashlib.sha256()
+    for part in (prep.cells, prep.genes, prep.size_factors, prep.norm["mean"], prep.norm["std"], prep.data.batch):
+        if part is not None:
+            digest.update(np.ascontiguousarray(part).tobytes())
+    settings = {k: v for k, v in cfg.to_dict().items() if k not in ("devices", "checkpoint_every")}
+    return {"config": settings, "shape": list(prep.shape), "data": digest.hexdigest()}
 
 
 def run(data: CountData, cfg: ClusterConfig, *, save_dir: str | None = None, ae_weights: str | None = None,
-        resume: bool = False, progress: bool = True) -> ClusterResult:
+        resume: bool = False, overwrite: bool = False, progress: bool = True) -> ClusterResult:
     """Preprocess ``data`` and run scDeepCluster with ``cfg``; see the module docstring."""
     cfg.validate()
     ae_dir = _resolve_ae_weights(ae_weights) if ae_weights is not None else None  # checked before any work
+    folder = run_folder(save_dir, resume=resume, overwrite=overwrite) if save_dir else None
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
     prep = prepare(data, select_genes_n=cfg.select_genes)
@@ -148,7 +163,7 @@ def run(data: CountData, cfg: ClusterConfig, *, save_dir: str | None = None, ae_
     batch = prep.data.batch
     nb = 0 if batch is None else batch.shape[1]
     if cfg.n_clusters > n:
-        raise InputError(f"--n-clusters {cfg.n_clusters} is more than the {n} cells left after filtering.")
+        raise InputError(f"{option('n_clusters', cfg.n_clusters)} is more than the {n} cells left after filtering.")
     labels_true = prep.data.labels
     say = (lambda msg: print(msg, file=sys.stderr)) if progress else (lambda msg: None)
     say(f"data: {n} cells x {g} genes" + (f", {nb} batches" if nb else "")
@@ -162,18 +177,19 @@ def run(data: CountData, cfg: ClusterConfig, *, save_dir: str | None = None, ae_
     if rep is not None:
         ae = jax.device_put(ae, rep)
     history: dict = {"pretrain_loss": [], "cluster": [], "scores": []}
-    sub = (lambda s: os.path.join(save_dir, s)) if save_dir else (lambda s: None)
-
-    # ---- pretraining --------------------------------------------------------------------------
-    t0 = time.perf_counter()
-    if ae_dir is not None:
+    if ae_dir is not None:  # before the run folder is claimed, so that a bad checkpoint leaves nothing behind
         meta = checkpoint.read_meta(ae_dir)
         _check_compatible(meta, g, nb, cfg, ae_dir)
         restored, meta = checkpoint.restore(ae_dir, {"ae": ae, "opt": amsgrad_torch(cfg.lr_pretrain).init(ae)})
         ae = restored["ae"]
         say(f"pretrained autoencoder restored from {ae_dir} (epoch {meta.get('epoch')}); pretraining skipped")
         history["pretrain_loss"] = list(meta.get("pretrain_loss", []))
-    else:
+    work = folder.claim(_fingerprint(cfg, prep)) if folder is not None else None
+    sub = (lambda s: os.path.join(work, s)) if work else (lambda s: None)
+
+    # ---- pretraining --------------------------------------------------------------------------
+    t0 = time.perf_counter()
+    if ae_weights is None:
         tx = amsgrad_torch(cfg.lr_pretrain)
         opt_state = tx.init(ae)
         start = 0
@@ -193,7 +209,7 @@ def run(data: CountData, cfg: ClusterConfig, *, save_dir: str | None = None, ae_
                 ae, opt_state, loss = epoch_fn(ae, opt_state, dd, stage_key(cfg.seed, 1, epoch))
                 loss = float(loss)
                 if not np.isfinite(loss):
-                    raise _diverged("pretraining", epoch + 1, save_dir, PRETRAIN)
+                    raise _diverged("pretraining", epoch + 1, work, PRETRAIN)
                 history["pretrain_loss"].append(loss)
                 bar.update(zinb=loss)
                 done = epoch + 1
@@ -274,7 +290,7 @@ def run(data: CountData, cfg: ClusterConfig, *, save_dir: str | None = None, ae_
             params, opt_state, losses = epoch_fn(params, opt_state, dd, p, stage_key(cfg.seed, 2, epoch))
             loss, kl, zinb = (float(v) for v in losses)
             if not np.isfinite(loss):
-                raise _diverged("clustering", epoch + 1, save_dir, CLUSTER)
+                raise _diverged("clustering", epoch + 1, work, CLUSTER)
             history["cluster"].append({"epoch": epoch + 1, "loss": loss, "kl": kl, "zinb": zinb})
             post = {"loss": loss, "kl": kl, "delta": delta}
             if history["scores"]:
@@ -292,13 +308,15 @@ def run(data: CountData, cfg: ClusterConfig, *, save_dir: str | None = None, ae_
     timings["cluster_epochs"] = len(history["cluster"])
 
     gene_names = None if prep.data.gene_names is None else [str(x) for x in prep.data.gene_names]
-    if save_dir:
+    if work:
         checkpoint.save(sub(MODEL), 0, {"params": params, "norm_mean": prep.norm["mean"],
                                         "norm_std": prep.norm["std"]},
                         _ckpt_meta(MODEL, len(history["cluster"]), cfg, g, nb, n_clusters=k,
                                    gene_names=gene_names, batch_names=prep.data.batch_names,
-                                   median_total=prep.norm["median_total"]))
+                                   median_total=prep.norm["median_total"], n_input_genes=data.n_genes,
+                                   kept_genes=[int(i) for i in prep.genes]))
         manifest.write(sub(MODEL), MODEL_KIND)
+        folder.commit()
     scores = clustering_scores(labels_true, last) if labels_true is not None else None
     return ClusterResult(labels=last, latent=np.asarray(z0), q=np.asarray(q), centers=np.asarray(params["mu"]),
                          cells=prep.cells, genes=prep.genes, n_cells_input=data.n_cells, config=cfg.to_dict(),

@@ -28,12 +28,18 @@ subcommands: evaluate (default), train-reference, annotate; 'python -m scdc_jax.
 
 def _data_args(p: argparse.ArgumentParser, labels: bool = True) -> None:
     g = p.add_argument_group("input")
-    g.add_argument("--data-file", help="counts, cells x genes: scDeepCluster-style .h5 (X, Y, cell_types, "
-                   "gene_names), .h5ad, or CSV (header row, first column cell ids)")
-    g.add_argument("--layer", help=".h5ad: layer holding the counts ('raw' for .raw.X); default .X")
+    g.add_argument("--data-file", help="counts: scDeepCluster-style .h5 (X, Y, cell_types, gene_names), .h5ad, "
+                   ".zarr, CSV (header row, first column of names), or 10x Genomics (filtered_feature_bc_matrix.h5 "
+                   "or its matrix folder)")
+    g.add_argument("--layer", help=".h5ad, .zarr: layer holding the counts ('raw' for .raw.X); default .X")
+    g.add_argument("--transpose", "--genes-as-rows", action=argparse.BooleanOptionalAction,
+                   help="CSV: the rows are genes and the columns cells (R's and GEO's layout); --no-transpose: the "
+                   "rows are cells. Default: told from the names (cell barcodes, gene ids) and the shape, and a "
+                   "file that cannot be told is refused")
     if labels:
         g.add_argument("--label-key", help="labels: .obs column (.h5ad) or dataset name (.h5, default Y)")
-        g.add_argument("--labels-csv", help="labels for a CSV data file: (cell id, label) or one label a line")
+        g.add_argument("--labels-csv", help="labels for a CSV or 10x Genomics data file: (cell id or barcode, "
+                       "label) or one label a line")
 
 
 def _method_args(p: argparse.ArgumentParser) -> None:
@@ -111,9 +117,10 @@ def _read(args, labels: bool = True):
                          "--label-key, or CSV with --labels-csv)." if labels else
                          "a query data file is needed: give --data-file.")
     if labels:
-        data = read_counts(args.data_file, layer=args.layer, label_key=args.label_key, labels_csv=args.labels_csv)
+        data = read_counts(args.data_file, layer=args.layer, label_key=args.label_key, labels_csv=args.labels_csv,
+                           transpose=args.transpose)
     else:
-        data = read_counts(args.data_file, layer=args.layer)
+        data = read_counts(args.data_file, layer=args.layer, transpose=args.transpose)
     from ..io import check_counts
 
     check_counts(data.X, require_integer=False)
