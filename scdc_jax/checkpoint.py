@@ -30,6 +30,11 @@ def _flatten(tree) -> tuple[dict[str, np.ndarray], object]:
     return {jax.tree_util.keystr(path): leaf for path, leaf in pairs}, treedef
 
 
+def to_host(tree):
+    """A pytree of device arrays as NumPy arrays on the host (what :func:`save` writes)."""
+    return jax.tree.map(np.asarray, jax.device_get(tree))
+
+
 def save(directory: str, step: int, state, meta: dict, *, max_to_keep: int | None = 2) -> None:
     """Save ``state`` (any pytree of arrays) and ``meta`` (JSON-serialisable) as ``directory/<step>``.
 
@@ -53,10 +58,10 @@ def run_dir(directory: str, fingerprint: dict, resume: bool) -> str:
     import json
     import shutil
 
-    from .outputs import _json_default, write_json
+    from .outputs import as_json, write_json
 
     key_file = os.path.join(directory, "fingerprint.json")
-    fingerprint = json.loads(json.dumps(fingerprint, default=_json_default))  # as it will read back
+    fingerprint = as_json(fingerprint)  # as it will read back
     if os.path.exists(key_file):
         if not resume:
             shutil.rmtree(directory)

@@ -119,7 +119,7 @@ class RunFolder:
         settings and data that make two runs the same run); returns the folder."""
         import json
 
-        fingerprint = json.loads(json.dumps(fingerprint, default=_json_default))  # as it will read back
+        fingerprint = as_json(fingerprint)  # as it will read back
         key = os.path.join(self.work, self.FINGERPRINT)
         if self.resume and os.path.exists(key):
             with open(key) as fh:
@@ -182,6 +182,14 @@ def _json_default(o):
     if isinstance(o, np.ndarray):
         return o.tolist()
     raise TypeError(f"cannot write {type(o).__name__} as JSON")
+
+
+def as_json(obj):
+    """``obj`` (dicts, lists, NumPy scalars and arrays, ...) as it reads back from a JSON file:
+    plain Python values, string keys, lists for tuples and arrays."""
+    import json
+
+    return json.loads(json.dumps(obj, default=_json_default))
 
 
 def write_h5ad(path: str, adata) -> None:

@@ -7,11 +7,9 @@ from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 from .errors import InputError, option
 
 
-def make_mesh(n_devices: int) -> jax.sharding.Mesh:
-    """A 1-D mesh of the first ``n_devices`` devices with an Auto "data" axis.
-
-    Raises InputError when more devices are asked for than this machine has.
-    """
+def check_devices(n_devices: int) -> list:
+    """The first ``n_devices`` devices; InputError when fewer are available (checked before any
+    work, without building a mesh)."""
     available = jax.devices()
     if n_devices < 1:
         raise InputError(f"{option('devices')} must be at least 1, got {n_devices}.")
@@ -20,7 +18,13 @@ def make_mesh(n_devices: int) -> jax.sharding.Mesh:
         raise InputError(f"{option('devices', n_devices)} asked for, but only {len(available)} {kind} device(s) are "
                          "available; use fewer (on a CPU, XLA_FLAGS=--xla_force_host_platform_device_count=N "
                          "simulates N devices).")
-    return jax.make_mesh((n_devices,), ("data",), axis_types=(AxisType.Auto,), devices=available[:n_devices])
+    return available[:n_devices]
+
+
+def make_mesh(n_devices: int) -> jax.sharding.Mesh:
+    """A 1-D mesh of the first ``n_devices`` devices with an Auto "data" axis (InputError when
+    more are asked for than this machine has)."""
+    return jax.make_mesh((n_devices,), ("data",), axis_types=(AxisType.Auto,), devices=check_devices(n_devices))
 
 
 def replicated(mesh) -> NamedSharding:

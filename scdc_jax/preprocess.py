@@ -1,8 +1,11 @@
-"""scDeepCluster preprocessing: gene selection, filtering, size factors, normalise/log/z-score.
+"""Preprocessing of counts for both methods.
 
-Order (REFERENCE.md): optional gene selection on raw counts, drop zero genes then zero cells
-(labels and batches follow the cells), keep raw counts as the loss target, size factors
-``total / median(total)``, and the encoder input ``zscore(log1p(x * median / total))``.
+scDeepCluster (REFERENCE.md order): optional gene selection on raw counts, drop zero genes then
+zero cells (labels and batches follow the cells), keep raw counts as the loss target, size
+factors ``total / median(total)``, and the encoder input ``zscore(log1p(x * median / total))``.
+
+GsRCL: :func:`log_transform` (``log(1 + x)``, its only preprocessing) and
+:func:`masking_input` (scanpy's preprocessing for the random-gene-masking baseline).
 """
 from __future__ import annotations
 
@@ -191,3 +194,32 @@ def prepare(data: CountData, *, select_genes_n: int = 0) -> Prepared:
     norm = norm_stats(raw, totals)
     return Prepared(raw=raw, size_factors=(totals / norm["median_total"]).astype(np.float32), data=data, cells=keep_c,
                     genes=genes, norm=norm)
+
+
+def log_transform(X) -> np.ndarray:
+    """Dense float32 ``log(x + 1)`` of a (cells, genes) count matrix (dense or sparse)."""
+    X = X.toarray() if hasattr(X, "toarray") else np.asarray(X)
+    return np.log1p(X.astype(np.float32))
+
+
+def masking_input(X, n_top_genes: int) -> np.ndarray:
+    """The masking baseline's input: scanpy's preprocessing (genes seen in no cell dropped,
+    per-cell normalisation to the median total, log1p, the ``n_top_genes`` most variable genes,
+    scaling to unit variance without clipping, as the reference) of the counts ``X`` (cells,
+    genes).  Every cell is kept, so the splits stay those of the task.  With ``n_top_genes = 0``:
+    ``log(1 + x)``."""
+    if not n_top_genes:
+        return log_transform(X)
+    import anndata
+    import scanpy as sc
+
+    ad = anndata.AnnData(X.astype(np.float32) if sp.issparse(X) else np.asarray(X, np.float32))
+    sc.pp.filter_genes(ad, min_cells=1)
+    if n_top_genes >= ad.n_vars:
+        raise InputError(f"{option('n_top_genes', n_top_genes)} is not below the {ad.n_vars} expressed genes; "
+                         "choose fewer.")
+    sc.pp.normalize_total(ad)
+    sc.pp.log1p(ad)
+    sc.pp.highly_variable_genes(ad, n_top_genes=n_top_genes, subset=True)
+    sc.pp.scale(ad)
+    return np.asarray(ad.X, np.float32)

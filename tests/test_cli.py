@@ -94,7 +94,7 @@ def test_rerun_into_a_save_dir_is_refused_or_replaces_the_run_whole(tmp_path):
     assert sorted((p, p.stat().st_mtime_ns) for p in save.rglob("*")) == before
     replaced = cli("--data-file", second, *args[:-len(TINY)], "--pretrain-epochs", "4", *TINY[2:], "--overwrite")
     assert replaced.returncode == 0, replaced.stderr
-    assert sorted(os.listdir(save / "pretrain")) == ["2", "4"]  # the first run's step 3 is gone
+    assert sorted(os.listdir(save / "pretrain")) == ["2", "4", "manifest.json"]  # the first run's step 3 is gone
     assert json.loads((save / "run.json").read_text())["data"] == second
     from scdc_jax import checkpoint
 

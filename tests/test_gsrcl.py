@@ -16,7 +16,8 @@ from conftest import ROOT, synthetic_counts
 from scdc_jax.errors import InputError
 from scdc_jax.gsrcl.config import load_config
 from scdc_jax.gsrcl.protocol import evaluate, make_task, results_table, text_summary
-from scdc_jax.gsrcl.train import Trainer, log_transform, make_batches
+from scdc_jax.gsrcl.train import Trainer, make_batches
+from scdc_jax.preprocess import log_transform
 from scdc_jax.io import CountData
 
 TINY = dict(encoder=[16, 8], head=[8, 4], epochs=6, eval_every=3, n_folds=2, svm_cv=2,
@@ -322,7 +323,7 @@ def test_svm_worker_processes_select_as_in_turn_and_masking_baseline_runs():
     assert masked["method"] == "masking_hvg20" and cfg.method in text_summary(masked, "s")
     assert list(results_table(masked, "s")["method"]) == ["raw", "masking_hvg20"]
     assert masked["tasks"][0]["raw"] == inline["tasks"][1]["raw"]  # the raw baseline is the same
-    with pytest.raises(InputError, match="n-top-genes"):
+    with pytest.raises(InputError, match="n_top_genes=400"):  # the API names the keyword, not the flag
         evaluate(data, load_config(None, **TINY, augment="dropout", n_top_genes=400), progress=False)
 
 

@@ -136,9 +136,9 @@ def _config(args):
             "augment", "dropout", "n_top_genes", "svm_workers", "encoders", "precision")
     cfg = load_config(args.config, **{k: getattr(args, k) for k in keys})
     if cfg.devices > 1:  # a bad --devices fails here, before any data is read; one device needs no check
-        from ..parallel import make_mesh
+        from ..parallel import check_devices
 
-        make_mesh(cfg.devices)
+        check_devices(cfg.devices)
     return cfg
 
 

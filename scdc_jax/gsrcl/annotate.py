@@ -25,7 +25,8 @@ import numpy as np
 from ..errors import InputError
 from ..outputs import atomic_path, write_json
 from .config import GsRCLConfig
-from .train import Trainer, build_model, log_transform, make_encode
+from ..preprocess import log_transform
+from .train import Trainer, build_model, has_batch_norm, make_encode
 
 UNASSIGNED = "Unassigned"
 KIND = "GsRCL reference"
@@ -129,8 +130,8 @@ def train_reference(data, cfg: GsRCLConfig, out_dir: str, *, log=print, resume: 
         os.remove(os.path.join(out_dir, OLD_SVMS))
     meta = {**provenance(cfg.seed, dataclasses.asdict(cfg), cfg.devices, command),
             "n_genes": int(x.shape[1]), "cell_types": [names[c] for c in types],
-            "batch_norm": bool(trainer.batch_norm), "final_loss": losses[-1], "source": data.source}
-    checkpoint.save(model_dir, cfg.n_epochs, jax_to_numpy(params), meta, max_to_keep=1)
+            "batch_norm": has_batch_norm(params), "final_loss": losses[-1], "source": data.source}
+    checkpoint.save(model_dir, cfg.n_epochs, checkpoint.to_host(params), meta, max_to_keep=1)
     save_svms(os.path.join(out_dir, "svms.npz"), svms)
     with atomic_path(os.path.join(out_dir, "genes.txt")) as tmp:
         with open(tmp, "w") as fh:
@@ -139,12 +140,6 @@ def train_reference(data, cfg: GsRCLConfig, out_dir: str, *, log=print, resume: 
     shutil.rmtree(partial)
     manifest.write(out_dir, KIND)
     return meta
-
-
-def jax_to_numpy(tree):
-    import jax
-
-    return jax.tree.map(np.asarray, jax.device_get(tree))
 
 
 def reference_meta(reference_dir: str) -> dict:
@@ -187,7 +182,7 @@ def load_reference(reference_dir: str) -> Reference:
     meta = reference_meta(reference_dir)
     cfg = GsRCLConfig(**meta["config"])
     graphdef, template = build_model(meta["n_genes"], cfg, 0, bool(meta.get("batch_norm", False)))
-    params, _ = checkpoint.restore(os.path.join(reference_dir, "model"), jax_to_numpy(template))
+    params, _ = checkpoint.restore(os.path.join(reference_dir, "model"), checkpoint.to_host(template))
     names = list(meta["cell_types"])
     svms = load_svms(os.path.join(reference_dir, "svms.npz"), len(names), cfg.encoder[-1])
     with open(os.path.join(reference_dir, "genes.txt")) as fh:

@@ -33,12 +33,13 @@ import zlib
 from dataclasses import dataclass
 
 import numpy as np
-import scipy.sparse as sp
 from sklearn.model_selection import StratifiedKFold, train_test_split
 
 from ..errors import InputError
+from .folds import FoldStore
 from .svm import fit_and_score_tasks, selection_mccs
-from .train import Trainer, log_transform
+from ..preprocess import log_transform, masking_input
+from .train import Trainer
 
 METRICS = ("mcc", "f1", "ap")
 
@@ -313,80 +314,6 @@ def select_types(label_names: list[str], wanted: list[str] | None) -> list[int]:
         raise InputError(f"cell type(s) {', '.join(map(repr, missing))} are not among the labels "
                          f"({', '.join(label_names)}).")
     return [label_names.index(w) for w in wanted]
-
-
-def masking_input(X, n_top_genes: int) -> np.ndarray:
-    """The masking baseline's input: scanpy's preprocessing (genes seen in no cell dropped,
-    per-cell normalisation to the median total, log1p, the ``n_top_genes`` most variable genes,
-    scaling to unit variance without clipping, as the reference) of the counts ``X`` (cells, genes).  Every cell is
-    kept, so the splits stay those of the task.  With ``n_top_genes = 0``: ``log(1 + x)``."""
-    if not n_top_genes:
-        return log_transform(X)
-    import anndata
-    import scanpy as sc
-
-    ad = anndata.AnnData(X.astype(np.float32) if sp.issparse(X) else np.asarray(X, np.float32))
-    sc.pp.filter_genes(ad, min_cells=1)
-    if n_top_genes >= ad.n_vars:
-        raise InputError(f"--n-top-genes {n_top_genes} is not below the {ad.n_vars} expressed genes; choose fewer.")
-    sc.pp.normalize_total(ad)
-    sc.pp.log1p(ad)
-    sc.pp.highly_variable_genes(ad, n_top_genes=n_top_genes, subset=True)
-    sc.pp.scale(ad)
-    return np.asarray(ad.X, np.float32)
-
-
-def _jsonable(obj):
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (np.floating, float)):
-        return float(obj)
-    return obj
-
-
-class FoldStore:
-    """Completed folds kept on disk so that an interrupted evaluation resumes where it stopped.
-
-    One JSON file per (encoder, fold) in ``directory``, written atomically, beside the
-    checkpoints of the fold in training (removed once it is finished), plus a fingerprint of the
-    configuration and data: resuming with anything else is refused.
-    """
-
-    def __init__(self, directory: str, fingerprint: dict, resume: bool):
-        from .. import checkpoint
-
-        self.directory = checkpoint.run_dir(directory, _jsonable(fingerprint), resume)
-
-    def _path(self, name: str, fold: int) -> str:
-        return os.path.join(self.directory, f"{zlib.crc32(name.encode()):08x}_{fold}")
-
-    def checkpoint_dir(self, name: str, fold: int) -> str:
-        """The folder of the in-fold checkpoints of (encoder ``name``: a cell type, or SHARED; fold)."""
-        return self._path(name, fold) + ".partial"
-
-    def get(self, name: str, fold: int):
-        import json
-        import shutil
-
-        try:
-            with open(self._path(name, fold) + ".json") as fh:
-                result = json.load(fh)
-        except FileNotFoundError:
-            return None
-        shutil.rmtree(self.checkpoint_dir(name, fold), ignore_errors=True)  # left by a kill after the fold
-        return result
-
-    def put(self, name: str, fold: int, result: dict) -> None:
-        import shutil
-
-        from ..outputs import write_json
-
-        write_json(self._path(name, fold) + ".json", _jsonable(result))
-        shutil.rmtree(self.checkpoint_dir(name, fold), ignore_errors=True)
 
 
 def _no_tasks_message(names: list[str], labels: np.ndarray, codes: list[int], cfg) -> str:

@@ -41,12 +41,6 @@ from ..optim import adam_coupled_l2
 from ..parallel import make_mesh, padded_size, replicated
 
 
-def log_transform(X) -> np.ndarray:
-    """Dense float32 ``log(x + 1)`` of a (cells, genes) count matrix (dense or sparse)."""
-    X = X.toarray() if hasattr(X, "toarray") else np.asarray(X)
-    return np.log1p(X.astype(np.float32))
-
-
 BATCH_NORM_ABOVE = 8192  # the reference adds BatchNorm when a training set has more cells
 
 
@@ -71,6 +65,11 @@ def build_model(n_genes: int, cfg, seed: int, batch_norm: bool = False):
 def split_params(state):
     """(trainable parameters, everything else: BatchNorm statistics) of a network state."""
     return nnx.split_state(state, nnx.Param, ...)
+
+
+def has_batch_norm(state) -> bool:
+    """Whether the network state ``state`` is of a network with BatchNorm (holds its statistics)."""
+    return bool(jax.tree.leaves(split_params(state)[1]))
 
 
 class Batches(NamedTuple):
@@ -215,7 +214,6 @@ class Trainer:
         self.n_genes = n_genes
         self.mesh = make_mesh(cfg.devices) if cfg.devices > 1 else None
         self.tx = adam_coupled_l2(cfg.lr, cfg.weight_decay)
-        self.batch_norm = False
         self._graphs: dict[bool, tuple] = {}
         self._runs: dict[tuple, object] = {}
 
@@ -225,22 +223,19 @@ class Trainer:
             self._graphs[batch_norm] = (graphdef, make_encode(graphdef))
         return self._graphs[batch_norm]
 
-    @property
-    def graphdef(self):
-        return self._graph(self.batch_norm)[0]
-
     def encode(self, state, x: np.ndarray) -> np.ndarray:
-        """The representation of ``x`` under ``state`` of the network last trained by ``fit``."""
-        return self._graph(self.batch_norm)[1](state, x)
+        """The representation (n, d) of ``x`` under the network state ``state`` (with or without
+        BatchNorm, as the state says)."""
+        return self._graph(has_batch_norm(state))[1](state, x)
 
-    def _run(self, n_epochs: int):
-        key = (self.batch_norm, n_epochs)
+    def _run(self, batch_norm: bool, n_epochs: int):
+        key = (batch_norm, n_epochs)
         if key not in self._runs:
-            self._runs[key] = make_train_epochs(self.graphdef, self.tx, self.cfg, n_epochs=n_epochs)
+            self._runs[key] = make_train_epochs(self._graph(batch_norm)[0], self.tx, self.cfg, n_epochs=n_epochs)
         return self._runs[key]
 
-    def init(self, seed: int):
-        _, state = build_model(self.n_genes, self.cfg, seed, self.batch_norm)
+    def init(self, seed: int, batch_norm: bool):
+        _, state = build_model(self.n_genes, self.cfg, seed, batch_norm)
         if self.mesh is not None:
             state = jax.device_put(state, replicated(self.mesh))
         return state, self.tx.init(split_params(state)[0])
@@ -250,7 +245,7 @@ class Trainer:
 
         extra, extra_meta = callback.checkpoint() if callback is not None else ({}, {})
         shapes = {k: [list(np.shape(a)), str(np.asarray(a).dtype)] for k, a in extra.items()}
-        checkpoint.save(ckpt_dir, epoch, jax.device_get({"state": state, "opt": opt_state, "extra": extra}),
+        checkpoint.save(ckpt_dir, epoch, checkpoint.to_host({"state": state, "opt": opt_state, "extra": extra}),
                         {"losses": losses, "seed": seed, "extra_shapes": shapes, "callback": extra_meta},
                         max_to_keep=1)
 
@@ -263,7 +258,7 @@ class Trainer:
         shapes = checkpoint.read_meta(ckpt_dir, step)["extra_shapes"]
         template = {"state": state, "opt": opt_state,
                     "extra": {k: np.empty(shape, dtype) for k, (shape, dtype) in shapes.items()}}
-        saved, meta = checkpoint.restore(ckpt_dir, jax.tree.map(np.asarray, jax.device_get(template)), step)
+        saved, meta = checkpoint.restore(ckpt_dir, checkpoint.to_host(template), step)
         if callback is not None:
             callback.restore(saved["extra"], meta["callback"])
         sharding = replicated(self.mesh) if self.mesh is not None else None
@@ -281,8 +276,8 @@ class Trainer:
         blocks, so a continued run is the uninterrupted one.
         """
         cfg = self.cfg
-        self.batch_norm = use_batch_norm(cfg, len(x))
-        state, opt_state = self.init(seed)
+        batch_norm = use_batch_norm(cfg, len(x))
+        state, opt_state = self.init(seed, batch_norm)
         losses: list[float] = []
         if ckpt_dir is not None:
             state, opt_state, losses = self._restore(ckpt_dir, state, opt_state, callback)
@@ -293,7 +288,7 @@ class Trainer:
             callback(0, state)
         while done < cfg.n_epochs:
             n = min(cfg.eval_every - done % cfg.eval_every, cfg.n_epochs - done)
-            state, opt_state, chunk = self._run(n)(state, opt_state, batches, key, jnp.int32(done))
+            state, opt_state, chunk = self._run(batch_norm, n)(state, opt_state, batches, key, jnp.int32(done))
             chunk = np.asarray(chunk)  # blocks: keeps forced CPU devices from queueing too much work
             losses.extend(chunk.tolist())
             done += n

@@ -1,0 +1,43 @@
+"""Finished folds of a GsRCL evaluation kept on disk, for ``--resume``."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import zlib
+
+from .. import checkpoint
+from ..outputs import as_json, write_json
+
+
+class FoldStore:
+    """Completed folds kept on disk so that an interrupted evaluation resumes where it stopped.
+
+    One JSON file per (encoder, fold) in ``directory``, written atomically, beside the
+    checkpoints of the fold in training (removed once it is finished), plus a fingerprint of the
+    configuration and data: resuming with anything else is refused.
+    """
+
+    def __init__(self, directory: str, fingerprint: dict, resume: bool):
+        self.directory = checkpoint.run_dir(directory, as_json(fingerprint), resume)
+
+    def _path(self, name: str, fold: int) -> str:
+        return os.path.join(self.directory, f"{zlib.crc32(name.encode()):08x}_{fold}")
+
+    def checkpoint_dir(self, name: str, fold: int) -> str:
+        """The folder of the in-fold checkpoints of (encoder ``name``: a cell type, or SHARED; fold)."""
+        return self._path(name, fold) + ".partial"
+
+    def get(self, name: str, fold: int) -> dict | None:
+        """The saved result of (encoder ``name``, ``fold``), or None when it has not finished."""
+        try:
+            with open(self._path(name, fold) + ".json") as fh:
+                result = json.load(fh)
+        except FileNotFoundError:
+            return None
+        shutil.rmtree(self.checkpoint_dir(name, fold), ignore_errors=True)  # left by a kill after the fold
+        return result
+
+    def put(self, name: str, fold: int, result: dict) -> None:
+        write_json(self._path(name, fold) + ".json", as_json(result))
+        shutil.rmtree(self.checkpoint_dir(name, fold), ignore_errors=True)
