@@ -12,14 +12,7 @@ import os
 import numpy as np
 
 from ..metrics import contingency, match_clusters
-
-
-def palette(n: int) -> list[str]:
-    """``n`` distinct colours (scanpy's palettes of 20, 28 and 102; repeated beyond 102)."""
-    from scanpy.plotting.palettes import default_20, default_28, default_102
-
-    base = default_20 if n <= 20 else default_28 if n <= 28 else default_102
-    return [base[i % len(base)] for i in range(n)]
+from ..outputs import palette
 
 
 def label_colours(y_true, y_pred) -> tuple[dict, dict, dict]:
