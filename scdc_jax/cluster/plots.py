@@ -100,8 +100,11 @@ def _umap(result, data, out_dir: str, seed: int) -> str:
     if data.labels is not None:
         cluster_colour, label_colour, matching = label_colours(data.labels, pred)
         rows, _ = matched_order(data.labels, pred)
-        names = {t: (data.label_names[t] if data.label_names is not None else str(t))
-                 + (f" (cluster {matching[t]})" if t in matching else " (no cluster)") for t in rows}
+        def name(t):  # labels that are bare numbers (an .h5's Y) would read as cluster numbers
+            n = data.label_names[t] if data.label_names is not None else str(t)
+            return f"label {n}" if n.isdigit() else n
+
+        names = {t: name(t) + (f" (cluster {matching[t]})" if t in matching else " (no cluster)") for t in rows}
         panels.append(("predicted cluster", pred, cluster_colour, "cluster", None, None))
         panels.append(("true label, in the colour of its matched cluster", data.labels, label_colour,
                        "true label", names, rows))
