@@ -250,6 +250,44 @@ def from_anndata(adata, *, layer: str | None = None, label_key: str | None = Non
                      cell_names=np.asarray(adata.obs_names.astype(str)), source=source)
 
 
+def check_anndata_fields(adata, *, layer: str | None = None, **obs_keys: str | None) -> None:
+    """Refuse, in one sentence naming the keyword argument, an object that is no AnnData, a
+    ``layer`` it lacks (``"raw"``: its ``.raw``) or an ``.obs`` column it lacks; ``obs_keys`` maps
+    each keyword argument to the column it names (``labels_key="cell_type"``)."""
+    import anndata
+
+    if not isinstance(adata, anndata.AnnData):
+        raise InputError(f"adata must be an AnnData, got {type(adata).__name__}.")
+    if layer == "raw" and adata.raw is None:
+        raise InputError(f"{option('layer', layer)} asks for .raw, which this AnnData lacks "
+                         f"(its layers: {', '.join(adata.layers.keys()) or 'none'}).")
+    if layer is not None and layer != "raw" and layer not in adata.layers:
+        raise InputError(f"{option('layer', layer)} names no layer of this AnnData "
+                         f"(its layers: {', '.join(adata.layers.keys()) or 'none'}).")
+    for kw, key in obs_keys.items():
+        if key is not None and key not in adata.obs:
+            raise InputError(f"{option(kw, key)} names no .obs column of this AnnData "
+                             f"(its columns: {', '.join(map(str, adata.obs.columns)) or 'none'}).")
+
+
+def to_anndata(data: CountData, label_key: str = "label"):
+    """``data`` as an AnnData: the counts (float32) in ``.X``, the labels' names as the categorical
+    ``.obs[label_key]``, cell and gene names (``cell0``, ``gene0``, ... where absent) made unique."""
+    import anndata
+    import pandas as pd
+
+    adata = anndata.AnnData(X=data.X.astype(np.float32),
+                            obs=pd.DataFrame(index=data.cell_names if data.cell_names is not None
+                                             else [f"cell{i}" for i in range(data.n_cells)]),
+                            var=pd.DataFrame(index=data.gene_names if data.gene_names is not None
+                                             else [f"gene{i}" for i in range(data.n_genes)]))
+    adata.obs_names_make_unique()
+    adata.var_names_make_unique()
+    if data.labels is not None:
+        adata.obs[label_key] = pd.Categorical(np.asarray(data.label_names)[data.labels])
+    return adata
+
+
 def read_h5ad(path: str, **kw) -> CountData:
     import anndata
 

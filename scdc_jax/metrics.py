@@ -6,16 +6,34 @@ from scipy.optimize import linear_sum_assignment
 from sklearn import metrics as skm
 
 
+def contingency(y_true, y_pred) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(true classes (t,), clusters (c,), counts (t, c)): cell ``[i, j]`` counts the cells of
+    class ``i`` put in cluster ``j``."""
+    classes, t = np.unique(np.asarray(y_true), return_inverse=True)
+    clusters, p = np.unique(np.asarray(y_pred), return_inverse=True)
+    table = np.zeros((len(classes), len(clusters)), dtype=np.int64)
+    np.add.at(table, (t, p), 1)
+    return classes, clusters, table
+
+
+def match_clusters(y_true, y_pred) -> dict:
+    """The one-to-one matching of classes to clusters sharing the most cells (Hungarian, on the
+    contingency table): ``{class: cluster}``.  With more classes than clusters (or the reverse)
+    the classes (clusters) left over are absent from the matching.
+
+    >>> match_clusters(["a", "a", "b", "c"], [1, 1, 0, 0])
+    {'a': 1, 'b': 0}
+    """
+    classes, clusters, table = contingency(y_true, y_pred)
+    rows, cols = linear_sum_assignment(-table)
+    return {classes[i].item(): clusters[j].item() for i, j in zip(rows, cols)}
+
+
 def cluster_acc(y_true, y_pred) -> float:
     """Accuracy after the best one-to-one matching of clusters to labels (Hungarian)."""
-    y_true = np.asarray(y_true).astype(np.int64)
-    y_pred = np.asarray(y_pred).astype(np.int64)
-    _, t = np.unique(y_true, return_inverse=True)
-    _, p = np.unique(y_pred, return_inverse=True)
-    w = np.zeros((p.max() + 1, t.max() + 1), dtype=np.int64)
-    np.add.at(w, (p, t), 1)
-    rows, cols = linear_sum_assignment(-w)
-    return float(w[rows, cols].sum() / len(y_true))
+    _, _, table = contingency(y_true, y_pred)
+    rows, cols = linear_sum_assignment(-table)
+    return float(table[rows, cols].sum() / table.sum())
 
 
 def clustering_scores(y_true, y_pred) -> dict[str, float]:

@@ -192,6 +192,14 @@ def as_json(obj):
     return json.loads(json.dumps(obj, default=_json_default))
 
 
+def palette(n: int) -> list[str]:
+    """``n`` distinct colours for pictures (scanpy's palettes of 20, 28 and 102; repeated beyond 102)."""
+    from scanpy.plotting.palettes import default_20, default_28, default_102
+
+    base = default_20 if n <= 20 else default_28 if n <= 28 else default_102
+    return [base[i % len(base)] for i in range(n)]
+
+
 def write_h5ad(path: str, adata) -> None:
     with atomic_path(path) as tmp:
         adata.write_h5ad(tmp)

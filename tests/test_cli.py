@@ -69,7 +69,7 @@ def test_small_run_writes_outputs(tmp_path):
     run = json.loads((tmp_path / "res" / "run.json").read_text())
     assert run["seed"] == 0 and run["config"]["n_clusters"] == 3 and "jax" in run["versions"]
     assert "ARI" in out.stdout
-    for png in ("umap.png", "losses.png", "scores.png"):
+    for png in ("umap.png", "confusion.png", "losses.png", "scores.png"):
         assert (tmp_path / "plots" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     import anndata
 

@@ -277,3 +277,24 @@ def test_sparse_rows_give_the_dense_batches_and_the_same_run():
     res_dense = run(CountData(X=X, labels=groups, label_names=["a", "b", "c"]), cfg, progress=False)
     np.testing.assert_array_equal(res_sparse.labels, res_dense.labels)
     np.testing.assert_array_equal(res_sparse.latent, res_dense.latent)
+
+
+def test_plot_colours_give_each_true_label_its_matched_clusters_colour():
+    from scdc_jax.cluster.plots import label_colours, matched_order
+    from scdc_jax.metrics import cluster_acc, match_clusters
+
+    # labels 0-3 mostly in clusters 2, 0, 1, 1 (label 3 loses cluster 1 to label 2, the larger)
+    y_true = np.repeat([0, 1, 2, 3], [30, 20, 25, 10])
+    y_pred = np.repeat([2, 0, 1, 1], [30, 20, 25, 10])
+    y_pred[:5] = 0  # some noise
+    matching = match_clusters(y_true, y_pred)
+    assert matching == {0: 2, 1: 0, 2: 1}
+    cluster_colour, label_colour, same = label_colours(y_true, y_pred)
+    assert same == matching
+    for label, cluster in matching.items():
+        assert label_colour[label] == cluster_colour[cluster]
+    assert label_colour[3] not in cluster_colour.values()  # the unmatched label gets a colour of its own
+    assert len(set(cluster_colour.values())) == 3
+    rows, cols = matched_order(y_true, y_pred)
+    assert cols == [0, 1, 2] and rows == [1, 2, 0, 3]  # matched pairs on the diagonal, then the rest
+    assert cluster_acc(y_true, y_pred) == (25 + 20 + 25) / 85

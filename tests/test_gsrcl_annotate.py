@@ -96,9 +96,11 @@ def test_cli_train_reference_and_annotate_record_their_provenance(tmp_path, caps
     adata = anndata.AnnData(X=counts[:20].astype(np.float32))
     adata.var_names = [f"g{i}" for i in range(30)]
     adata.obs_names = [f"q{i}" for i in range(20)]
+    adata.obs["known"] = np.array(["T", "B"])[y[:20]]
     adata.write_h5ad(tmp_path / "q.h5ad")
     r = run_cli(["annotate", "--reference", str(tmp_path / "model"), "--data-file", str(tmp_path / "q.h5ad"),
-                 "--out", str(tmp_path / "out.h5ad"), "--plot", str(tmp_path / "calls.png"), "--cutoff", "0.6"])
+                 "--out", str(tmp_path / "out.h5ad"), "--plot", str(tmp_path / "calls.png"), "--cutoff", "0.6",
+                 "--label-key", "known"])
     assert r.returncode == 0, r.stderr[-3000:]
     out = anndata.read_h5ad(tmp_path / "out.h5ad")
     assert "gsrcl_call" in out.obs and {"gsrcl_prob_T", "gsrcl_prob_B"} <= set(out.obs)

@@ -6,7 +6,7 @@ without loading JAX.
 from importlib import import_module
 
 _EXPORTS = {"fit": "api", "write_to_adata": "api", "ClusterConfig": "config", "load_config": "config",
-            "ClusterResult": "pipeline", "run": "pipeline", "predict": "inference"}
+            "ClusterResult": "pipeline", "run": "pipeline", "predict": "inference", "SCDeepCluster": "model"}
 __all__ = sorted(_EXPORTS)
 
 

@@ -144,9 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] == "predict":
         return predict_main(argv[1:])
     args = build_parser().parse_args(argv)
-    import numpy as np
-
-    from ..io import check_counts, pbmc68k_counts, read_counts
+    from ..io import check_counts, pbmc68k_counts, read_counts, to_anndata
     from ..outputs import (check_writable_dir, check_writable_file, provenance, write_h5ad, write_json,
                            write_labels, write_matrix_csv)
     from .config import load_config
@@ -197,18 +195,7 @@ def main(argv: list[str] | None = None) -> int:
                "outputs": {"latent": latent_file, "labels": label_file, "h5ad": args.out}}
     write_json(os.path.join(save_dir, RUN_FILE), summary)
     if args.out:
-        import anndata
-        import pandas as pd
-
-        adata = anndata.AnnData(X=data.X.astype(np.float32),
-                                obs=pd.DataFrame(index=data.cell_names if data.cell_names is not None
-                                                 else [f"cell{i}" for i in range(data.n_cells)]),
-                                var=pd.DataFrame(index=data.gene_names if data.gene_names is not None
-                                                 else [f"gene{i}" for i in range(data.n_genes)]))
-        adata.obs_names_make_unique()
-        adata.var_names_make_unique()
-        if data.labels is not None:
-            adata.obs["label"] = pd.Categorical(np.asarray(data.label_names)[data.labels])
+        adata = to_anndata(data)
         write_to_adata(adata, result, "scdc", extra={"seed": cfg.seed, "versions": prov["versions"],
                                                      "n_devices": cfg.devices, "data": data.source})
         write_h5ad(args.out, adata)

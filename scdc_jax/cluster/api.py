@@ -32,14 +32,16 @@ def _uns_record(result: ClusterResult, extra: dict | None = None) -> dict:
     return rec
 
 
-def write_to_adata(adata, result: ClusterResult, key_added: str = "scdc", extra: dict | None = None) -> None:
-    """``.obs[key_cluster]`` (categorical, NaN for filtered cells), ``.obsm['X_'+key]`` (latent),
-    ``.obsm[key+'_q']`` (soft assignments) and ``.uns[key]`` (parameters, losses, scores)."""
+def write_to_adata(adata, result: ClusterResult, key_added: str = "scdc", extra: dict | None = None, *,
+                   obs_key: str | None = None) -> None:
+    """``.obs[obs_key]`` (default ``key + '_cluster'``; categorical, NaN for filtered cells),
+    ``.obsm['X_'+key]`` (latent), ``.obsm[key+'_q']`` (soft assignments) and ``.uns[key]``
+    (parameters, losses, scores)."""
     import pandas as pd
 
     labels = result.full_labels()
     k = result.centers.shape[0]
-    adata.obs[f"{key_added}_cluster"] = pd.Categorical(
+    adata.obs[obs_key or f"{key_added}_cluster"] = pd.Categorical(
         np.where(labels >= 0, labels.astype(str), None), categories=[str(i) for i in range(k)])
     adata.obsm[f"X_{key_added}"] = result.full_latent()
     q = np.full((result.n_cells_input, k), np.nan, np.float32)

@@ -36,10 +36,10 @@ def _data_args(p: argparse.ArgumentParser, labels: bool = True) -> None:
                    help="CSV: the rows are genes and the columns cells (R's and GEO's layout); --no-transpose: the "
                    "rows are cells. Default: told from the names (cell barcodes, gene ids) and the shape, and a "
                    "file that cannot be told is refused")
-    if labels:
-        g.add_argument("--label-key", help="labels: .obs column (.h5ad) or dataset name (.h5, default Y)")
-        g.add_argument("--labels-csv", help="labels for a CSV or 10x Genomics data file: (cell id or barcode, "
-                       "label) or one label a line")
+    known = "" if labels else "the query's known labels, optional, for the second panel of --plot: "
+    g.add_argument("--label-key", help=known + "labels: .obs column (.h5ad) or dataset name (.h5, default Y)")
+    g.add_argument("--labels-csv", help=known + "labels for a CSV or 10x Genomics data file: (cell id or barcode, "
+                   "label) or one label a line")
 
 
 def _method_args(p: argparse.ArgumentParser) -> None:
@@ -105,22 +105,23 @@ def build_parser() -> argparse.ArgumentParser:
     an.add_argument("--out", help="output: .csv of probabilities and calls (default annotations.csv) with the run's "
                     "provenance in a .json beside it, or .h5ad (copy of an .h5ad query with .obs columns gsrcl_call "
                     "and gsrcl_prob_<type>, provenance in .uns['gsrcl'])")
-    an.add_argument("--plot", help="write a 2-D PCA picture of the query coloured by call (e.g. calls.png)")
+    an.add_argument("--plot", help="write a 2-D PCA picture of the query coloured by call (e.g. calls.png), with a "
+                    "second panel coloured by the query's known labels when it has them (--label-key, --labels-csv, "
+                    "or Y of an .h5)")
     return p
 
 
 def _read(args, labels: bool = True):
+    """The command's data file, with labels when it has them; ``labels``: whether the command needs
+    them (for the message when no file is given)."""
     from ..io import read_counts
 
     if args.data_file is None:
         raise InputError("a labelled data file is needed: give --data-file (.h5 with Y, .h5ad with "
                          "--label-key, or CSV with --labels-csv)." if labels else
                          "a query data file is needed: give --data-file.")
-    if labels:
-        data = read_counts(args.data_file, layer=args.layer, label_key=args.label_key, labels_csv=args.labels_csv,
-                           transpose=args.transpose)
-    else:
-        data = read_counts(args.data_file, layer=args.layer, transpose=args.transpose)
+    data = read_counts(args.data_file, layer=args.layer, label_key=args.label_key, labels_csv=args.labels_csv,
+                       transpose=args.transpose)
     from ..io import check_counts
 
     check_counts(data.X, require_integer=False)
@@ -223,7 +224,10 @@ def cmd_annotate(args, argv) -> int:
             df.to_csv(tmp)
         write_json(sidecar, prov)
     if args.plot:
-        plot_calls(h, df["call"].to_numpy(), args.plot)
+        import numpy as np
+
+        known = None if query.labels is None else np.asarray(query.label_names)[query.labels]
+        plot_calls(h, df["call"].to_numpy(), args.plot, labels=known)
     counts = df["call"].value_counts()
     written = [p for p in (out, sidecar, args.plot) if p]
     print(f"annotated {len(df)} cells ({int(counts.get(UNASSIGNED, 0))} Unassigned); wrote {', '.join(written)}")

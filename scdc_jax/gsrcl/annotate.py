@@ -22,7 +22,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import InputError, option
 from ..outputs import atomic_path, write_json
 from .config import GsRCLConfig
 from ..preprocess import log_transform
@@ -201,7 +201,7 @@ def annotate(reference_dir: str, query, cutoff: float = 0.5):
     from .svm_params import svm_scores
 
     if not 0.0 <= cutoff < 1.0:
-        raise InputError(f"--cutoff must lie in [0, 1), got {cutoff}.")
+        raise InputError(f"{option('cutoff')} must lie in [0, 1), got {cutoff}.")
     if query.gene_names is None:
         raise InputError("the query has no gene names, so it cannot be aligned to the reference genes.")
     ref = load_reference(reference_dir)
@@ -215,25 +215,40 @@ def annotate(reference_dir: str, query, cutoff: float = 0.5):
     return df, h
 
 
-def plot_calls(h: np.ndarray, calls, path: str) -> None:
-    """2-D PCA of the representation coloured by call, saved as an image."""
+def plot_calls(h: np.ndarray, calls, path: str, labels=None) -> None:
+    """2-D PCA of the representation coloured by call and, given the query's known ``labels``
+    (names, one per cell), a second panel coloured by them; a name has one colour in both panels,
+    so a call and the label it should match read alike.  Saved as an image."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from sklearn.decomposition import PCA
 
+    from ..outputs import palette
+
     xy = PCA(2).fit_transform(h) if h.shape[0] > 2 and h.shape[1] >= 2 else np.zeros((len(h), 2))
-    fig, ax = plt.subplots(figsize=(7, 5.5))
-    calls = np.asarray(calls)
-    for c in sorted(set(calls.tolist()), key=lambda s: (s == UNASSIGNED, s)):
-        m = calls == c
-        ax.scatter(xy[m, 0], xy[m, 1], s=6, label=f"{c} ({m.sum()})", c="lightgrey" if c == UNASSIGNED else None)
-    ax.set_xlabel("PC 1")
-    ax.set_ylabel("PC 2")
-    ax.set_title("GsRCL annotation (PCA of the representation)")
-    ax.legend(fontsize=7, markerscale=2, loc="best")
+    calls = np.asarray(calls).astype(str)
+    panels = [("GsRCL call", calls)]
+    if labels is not None:
+        labels = np.asarray(labels).astype(str)
+        agree = float(np.mean(calls == labels))
+        panels.append((f"known label ({agree:.1%} of the cells called it)", labels))
+    names = sorted(set(calls.tolist()) | set(labels.tolist() if labels is not None else []) - {UNASSIGNED})
+    colour = dict(zip(names, palette(len(names))))
+    colour[UNASSIGNED] = "0.55"  # a mid grey: the palette's light blue is close to the usual light grey
+    fig, axes = plt.subplots(1, len(panels), figsize=(7 * len(panels), 5.5), squeeze=False)
+    draw = np.random.default_rng(0).permutation(len(calls))  # a random order, so no type hides another
+    for ax, (title, values) in zip(axes[0], panels):
+        ax.scatter(xy[draw, 0], xy[draw, 1], s=6, c=[colour[v] for v in values[draw]], linewidths=0)
+        cats = sorted(set(values.tolist()), key=lambda s: (s == UNASSIGNED, s))
+        handles = [plt.Line2D([], [], marker="o", linestyle="", markersize=5, color=colour[c],
+                              label=f"{c} ({int((values == c).sum())})") for c in cats]
+        ax.legend(handles=handles, title=title.split(" (")[0], fontsize=7, title_fontsize=8, frameon=False,
+                  loc="center left", bbox_to_anchor=(1.0, 0.5))
+        ax.set(xlabel="PC 1", ylabel="PC 2", title=title)
+    fig.suptitle("GsRCL annotation (PCA of the representation)")
     fig.tight_layout()
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=120, format=os.path.splitext(path)[1][1:] or "png")
+        fig.savefig(tmp, dpi=120, format=os.path.splitext(path)[1][1:] or "png", bbox_inches="tight")
     plt.close(fig)
