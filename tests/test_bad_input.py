@@ -1,9 +1,11 @@
 """Bad input to both command lines, each case answered by one sentence.
 
-Every case runs the real CLI in a subprocess, from an empty folder that its outputs are aimed
-into, and checks: exit code 2, one line on stderr starting with 'error: ' (holding the expected
-words), no traceback, and nothing left behind: the folder is still empty and the input files are
-untouched.  The inputs, good and bad, are written once by :func:`write_inputs`.
+Every case runs the real CLI (its ``main`` through ``run_cli``, in this process; the cases of
+:data:`SUBPROCESS` in a fresh interpreter, as a user runs them) from an empty folder that its
+outputs are aimed into, and checks: exit code 2, one line on stderr starting with 'error: '
+(holding the expected words), no traceback, and nothing left behind: the folder is still empty
+and the input files are untouched.  The inputs, good and bad, are written once by
+:func:`write_inputs`.
 """
 from __future__ import annotations
 
@@ -364,6 +366,30 @@ def command(kind: str, args: list[str], f: dict[str, str]) -> list[str]:
     return ["-m", "scdc_jax.gsrcl", kind, "--config", f["tiny"], "--quiet", *out, *args]
 
 
+# cases run as real subprocesses too: one per command, and those whose error comes from the interpreter's start
+SUBPROCESS = {"cluster missing file", "cluster devices", "predict folder that is no model", "evaluate nan",
+              "train-reference no gene names", "annotate folder that is no reference", "cluster abbreviated flag"}
+
+
+def run_case(argv: list[str], cwd, capfd) -> tuple[int, str]:
+    """(exit code, stderr) of ``python -m MODULE ARGS`` given as ``["-m", MODULE, *ARGS]``, run
+    in this process from ``cwd``."""
+    import importlib
+
+    from scdc_jax.errors import run_cli
+
+    main = importlib.import_module(argv[1] + ".__main__").main
+    capfd.readouterr()
+    old = os.getcwd()
+    os.chdir(cwd)
+    try:
+        with pytest.raises(SystemExit) as exc:
+            run_cli(main, argv[2:])
+    finally:
+        os.chdir(old)
+    return exc.value.code, capfd.readouterr().err
+
+
 def listing(folder: str) -> list[tuple[str, int, float]]:
     return sorted((os.path.join(d, n), os.path.getsize(os.path.join(d, n)), os.path.getmtime(os.path.join(d, n)))
                   for d, dirs, files in os.walk(folder) for n in files + dirs)
@@ -375,13 +401,18 @@ def inputs(tmp_path_factory):
 
 
 @pytest.mark.parametrize("name", list(CASES))
-def test_bad_input_one_sentence_exit_2_nothing_left(inputs, name, tmp_path):
+def test_bad_input_one_sentence_exit_2_nothing_left(inputs, name, tmp_path, capfd):
     kind, args, expected = CASES[name]
     before = listing(inputs["dir"])
-    out = subprocess.run([sys.executable, *command(kind, args, inputs)], cwd=tmp_path, capture_output=True,
-                         text=True, env={**os.environ, "PYTHONPATH": ROOT}, timeout=300)
-    assert out.returncode == 2, (name, out.returncode, out.stderr[-2000:])
-    err = out.stderr.strip()
+    argv = command(kind, args, inputs)
+    if name in SUBPROCESS:
+        out = subprocess.run([sys.executable, *argv], cwd=tmp_path, capture_output=True, text=True,
+                             env={**os.environ, "PYTHONPATH": ROOT}, timeout=300)
+        code, err = out.returncode, out.stderr
+    else:
+        code, err = run_case(argv, tmp_path, capfd)
+    assert code == 2, (name, code, err[-2000:])
+    err = err.strip()
     assert "Traceback" not in err and err.startswith("error: ") and len(err.splitlines()) == 1, err
     if expected:
         assert expected in err, err
