@@ -1,0 +1,111 @@
+"""Unit tests of the small shared modules: nn, checkpoint, parallel, metrics, outputs."""
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from scdc_jax import checkpoint, metrics, outputs, parallel
+from scdc_jax.errors import InputError
+from scdc_jax.nn import GsRCLNet, ZINBAutoencoder, torch_uniform
+
+
+# ---------------------------------------------------------------- nn
+
+def test_zinb_autoencoder_shapes_heads_and_batch_conditioning():
+    ae = ZINBAutoencoder(20, n_batches=2, encoder=(16, 8), latent=4, decoder=(8, 16), rngs=nnx.Rngs(0))
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(5, 20)), jnp.float32)
+    b = jnp.eye(2)[jnp.array([0, 1, 0, 1, 1])]
+    z = ae.encode(x, b)
+    mean, disp, logit = ae.decode(z, b)
+    assert z.shape == (5, 4) and mean.shape == disp.shape == logit.shape == (5, 20)
+    assert float(mean.min()) >= 1e-5 and float(mean.max()) <= 1e6
+    assert float(disp.min()) >= 1e-4 and float(disp.max()) <= 1e4
+    assert ae.enc[0].kernel.shape == (22, 16) and ae.dec[0].kernel.shape == (6, 8)  # B beside x and z
+    assert not np.allclose(ae.encode(x, 1 - b), z)  # the batch input changes the latent
+
+
+def test_torch_uniform_bounds_and_gsrcl_init():
+    w = torch_uniform(25)(jax.random.key(0), (2000,))
+    assert float(jnp.abs(w).max()) <= 0.2 and float(jnp.abs(w).max()) > 0.19
+    net = GsRCLNet(30, encoder=(64, 16), head=(8,), rngs=nnx.Rngs(1))
+    kernel = np.asarray(net.encoder.layers[0].kernel[...])
+    assert abs(kernel.std() - 0.02) < 0.002 and np.all(np.asarray(net.encoder.layers[0].bias[...]) == 0)
+    h, proj = net(jnp.ones((3, 30)))
+    assert h.shape == (3, 16) and proj.shape == (3, 8)
+
+
+# ---------------------------------------------------------------- checkpoint
+
+def test_checkpoint_round_trip_meta_and_missing_folder(tmp_path):
+    state = {"a": np.arange(6, dtype=np.float32).reshape(2, 3), "b": {"c": np.int32(7)}}
+    checkpoint.save(str(tmp_path / "ck"), 3, state, {"epoch": 3, "note": "x"})
+    checkpoint.save(str(tmp_path / "ck"), 5, {"a": state["a"] + 1, "b": state["b"]}, {"epoch": 5})
+    assert checkpoint.latest_step(str(tmp_path / "ck")) == 5
+    restored, meta = checkpoint.restore(str(tmp_path / "ck"), checkpoint.to_host(state), step=3)
+    np.testing.assert_array_equal(restored["a"], state["a"])
+    assert int(restored["b"]["c"]) == 7 and meta == {"epoch": 3, "note": "x"}
+    assert checkpoint.read_meta(str(tmp_path / "ck")) == {"epoch": 5}
+    assert checkpoint.latest_step(str(tmp_path / "none")) is None
+    with pytest.raises(InputError, match="holds no scdc_jax checkpoint"):
+        checkpoint.read_meta(str(tmp_path / "none"))
+
+
+def test_run_dir_refuses_a_foreign_fingerprint_on_resume(tmp_path):
+    d = str(tmp_path / "run")
+    checkpoint.run_dir(d, {"lr": 1e-3, "shape": (2, 3)}, resume=False)
+    open(os.path.join(d, "leftover"), "w").close()
+    checkpoint.run_dir(d, {"lr": 1e-3, "shape": (2, 3)}, resume=True)  # tuples read back as lists: same run
+    assert os.path.exists(os.path.join(d, "leftover"))
+    with pytest.raises(InputError, match="different configuration"):
+        checkpoint.run_dir(d, {"lr": 1e-2, "shape": (2, 3)}, resume=True)
+    checkpoint.run_dir(d, {"lr": 1e-2}, resume=False)  # a fresh run empties the folder
+    assert not os.path.exists(os.path.join(d, "leftover"))
+
+
+# ---------------------------------------------------------------- parallel
+
+def test_mesh_and_padding():
+    assert [parallel.padded_size(n, 4) for n in (1, 4, 5, 8)] == [4, 4, 8, 8]
+    mesh = parallel.make_mesh(1)
+    assert mesh.axis_names == ("data",) and mesh.devices.size == 1
+    assert parallel.check_devices(1) == jax.devices()[:1]
+    with pytest.raises(InputError, match="available"):
+        parallel.check_devices(len(jax.devices()) + 1)
+    with pytest.raises(InputError, match="at least 1"):
+        parallel.check_devices(0)
+
+
+# ---------------------------------------------------------------- metrics
+
+def test_clustering_metrics_are_invariant_to_renaming_and_match_clusters():
+    y = np.array([0, 0, 1, 1, 2, 2, 2])
+    pred = np.array([5, 5, 3, 3, 9, 9, 3])
+    s = metrics.clustering_scores(y, pred)
+    assert s["acc"] == pytest.approx(6 / 7)
+    assert metrics.clustering_scores(y, np.array([7, 7, 1, 1, 2, 2, 1])) == s  # only the partition counts
+    assert metrics.clustering_scores(y, y) == {"ari": 1.0, "nmi": 1.0, "acc": 1.0}
+    b = metrics.binary_scores([0, 1, 1, 0], [0, 1, 0, 0], [0.1, 0.9, 0.4, 0.2])
+    assert b["f1"] == pytest.approx(2 / 3) and b["ap"] == pytest.approx(1.0) and 0 < b["mcc"] < 1
+
+
+# ---------------------------------------------------------------- outputs
+
+def test_atomic_path_leaves_nothing_on_failure_and_json_helpers(tmp_path):
+    target = tmp_path / "out.json"
+    with pytest.raises(RuntimeError):
+        with outputs.atomic_path(str(target)) as tmp:
+            open(tmp, "w").write("half")
+            raise RuntimeError("killed")
+    assert os.listdir(tmp_path) == []
+    outputs.write_json(str(target), {"a": np.float32(0.5), "b": np.arange(3), 1: (2, 3)})
+    assert json.loads(target.read_text()) == {"a": 0.5, "b": [0, 1, 2], "1": [2, 3]}
+    assert outputs.as_json({1: (np.int64(2),)}) == {"1": [2]}
+    assert len(set(outputs.palette(25))) == 25
+    prov = outputs.provenance(3, {"x": 1}, 2, "cmd")
+    assert prov["seed"] == 3 and prov["n_devices"] == 2 and "jax" in prov["versions"]
