@@ -20,7 +20,7 @@ import scipy.sparse as sp
 from flax import nnx
 from jax.scipy.special import gammaln
 
-from ..losses import dec_kl, log_soft_assign, target_distribution, zinb_nll
+from ..losses import dec_kl, log_soft_assign, target_distribution, zinb_nll_logits
 from ..nn import ZINBAutoencoder
 
 
@@ -162,8 +162,8 @@ def _masked_mean(v, mask):
 def _noisy_zinb(model, x, raw, sf, b, mask, key, sigma, ridge):
     """ZINB NLL (without the constant) of the denoising path: encode(x + noise) -> decode."""
     z = model.encode(x + sigma * jax.random.normal(key, x.shape, x.dtype), b)
-    mean, disp, pi_logit = model.decode(z, b)
-    return zinb_nll(raw, mean, disp, pi_logit, sf, ridge_lambda=ridge, mask=mask, include_constant=False)
+    return zinb_nll_logits(raw, *model.decode_logits(z, b), sf, ridge_lambda=ridge, mask=mask,
+                           include_constant=False)
 
 
 def _constrain(a, sharding):
