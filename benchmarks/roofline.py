@@ -139,6 +139,7 @@ def main(argv=None):
     jax.config.update("jax_default_matmul_precision", "float32")  # full float32 products on GPUs too
     platform_name = jax.default_backend()
 
+    load_before = os.getloadavg()[0]
     n, g, cfg, epochs = epoch_runners(args)
     steps = math.ceil(n / cfg.batch_size)
     shapes = layer_shapes(g, cfg)
@@ -177,7 +178,7 @@ def main(argv=None):
               "devices": [str(d) for d in jax.devices()], "cpu_cores": os.cpu_count(), "jax": jax.__version__,
               "setup": {"cells": n, "genes": g, "batch_size": cfg.batch_size, "steps_per_epoch": steps,
                         "file": os.path.basename(args.scdc_file), "rounds": args.rounds},
-              "summary": summary, "products": rows}
+              "load_average_1min": [load_before, os.getloadavg()[0]], "summary": summary, "products": rows}
     os.makedirs(args.out, exist_ok=True)
     stem = os.path.join(args.out, f"roofline_{platform_name}")
     with open(stem + ".json", "w") as fh:
@@ -186,7 +187,9 @@ def main(argv=None):
              "", f"`{report['command']}` on {report['date_utc']}; {n} cells x {g} genes, batch {cfg.batch_size}, "
              f"{steps} steps. FLOPs: forward, weight-gradient and input-gradient products of every Dense layer "
              "(no input gradient for the first), per real cell; the floor is the sum of those products "
-             "timed alone at the batch shape; fraction = floor / measured epoch.", "",
+             "timed alone at the batch shape; fraction = floor / measured epoch. Load average (1 min) before and after: "
+             f"{load_before:.1f}, {os.getloadavg()[0]:.1f} (other processes slow the multi-threaded products "
+             "more than the rest: compare fractions only at the same load).", "",
              "| epoch | GFLOP | floor s | floor GFLOP/s | measured s | achieved GFLOP/s | fraction of floor (median of rounds) |",
              "|---|---|---|---|---|---|---|"]
     for stage, s in summary.items():
