@@ -5,6 +5,8 @@ float64 NumPy transcription of REFERENCE.md's formula in ``tests/test_losses.py`
 """
 from __future__ import annotations
 
+from functools import partial
+
 import jax
 import jax.numpy as jnp
 from jax.scipy.special import gammaln, xlogy
@@ -105,6 +107,114 @@ def zinb_nll(x, mean, disp, pi_logit, scale_factor, *, ridge_lambda: float = 0.0
     if ridge_lambda:
         el = el + ridge_lambda * jax.nn.sigmoid(pi_logit) ** 2
     return _masked_mean_rows(el.mean(axis=1), mask)
+
+
+def zinb_mean(logit):
+    """The decoder's mean head activation, ``clip(exp(logit), 1e-5, 1e6)``."""
+    return jnp.clip(jnp.exp(logit), 1e-5, 1e6)
+
+
+def zinb_dispersion(logit):
+    """The decoder's dispersion head activation, ``clip(softplus(logit), 1e-4, 1e4)``."""
+    return jnp.clip(jax.nn.softplus(logit), 1e-4, 1e4)
+
+
+def _zinb_terms(x, mean_logit, disp_logit, pi_logit, scale_factor, ridge_lambda):
+    """Per element: the NLL of :func:`zinb_nll_elements` (without the constant, plus the ridge) of
+    the head activations, and its derivatives by the three head logits, in one pass.
+
+    Derivatives, with ``tm = theta' + mu``, ``q = mu / theta'`` and ``w`` the softmax weight of
+    ``logit`` in the zero case's ``logaddexp(logit, u)``, ``u = -theta r``:
+
+    * by mu: zero ``(1 - w) theta / tm``; otherwise ``(theta + x) / tm - x / (mu + eps)``;
+    * by theta: zero ``(1 - w) (r - theta q / tm)``;
+      otherwise ``digamma(theta') - digamma(x + theta') + r - (theta + x) q / tm + x / theta'``;
+    * by the dropout logit: ``pi - w`` (zero) or ``pi``, plus ``2 lambda pi^2 (1 - pi)``;
+
+    then through the clipped activations (zero outside the clip range) and ``mu = mean * s``.
+    """
+    e = jnp.exp(mean_logit)
+    mean = jnp.clip(e, 1e-5, 1e6)
+    d_mean = jnp.where((e > 1e-5) & (e < 1e6), mean, 0.0)
+    # softplus and sigmoid of one logit share exp(-|logit|)
+    eb = jnp.exp(-jnp.abs(disp_logit))
+    sp = jnp.maximum(disp_logit, 0.0) + jnp.log1p(eb)
+    disp = jnp.clip(sp, 1e-4, 1e4)
+    d_disp = jnp.where((sp > 1e-4) & (sp < 1e4), jnp.where(disp_logit >= 0, 1.0, eb) / (1.0 + eb), 0.0)
+    el_ = jnp.exp(-jnp.abs(pi_logit))
+    s = jnp.maximum(pi_logit, 0.0) + jnp.log1p(el_)
+    pi = jnp.where(pi_logit >= 0, 1.0, el_) / (1.0 + el_)
+
+    mu = mean * scale_factor[:, None]
+    theta = disp + EPS
+    tm = theta + mu
+    q = mu / theta
+    r = jnp.log1p(q)
+    q_tm = q / tm
+    u = -disp * r
+    diff = pi_logit - u
+    ed = jnp.exp(-jnp.abs(diff))
+    w = jnp.where(diff >= 0, 1.0, ed) / (1.0 + ed)
+    zero_case = -(jnp.maximum(pi_logit, u) + jnp.log1p(ed))
+    lg_t, dg_t = _lgamma_digamma(theta)
+    lg_xt, dg_xt = _lgamma_digamma(x + theta)
+    log_mu = jnp.log(mu + EPS)
+    nb_case = lg_t - lg_xt + (disp + x) * r + x * (jnp.log(theta) - log_mu)
+    zero = x <= 1e-8
+    value = s + jnp.where(zero, zero_case, nb_case)
+    g_pi = pi - jnp.where(zero, w, 0.0)
+    g_mu = jnp.where(zero, (1.0 - w) * disp / tm, (disp + x) / tm - x / (mu + EPS))
+    g_disp = jnp.where(zero, (1.0 - w) * (r - disp * q_tm), dg_t - dg_xt + r - (disp + x) * q_tm + x / theta)
+    if ridge_lambda:
+        value = value + ridge_lambda * pi * pi
+        g_pi = g_pi + 2.0 * ridge_lambda * pi * pi * (1.0 - pi)
+    return value, g_mu * scale_factor[:, None] * d_mean, g_disp * d_disp, g_pi
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(6,))
+def _zinb_weighted_sum(x, mean_logit, disp_logit, pi_logit, scale_factor, row_weight, ridge_lambda):
+    value = _zinb_terms(x, mean_logit, disp_logit, pi_logit, scale_factor, ridge_lambda)[0]
+    return jnp.sum(value * row_weight[:, None])
+
+
+def _zinb_weighted_sum_fwd(x, mean_logit, disp_logit, pi_logit, scale_factor, row_weight, ridge_lambda):
+    # Only the value here; the backward pass recomputes the shared terms for the gradient.  Saving
+    # the gradient from this pass instead writes three (n, g) arrays that the backward must read
+    # and scale by the cotangent: measured 5% slower per CPU epoch.
+    value = _zinb_weighted_sum(x, mean_logit, disp_logit, pi_logit, scale_factor, row_weight, ridge_lambda)
+    return value, (x, mean_logit, disp_logit, pi_logit, scale_factor, row_weight)
+
+
+def _zinb_weighted_sum_bwd(ridge_lambda, inputs, ct):
+    x, mean_logit, disp_logit, pi_logit, scale_factor, row_weight = inputs
+    _, g_mean, g_disp, g_pi = _zinb_terms(x, mean_logit, disp_logit, pi_logit, scale_factor, ridge_lambda)
+    w = ct * row_weight[:, None]
+    return None, w * g_mean, w * g_disp, w * g_pi, None, None
+
+
+_zinb_weighted_sum.defvjp(_zinb_weighted_sum_fwd, _zinb_weighted_sum_bwd)
+
+
+def zinb_nll_logits(x, mean_logit, disp_logit, pi_logit, scale_factor, *, ridge_lambda: float = 0.0, mask=None,
+                    include_constant: bool = True):
+    """:func:`zinb_nll` of the decoder heads' logits, ``mean = zinb_mean(mean_logit)`` and
+    ``disp = zinb_dispersion(disp_logit)``, with a hand-written gradient.
+
+    Same value as the composition (the same formula, float32 rounding apart); its gradient by
+    the three logits is one elementwise pass (see :func:`_zinb_terms`) instead of autodiff's chain
+    of saved intermediates: on CPUs that pass is most of the ZINB work of a training step.  Gradients flow to the logits only (not to ``x``,
+    ``scale_factor`` or ``mask``).  Shapes as in :func:`zinb_nll_elements`; returns a scalar.
+    """
+    n, g = x.shape
+    if mask is None:
+        row_weight = jnp.full((n,), 1.0 / (n * g), x.dtype)
+    else:
+        m = mask.astype(x.dtype)
+        row_weight = m / (jnp.maximum(m.sum(), 1.0) * g)
+    loss = _zinb_weighted_sum(x, mean_logit, disp_logit, pi_logit, scale_factor, row_weight, float(ridge_lambda))
+    if include_constant:
+        loss = loss + jnp.sum(gammaln(x + 1.0) * row_weight[:, None])
+    return loss
 
 
 def log_soft_assign(z, centers, alpha: float = 1.0):

@@ -7,6 +7,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from .losses import zinb_dispersion, zinb_mean
+
 
 def torch_uniform(fan_in: int):
     """PyTorch's default Linear initialisation: uniform(+-1/sqrt(fan_in)) for weights and biases."""
@@ -53,14 +55,17 @@ class ZINBAutoencoder(nnx.Module):
             h = jax.nn.relu(layer(h))
         return self.latent(h)
 
-    def decode(self, z, b=None):
-        """(n, latent) [+ (n, B)] -> (mean, dispersion, pi logit), each (n, G)."""
+    def decode_logits(self, z, b=None):
+        """(n, latent) [+ (n, B)] -> the three heads before their activations, each (n, G)."""
         h = self._cat(z, b)
         for layer in self.dec:
             h = jax.nn.relu(layer(h))
-        mean = jnp.clip(jnp.exp(self.mean_head(h)), 1e-5, 1e6)
-        disp = jnp.clip(jax.nn.softplus(self.disp_head(h)), 1e-4, 1e4)
-        return mean, disp, self.pi_head(h)
+        return self.mean_head(h), self.disp_head(h), self.pi_head(h)
+
+    def decode(self, z, b=None):
+        """(n, latent) [+ (n, B)] -> (mean, dispersion, pi logit), each (n, G)."""
+        mean_logit, disp_logit, pi_logit = self.decode_logits(z, b)
+        return zinb_mean(mean_logit), zinb_dispersion(disp_logit), pi_logit
 
     def __call__(self, x, b=None):
         return self.decode(self.encode(x, b), b)

@@ -86,6 +86,62 @@ def test_zinb_without_constant_differs_by_lgamma_term():
     np.testing.assert_allclose(float(a - b), float(np_gammaln(np.asarray(x, np.float64) + 1).mean()), rtol=1e-5)
 
 
+def zinb_logit_inputs(seed=0, n=48, g=30):
+    """Counts and head logits; some logits fall outside the clip ranges of the mean and dispersion."""
+    x, _, _, logit, sf = zinb_inputs(seed, n, g)
+    rng = np.random.default_rng(seed + 10)
+    mean_logit = rng.normal(0.5, 2.0, size=(n, g))
+    disp_logit = rng.normal(0.5, 2.0, size=(n, g))
+    mean_logit[0, :3] = [15.0, -12.0, 14.0]    # mean clipped at 1e6 and at 1e-5
+    disp_logit[1, :3] = [-10.0, 1.2e4, -9.5]   # dispersion clipped at 1e-4 and at 1e4
+    return x, mean_logit, disp_logit, logit, sf
+
+
+@pytest.mark.parametrize("ridge", [0.0, 0.1])
+@pytest.mark.parametrize("constant", [True, False])
+def test_zinb_logits_value_matches_reference_formula(ridge, constant):
+    x, a, b, logit, sf = zinb_logit_inputs(1)
+    mean, disp = np.clip(np.exp(a), 1e-5, 1e6), np.clip(np.logaddexp(0.0, b), 1e-4, 1e4)
+    expected = ref_zinb(x, mean, disp, 1.0 / (1.0 + np.exp(-logit)), sf, ridge)
+    if not constant:
+        expected -= np_gammaln(x + 1.0).mean()
+    got = losses.zinb_nll_logits(*(jnp.asarray(v, jnp.float32) for v in (x, a, b, logit, sf)), ridge_lambda=ridge,
+                                 include_constant=constant)
+    np.testing.assert_allclose(float(got), expected, rtol=2e-5)
+
+
+@pytest.mark.parametrize("ridge", [0.0, 0.1])
+def test_zinb_logits_gradient_matches_autodiff_of_the_composition_in_float64(ridge):
+    inputs = zinb_logit_inputs(2)
+    mask = np.arange(inputs[0].shape[0]) < 37
+
+    def composed(a, b, logit, x, sf):
+        return losses.zinb_nll(x, losses.zinb_mean(a), losses.zinb_dispersion(b), logit, sf, ridge_lambda=ridge,
+                               mask=jnp.asarray(mask))
+
+    def fused(a, b, logit, x, sf):
+        return losses.zinb_nll_logits(x, a, b, logit, sf, ridge_lambda=ridge, mask=jnp.asarray(mask))
+
+    def order(v):  # value_and_grad by the three logits, which come first
+        x, a, b, logit, sf = v
+        return a, b, logit, x, sf
+
+    with jax.enable_x64(True):
+        v64, g64 = jax.value_and_grad(composed, argnums=(0, 1, 2))(*order([jnp.asarray(v) for v in inputs]))
+        g64 = [np.asarray(g) for g in g64]
+    v32, g32 = jax.jit(jax.value_and_grad(fused, argnums=(0, 1, 2)))(
+        *order([jnp.asarray(v, jnp.float32) for v in inputs]))
+    np.testing.assert_allclose(float(v32), float(v64), rtol=2e-5)
+    for got, want in zip(g32, g64):
+        got = np.asarray(got)
+        np.testing.assert_allclose(got, want, rtol=2e-3, atol=1e-3 * np.abs(want).max())
+        assert np.all(got[37:] == 0)  # padding rows get no gradient
+    assert np.all(np.asarray(g32[0])[0, :2] == 0) and np.all(np.asarray(g32[1])[1, :2] == 0)  # clipped heads
+    x, a, b, logit, sf = (jnp.asarray(v, jnp.float32) for v in inputs)
+    scaled = jax.grad(lambda a: 3.0 * fused(a, b, logit, x, sf))(a)  # the cotangent scales the gradient
+    np.testing.assert_allclose(np.asarray(scaled), 3.0 * np.asarray(g32[0]), rtol=1e-5)
+
+
 def ref_soft_assign(z, mu, alpha=1.0):
     d2 = ((z[:, None, :] - mu[None]) ** 2).sum(-1)
     q = (1.0 + d2 / alpha) ** (-(alpha + 1.0) / 2.0)

@@ -1,8 +1,9 @@
 """scDeepCluster training: jit-compiled epochs for ZINB pretraining and the DEC clustering stage.
 
 Each epoch is ONE compiled call: the cell order is drawn on the device, minibatches are gathered
-inside ``lax.scan`` (the last partial batch padded and masked out of the loss, so it counts as a
-full step over its real cells, as in the reference), and only the epoch's mean losses come back.
+inside ``lax.scan`` (the last partial batch is one more step at its own, smaller shape, padded
+only to a multiple of the device count and masked out of the loss, so it counts as a full step
+over its real cells, as in the reference), and only the epoch's mean losses come back.
 Random keys derive from ``fold_in(seed_key, epoch)``, so any epoch can be replayed exactly after
 a resume.  Parameters are an ``nnx.State`` (``ae``) plus the cluster centres (``mu``).
 """
@@ -20,7 +21,7 @@ import scipy.sparse as sp
 from flax import nnx
 from jax.scipy.special import gammaln
 
-from ..losses import dec_kl, log_soft_assign, target_distribution, zinb_nll
+from ..losses import dec_kl, log_soft_assign, target_distribution, zinb_nll_logits
 from ..nn import ZINBAutoencoder
 
 
@@ -134,19 +135,35 @@ def stage_key(seed: int, stage: int, epoch: int) -> jax.Array:
     return jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), stage), epoch)
 
 
-def _batch_plan(order: jax.Array, n: int, batch_size: int, slots: int):
-    """(steps, slots) cell indices and validity mask.
+def _batch_plan(order: jax.Array, n: int, batch_size: int, n_dev: int):
+    """Groups of ``(step numbers, (steps, slots) cell indices, validity mask)`` covering ``order``.
 
-    Each step takes the next ``batch_size`` cells of ``order``; ``slots >= batch_size`` rounds the
-    batch up to a multiple of the device count.  Padding (the extra slots and the tail of the last
-    batch) points at cell 0 and is masked out.
+    Each step takes the next ``batch_size`` cells of ``order``: the full batches form one group;
+    the last partial batch, if any, is its own one-step group with only as many slots as its
+    cells (both rounded up to a multiple of the ``n_dev`` devices), so no product runs on
+    padding but what the device count needs.  Padding slots point at cell 0 and are masked out.
     """
-    steps = math.ceil(n / batch_size)
-    idx = jnp.concatenate([order, jnp.zeros((steps * batch_size - n,), order.dtype)])
-    idx = jnp.pad(idx.reshape(steps, batch_size), ((0, 0), (0, slots - batch_size)))
-    pos = jnp.arange(slots)[None, :]
-    valid = (pos < batch_size) & (jnp.arange(steps)[:, None] * batch_size + pos < n)
-    return idx, valid
+    full, rest = divmod(n, batch_size)
+    groups = []
+    for first, steps, size in ((0, full, batch_size), (full, 1 if rest else 0, rest)):
+        if not steps:
+            continue
+        slots = -(-size // n_dev) * n_dev
+        idx = order[first * batch_size:first * batch_size + steps * size].reshape(steps, size)
+        idx = jnp.pad(idx, ((0, 0), (0, slots - size)))
+        valid = jnp.broadcast_to(jnp.arange(slots) < size, (steps, slots))
+        groups.append((first + jnp.arange(steps), idx, valid))
+    return groups
+
+
+def _scan_groups(step, carry, groups):
+    """``lax.scan`` of ``step`` over each group of :func:`_batch_plan` in turn (one compiled step
+    per batch shape); returns the final carry and the steps' outputs, concatenated."""
+    outs = []
+    for group in groups:
+        carry, out = jax.lax.scan(step, carry, group)
+        outs.append(out)
+    return carry, jnp.concatenate(outs)
 
 
 def _take(data: ClusterData, idx):
@@ -162,19 +179,16 @@ def _masked_mean(v, mask):
 def _noisy_zinb(model, x, raw, sf, b, mask, key, sigma, ridge):
     """ZINB NLL (without the constant) of the denoising path: encode(x + noise) -> decode."""
     z = model.encode(x + sigma * jax.random.normal(key, x.shape, x.dtype), b)
-    mean, disp, pi_logit = model.decode(z, b)
-    return zinb_nll(raw, mean, disp, pi_logit, sf, ridge_lambda=ridge, mask=mask, include_constant=False)
+    return zinb_nll_logits(raw, *model.decode_logits(z, b), sf, ridge_lambda=ridge, mask=mask,
+                           include_constant=False)
 
 
 def _constrain(a, sharding):
     return a if sharding is None else jax.lax.with_sharding_constraint(a, sharding)
 
 
-def _slots(batch_size: int, batch_sharding) -> int:
-    if batch_sharding is None:
-        return batch_size
-    n_dev = batch_sharding.mesh.size
-    return -(-batch_size // n_dev) * n_dev
+def _n_dev(batch_sharding) -> int:
+    return 1 if batch_sharding is None else batch_sharding.mesh.size
 
 
 def make_pretrain_epoch(graphdef, tx: optax.GradientTransformation, *, n: int, batch_size: int,
@@ -192,7 +206,7 @@ def make_pretrain_epoch(graphdef, tx: optax.GradientTransformation, *, n: int, b
     @partial(jax.jit, donate_argnums=(0, 1))
     def epoch(params, opt_state, data: ClusterData, key):
         perm_key, noise_key = jax.random.split(key)
-        idx, valid = _batch_plan(jax.random.permutation(perm_key, n), n, batch_size, _slots(batch_size, batch_sharding))
+        groups = _batch_plan(jax.random.permutation(perm_key, n), n, batch_size, _n_dev(batch_sharding))
 
         def step(carry, inp):
             params, opt_state = carry
@@ -206,8 +220,7 @@ def make_pretrain_epoch(graphdef, tx: optax.GradientTransformation, *, n: int, b
             n_valid = mask.sum()
             return (params, opt_state), (loss + _masked_mean(cb, mask)) * n_valid
 
-        (params, opt_state), weighted = jax.lax.scan(step, (params, opt_state),
-                                                     (jnp.arange(idx.shape[0]), idx, valid))
+        (params, opt_state), weighted = _scan_groups(step, (params, opt_state), groups)
         return params, opt_state, weighted.sum() / n
 
     return epoch
@@ -231,7 +244,7 @@ def make_cluster_epoch(graphdef, tx: optax.GradientTransformation, *, n: int, ba
 
     @partial(jax.jit, donate_argnums=(0, 1))
     def epoch(params, opt_state, data: ClusterData, p, key):
-        idx, valid = _batch_plan(jnp.arange(n), n, batch_size, _slots(batch_size, batch_sharding))
+        groups = _batch_plan(jnp.arange(n), n, batch_size, _n_dev(batch_sharding))
 
         def step(carry, inp):
             params, opt_state = carry
@@ -245,8 +258,7 @@ def make_cluster_epoch(graphdef, tx: optax.GradientTransformation, *, n: int, ba
             const = _masked_mean(cb, mask)
             return (params, opt_state), jnp.stack([loss + const, kl, zinb + const]) * mask.sum()
 
-        (params, opt_state), weighted = jax.lax.scan(step, (params, opt_state),
-                                                     (jnp.arange(idx.shape[0]), idx, valid))
+        (params, opt_state), weighted = _scan_groups(step, (params, opt_state), groups)
         return params, opt_state, weighted.sum(0) / n
 
     return epoch
