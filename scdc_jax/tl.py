@@ -13,7 +13,7 @@ import numpy as np
 
 def scdeepcluster(adata, n_clusters: int | None = None, *, layer: str | None = None,
                   batch_key: str | None = None, key_added: str = "scdeepcluster", random_state: int = 0,
-                  copy: bool = False, **params):
+                  copy: bool = False, verbose: bool = True, **params):
     """Cluster the cells with scDeepCluster (ZINB autoencoder + deep embedded clustering).
 
     Parameters
@@ -32,6 +32,8 @@ def scdeepcluster(adata, n_clusters: int | None = None, *, layer: str | None = N
         Seed of every random choice.
     copy : bool
         Return a modified copy instead of writing into ``adata``.
+    verbose : bool
+        Progress bars of the two training stages (tqdm.auto, so they render in notebooks too).
     **params
         Any :class:`~scdc_jax.cluster.ClusterConfig` field (``pretrain_epochs``, ``maxiter``, ...).
 
@@ -49,8 +51,8 @@ def scdeepcluster(adata, n_clusters: int | None = None, *, layer: str | None = N
         ``params`` (the configuration, and ``layer`` and ``batch_key`` when given),
         ``n_clusters``, ``centers``, ``pretrain_loss``, ``cluster_loss``, ``stop_reason``, ``timings``.
 
-    The model is not kept; :class:`~scdc_jax.cluster.SCDeepCluster` keeps it, shows progress,
-    encodes new cells and saves.
+    The model is not kept; :class:`~scdc_jax.cluster.SCDeepCluster` keeps it, encodes new cells
+    and saves.
     """
     from .cluster.api import write_to_adata
     from .cluster.config import load_config
@@ -60,7 +62,7 @@ def scdeepcluster(adata, n_clusters: int | None = None, *, layer: str | None = N
     check_anndata_fields(adata, layer=layer, batch_key=batch_key)
     cfg = load_config(None, n_clusters=n_clusters or 0, seed=random_state, **params)
     adata = adata.copy() if copy else adata
-    result = run(from_anndata(adata, layer=layer, batch_key=batch_key), cfg, progress=False)
+    result = run(from_anndata(adata, layer=layer, batch_key=batch_key), cfg, progress=verbose)
     write_to_adata(adata, result, key_added, obs_key=key_added)
     adata.uns[key_added]["params"].update({k: v for k, v in (("layer", layer), ("batch_key", batch_key))
                                            if v is not None})

@@ -82,7 +82,7 @@ def test_louvain_estimates_number_of_clusters():
     assert res.scores["ari"] > 0.7, res.scores
 
 
-def test_fit_writes_scanpy_fields():
+def test_fit_writes_scanpy_fields(capfd):
     import anndata
     import pandas as pd
 
@@ -90,7 +90,9 @@ def test_fit_writes_scanpy_fields():
     X[0] = 0  # filtered cell gets no cluster
     ad = anndata.AnnData(X.astype(np.float32), obs=pd.DataFrame({"g": groups.astype(str)},
                                                                  index=[f"c{i}" for i in range(len(X))]))
-    out = fit(ad, 3, label_key="g", random_state=0, copy=True, **FAST)
+    capfd.readouterr()
+    out = fit(ad, 3, label_key="g", random_state=0, copy=True, verbose=False, **FAST)
+    assert capfd.readouterr() == ("", "")  # verbose=False: no progress bars, no messages
     assert "scdc_cluster" not in ad.obs  # copy=True leaves the input alone
     assert out.obs["scdc_cluster"].dtype.name == "category"
     assert out.obs["scdc_cluster"].isna().sum() == 1 and pd.isna(out.obs["scdc_cluster"].iloc[0])

@@ -53,7 +53,7 @@ def write_to_adata(adata, result: ClusterResult, key_added: str = "scdc", extra:
 def fit(adata, n_clusters: int | None = None, *, layer: str | None = None, label_key: str | None = None,
         batch_key: str | None = None, key_added: str = "scdc", random_state: int = 0, copy: bool = False,
         config: str | None = None, save_dir: str | None = None, overwrite: bool = False, resume: bool = False,
-        progress: bool = False, **params):
+        verbose: bool = True, **params):
     """Cluster the cells of ``adata`` with scDeepCluster.
 
     Parameters
@@ -70,6 +70,8 @@ def fit(adata, n_clusters: int | None = None, *, layer: str | None = None, label
     save_dir : folder for checkpoints (pretrained autoencoder, final model); none by default.  One
         holding another run is refused unless ``overwrite`` (replace that run once this one has
         finished) or ``resume`` (continue that run: the same data and settings).
+    verbose : progress bars of the two training stages (tqdm.auto, so they render in notebooks too);
+        False for none.
 
     Returns
     -------
@@ -81,6 +83,6 @@ def fit(adata, n_clusters: int | None = None, *, layer: str | None = None, label
     adata = adata.copy() if copy else adata
     data: CountData = from_anndata(adata, layer=layer, label_key=label_key, batch_key=batch_key)
     cfg = load_config(config, n_clusters=n_clusters if n_clusters is not None else 0, seed=random_state, **params)
-    result = run(data, cfg, save_dir=save_dir, overwrite=overwrite, resume=resume, progress=progress)
+    result = run(data, cfg, save_dir=save_dir, overwrite=overwrite, resume=resume, progress=verbose)
     write_to_adata(adata, result, key_added)
     return adata if copy else None
