@@ -214,7 +214,7 @@ def test_interrupted_overwrite_leaves_the_old_run_whole_and_resume_finishes_it(t
     with pytest.raises(InputError, match=r"\.res\.overwrite holds a run of other settings or data"):
         run(small_data(0), cfg, save_dir=str(save), resume=True, progress=False)
     resumed = run(small_data(1), cfg, save_dir=str(save), resume=True, progress=False)
-    assert not staged.exists() and sorted(os.listdir(save / "pretrain")) == ["15", "20"]
+    assert not staged.exists() and sorted(os.listdir(save / "pretrain")) == ["15", "20", "manifest.json"]
     np.testing.assert_array_equal(resumed.labels, run(small_data(1), cfg, progress=False).labels)
 
 
