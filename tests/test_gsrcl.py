@@ -387,6 +387,39 @@ def test_a_fold_interrupted_in_training_continues_to_the_uninterrupted_result(tm
     assert resumed == ref
 
 
+def alive_children(pid: int) -> list[int]:
+    """The live (not zombie) child processes of ``pid``, from /proc."""
+    kids = []
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/stat") as fh:
+                state, ppid = fh.read().rsplit(")", 1)[1].split()[:2]
+        except (OSError, ValueError):
+            continue
+        if int(ppid) == pid and state != "Z":
+            kids.append(int(entry))
+    return kids
+
+
+def gone(pids: list[int], timeout: float = 15.0) -> bool:
+    import time
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        left = []
+        for p in pids:
+            try:
+                with open(f"/proc/{p}/stat") as fh:
+                    if fh.read().rsplit(")", 1)[1].split()[0] != "Z":
+                        left.append(p)
+            except OSError:
+                pass
+        if not left:
+            return True
+        time.sleep(0.1)
+    return False
+
+
 def in_fold_steps(folds) -> list[int]:
     """The epochs of the checkpoints of unfinished folds in an evaluation's folds/ folder."""
     return [int(p.name) for p in folds.glob("*.partial/*")
@@ -415,8 +448,11 @@ def test_sigkill_inside_a_fold_then_resume_gives_the_same_results(tmp_path):
                                       or not [e for e in in_fold_steps(folds) if e < 60]):
         assert proc.poll() is None, "the run finished before it could be interrupted"
         time.sleep(0.02)
+    workers = alive_children(proc.pid) if os.path.isdir("/proc") else []
+    assert workers or not os.path.isdir("/proc")  # the SVM worker (and its resource tracker) run by now
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    assert gone(workers), "the SVM worker processes outlived the killed evaluation"
     done = len(list(folds.glob("*_*.json")))
     assert 2 <= done < 4 and not (out / "results.csv").exists()
     assert in_fold_steps(folds) and max(in_fold_steps(folds)) < 60

@@ -170,10 +170,11 @@ def svm_pool(workers: int):
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    from .svm import limit_threads
+    from .svm import init_worker
 
     n = max(1, (os.cpu_count() or 2) - 1) if workers < 0 else workers
-    return ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn"), initializer=limit_threads)
+    return ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn"), initializer=init_worker,
+                               initargs=(os.getpid(),))
 
 
 class Selection:

@@ -175,8 +175,21 @@ def svm_parameters(clf) -> dict:
             "a": float(sigmoid.a_), "b": float(sigmoid.b_)}
 
 
-def limit_threads() -> None:
-    """Initialiser of SVM worker processes: one BLAS thread each, the cores being shared."""
+def init_worker(parent: int) -> None:
+    """Initialiser of SVM worker processes: one BLAS thread each (the cores are shared with the
+    training), and an exit as soon as the ``parent`` process is gone, so that a killed evaluation
+    leaves no idle workers behind."""
+    import os
+    import threading
+    import time
+
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(1)
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(0)
+
+    threading.Thread(target=watch, daemon=True).start()
