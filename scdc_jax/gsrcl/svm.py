@@ -112,20 +112,10 @@ def svm_search(x, y, cfg, seed: int) -> SVMGrid:
     return SVMGrid(x, y, cfg, seed)
 
 
-def svm_scores(search: SVMGrid, x, y) -> dict[str, float]:
-    """MCC and F1 of the predictions and AP of the decision function on ``x``, ``y``."""
-    return binary_scores(y, search.predict(x), search.decision_function(x))
-
-
-def fit_and_score(x_tr, y_tr, x_te, y_te, cfg, seed: int) -> tuple[dict, dict[str, float]]:
-    """(best grid parameters, test scores) of the grid fitted on ``x_tr``, scored on ``x_te``."""
-    search = svm_search(x_tr, y_tr, cfg, seed)
-    return search.best_params_, svm_scores(search, x_te, y_te)
-
-
 def fit_and_score_tasks(x_tr, ys_tr: dict, x_te, ys_te: dict, cfg, seeds: dict) -> dict:
-    """:func:`fit_and_score` for several tasks on the same rows: ``{task: (params, scores)}``.
-    The distances are computed once for all the tasks."""
+    """The grid of each task fitted on ``x_tr`` and scored on ``x_te`` (MCC and F1 of its
+    predictions, AP of its decision function): ``{task: (best grid parameters, scores)}``.  The
+    distances are computed once for all the tasks."""
     d_tr, d_te, gamma = sq_distances(x_tr, x_tr), sq_distances(x_te, x_tr), scale_gamma(x_tr)
     out = {}
     for name, y in ys_tr.items():
