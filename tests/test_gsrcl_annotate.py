@@ -14,26 +14,26 @@ from test_gsrcl import cli_error, run_cli, write_h5
 from scdc_jax.errors import InputError
 from scdc_jax.errors import run_cli as wrap
 from scdc_jax.gsrcl.__main__ import main
-from scdc_jax.gsrcl.annotate import UNASSIGNED, align_genes, annotate, call_types, train_reference
+from scdc_jax.gsrcl.annotate import UNASSIGNED, annotate, call_types, train_reference, zero_fill_genes
 from scdc_jax.gsrcl.config import load_config
 from scdc_jax.io import CountData
 
 
 def test_align_genes_reorders_zero_fills_and_drops():
     X = np.array([[1, 2, 3], [4, 5, 6]])
-    out = align_genes(X, ["b", "a", "extra"], ["a", "b", "c"])
+    out = zero_fill_genes(X, ["b", "a", "extra"], ["a", "b", "c"])
     np.testing.assert_array_equal(out, [[2, 1, 0], [5, 4, 0]])
     assert out.dtype == np.float32
 
 
 def test_align_genes_refuses_duplicates_and_poor_overlap():
     with pytest.raises(InputError, match="duplicate"):
-        align_genes(np.ones((1, 3)), ["a", "a", "b"], ["a", "b"])
+        zero_fill_genes(np.ones((1, 3)), ["a", "a", "b"], ["a", "b"])
     with pytest.raises(InputError, match="duplicate"):
-        align_genes(np.ones((1, 2)), ["a", "b"], ["a", "a", "b"])
+        zero_fill_genes(np.ones((1, 2)), ["a", "b"], ["a", "a", "b"])
     with pytest.raises(InputError, match="more than half"):  # exactly half matching is refused
-        align_genes(np.ones((1, 4)), ["a", "b", "x", "y"], ["a", "b", "c"])
-    align_genes(np.ones((1, 3)), ["a", "b", "x"], ["a", "b", "c"])
+        zero_fill_genes(np.ones((1, 4)), ["a", "b", "x", "y"], ["a", "b", "c"])
+    zero_fill_genes(np.ones((1, 3)), ["a", "b", "x"], ["a", "b", "c"])
 
 
 def test_calls_normalise_and_respect_the_cutoff():

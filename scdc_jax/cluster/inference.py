@@ -33,7 +33,7 @@ def _model_dir(path: str) -> str:
                      f"{option('save_dir')}).")
 
 
-def align_genes(data: CountData, model_genes: list[str] | None, n_genes: int, *,
+def require_model_genes(data: CountData, model_genes: list[str] | None, n_genes: int, *,
                 kept: list[int] | None = None, n_input: int | None = None) -> CountData:
     """Reorder the query's genes to the model's; refuse when they cannot be matched.
 
@@ -90,7 +90,7 @@ def predict(model: str, data: CountData) -> dict:
     meta = checkpoint.read_meta(where)
     cfg = ClusterConfig(**meta["config"])
     n_genes, k = int(meta["n_genes"]), int(meta["n_clusters"])
-    data = align_genes(data, meta.get("gene_names"), n_genes, kept=meta.get("kept_genes"),
+    data = require_model_genes(data, meta.get("gene_names"), n_genes, kept=meta.get("kept_genes"),
                        n_input=meta.get("n_input_genes"))
     check_counts(data.X, require_integer=True)
     b = _align_batches(data, meta)

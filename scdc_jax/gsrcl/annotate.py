@@ -35,7 +35,7 @@ FILES = ("model", "svms.npz", "genes.txt", "reference.json")
 OLD_SVMS = "svms.joblib"  # the pickled classifiers of references written before format 1
 
 
-def align_genes(X, query_genes, reference_genes) -> np.ndarray:
+def zero_fill_genes(X, query_genes, reference_genes) -> np.ndarray:
     """Reorder the query's columns to the reference genes: missing genes zero, extra genes dropped.
 
     X : (n, q) counts with ``query_genes`` (q,); returns dense (n, r) float32 for the r reference
@@ -205,7 +205,7 @@ def annotate(reference_dir: str, query, cutoff: float = 0.5):
     if query.gene_names is None:
         raise InputError("the query has no gene names, so it cannot be aligned to the reference genes.")
     ref = load_reference(reference_dir)
-    x = log_transform(align_genes(query.X, query.gene_names, ref.genes))
+    x = log_transform(zero_fill_genes(query.X, query.gene_names, ref.genes))
     h = make_encode(ref.graphdef)(ref.params, x)
     _, raw = svm_scores(ref.svms, h)
     probs, calls = call_types(raw, ref.cell_types, cutoff)
