@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import shlex
 import sys
@@ -191,7 +192,7 @@ def cmd_train_reference(args, argv) -> int:
 
 def cmd_annotate(args, argv) -> int:
     from ..outputs import atomic_path, check_writable_file, provenance, write_h5ad, write_json
-    from .annotate import UNASSIGNED, annotate, plot_calls, reference_meta
+    from .annotate import UNASSIGNED, annotate, load_reference, plot_calls
 
     out = args.out or "annotations.csv"
     check_writable_file(out, "--out file")
@@ -202,11 +203,11 @@ def cmd_annotate(args, argv) -> int:
         check_writable_file(args.plot, "--plot file")
     if out.endswith(".h5ad") and not (args.data_file or "").endswith(".h5ad"):
         raise InputError("--out .h5ad needs an .h5ad query (it writes a copy of it); use a .csv --out instead.")
-    ref = reference_meta(args.reference)
+    ref = load_reference(args.reference)  # checked against its manifest once, before the query is read
     query = _read(args, labels=False)
-    df, h = annotate(args.reference, query, cutoff=args.cutoff)
-    prov = {**provenance(ref["config"]["seed"], {"reference": os.path.abspath(args.reference), "cutoff": args.cutoff,
-                                                 "layer": args.layer or "", "reference_config": ref["config"]},
+    df, h = annotate(ref, query, cutoff=args.cutoff)
+    prov = {**provenance(ref.cfg.seed, {"reference": os.path.abspath(args.reference), "cutoff": args.cutoff,
+                                        "layer": args.layer or "", "reference_config": dataclasses.asdict(ref.cfg)},
                          1, "python -m scdc_jax.gsrcl " + shlex.join(argv)),
             "data": query.source, "n_cells": len(df), "cell_types": list(df.columns.drop("call"))}
     if out.endswith(".h5ad"):

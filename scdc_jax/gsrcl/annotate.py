@@ -190,8 +190,9 @@ def load_reference(reference_dir: str) -> Reference:
     return Reference(cfg, graphdef, params, names, svms, genes)
 
 
-def annotate(reference_dir: str, query, cutoff: float = 0.5):
-    """Annotate a query :class:`~scdc_jax.io.CountData` with gene names.
+def annotate(reference, query, cutoff: float = 0.5):
+    """Annotate a query :class:`~scdc_jax.io.CountData` with gene names, with ``reference`` (a
+    folder from ``train_reference``, or a :class:`Reference` already loaded from one).
 
     Returns (pandas DataFrame of per-type probabilities plus ``call``, indexed by cell, and the
     (n, d) representation).
@@ -204,7 +205,7 @@ def annotate(reference_dir: str, query, cutoff: float = 0.5):
         raise InputError(f"{option('cutoff')} must lie in [0, 1), got {cutoff}.")
     if query.gene_names is None:
         raise InputError("the query has no gene names, so it cannot be aligned to the reference genes.")
-    ref = load_reference(reference_dir)
+    ref = reference if isinstance(reference, Reference) else load_reference(reference)
     x = log_transform(zero_fill_genes(query.X, query.gene_names, ref.genes))
     h = make_encode(ref.graphdef)(ref.params, x)
     _, raw = svm_scores(ref.svms, h)

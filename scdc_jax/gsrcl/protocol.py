@@ -161,6 +161,11 @@ class _Inline:
         return f
 
 
+def svm_worker_count(workers: int) -> int:
+    """The worker processes ``svm_workers`` asks for: -1 is all cores but one (at least one)."""
+    return max(1, (os.cpu_count() or 2) - 1) if workers < 0 else workers
+
+
 def svm_pool(workers: int):
     """The executor of the SVM grid searches: ``workers`` processes (-1: all cores but one, at
     least one), or inline for 0.  Processes are started by spawning, never forking a process
@@ -172,9 +177,8 @@ def svm_pool(workers: int):
 
     from .svm import init_worker
 
-    n = max(1, (os.cpu_count() or 2) - 1) if workers < 0 else workers
-    return ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn"), initializer=init_worker,
-                               initargs=(os.getpid(),))
+    return ProcessPoolExecutor(svm_worker_count(workers), mp_context=multiprocessing.get_context("spawn"),
+                               initializer=init_worker, initargs=(os.getpid(),))
 
 
 class Selection:
@@ -201,7 +205,7 @@ class Selection:
         self.kept: dict[int, tuple] = {}  # epoch -> (h_tr, h_te), for the epochs in self.best
         self.history: list[dict] = []
         self.pending: list[tuple] = []  # (epoch, job, h_tr, h_val, h_te) in epoch order
-        self.max_pending = max(2, 2 * max(cfg.svm_workers, 1))
+        self.max_pending = max(2, 2 * svm_worker_count(cfg.svm_workers))  # keeps every worker busy
 
     def _submit(self, epoch: int, h_tr, h_val, h_te) -> None:
         job = self.pool.submit(selection_mccs, h_tr, self.ys_tr, h_val, self.ys_val, self.cfg, self.seeds)
