@@ -136,7 +136,7 @@ def bench_scdeepcluster(args, torch_device, upstream=None):
 
     def jax_runners(precision: str):
         """(pretraining epoch, clustering epoch) of scdc_jax in ``precision``, from ``state``."""
-        graphdef = build_model(g, 0, dataclasses.replace(cfg, precision=precision), seed=0)[0]
+        graphdef = build_model(cfg=dataclasses.replace(cfg, precision=precision), n_genes=g, seed=0, n_batches=0)[0]
         pre = make_pretrain_epoch(graphdef, tx_pre, n=n, batch_size=cfg.batch_size, sigma=cfg.sigma)
         clu = make_cluster_epoch(graphdef, tx_clu, n=n, batch_size=cfg.batch_size, sigma=cfg.sigma,
                                  gamma=cfg.gamma)
