@@ -114,7 +114,7 @@ def write_results(rows, args, out_dir):
         print("\n".join(lines))
     impls = sorted({i for i, _ in summary})
     if len(impls) > 1:
-        lines = [f"# scdc_jax and the PyTorch baseline side by side (mean ± sd over seeds {args.seeds})", "",
+        lines = [f"# {', '.join(impls)} side by side (mean ± sd over seeds {args.seeds})", "",
                  f"`{cmd}` ({prov['machine']}, {prov['date']}). 'within spread': |difference of means| <= "
                  "the larger of the two standard deviations.", "",
                  "| dataset | clusters | metric | " + " | ".join(impls) + " | within spread |",
