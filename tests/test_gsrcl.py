@@ -129,7 +129,7 @@ MULTI_DEVICE = textwrap.dedent("""
     for loss, bn, augment in (("simclr", False, "gaussian"), ("supcon", False, "gaussian"),
                               ("simclr", True, "gaussian"), ("simclr", False, "dropout")):
         cfg = load_config(None, encoder=[16, 8], head=[8, 4], loss=loss)
-        graphdef, state = build_model(20, cfg, 0, batch_norm=bn)
+        graphdef, state = build_model(cfg, 20, 0, batch_norm=bn)
         params, stats = split_params(state)
         f = jax.jit(jax.value_and_grad(make_loss_fn(graphdef, loss=loss, augment=augment), has_aux=True))
         key = jax.random.key(3)
@@ -297,7 +297,7 @@ def test_bf16_loss_and_representation_stay_float32_and_close():
     out = {}
     for p in ("f32", "bf16"):
         cfg = load_config(None, encoder=[32, 16], head=[8], precision=p)
-        graphdef, state = build_model(20, cfg, 0)
+        graphdef, state = build_model(cfg, 20, 0)
         params, stats = split_params(state)
         loss, _ = make_loss_fn(graphdef)(params, stats, x, np.ones(32, bool), np.arange(32), np.zeros(32, int),
                                          jax.random.key(1))

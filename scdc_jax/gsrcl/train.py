@@ -54,7 +54,7 @@ def use_batch_norm(cfg, n_train: int) -> bool:
 COMPUTE_DTYPES = {"f32": None, "bf16": jnp.bfloat16}
 
 
-def build_model(n_genes: int, cfg, seed: int, batch_norm: bool = False):
+def build_model(cfg, n_genes: int, seed: int, *, batch_norm: bool = False):
     """(graphdef, state) of a freshly initialised GsRCL network in ``cfg.precision``; ``state``
     holds the (float32) parameters and, with BatchNorm, its running statistics."""
     model = GsRCLNet(n_genes, encoder=tuple(cfg.encoder), head=tuple(cfg.head), batch_norm=batch_norm,
@@ -219,7 +219,7 @@ class Trainer:
 
     def _graph(self, batch_norm: bool):
         if batch_norm not in self._graphs:
-            graphdef, _ = build_model(self.n_genes, self.cfg, 0, batch_norm)
+            graphdef, _ = build_model(self.cfg, self.n_genes, 0, batch_norm=batch_norm)
             self._graphs[batch_norm] = (graphdef, make_encode(graphdef))
         return self._graphs[batch_norm]
 
@@ -235,7 +235,7 @@ class Trainer:
         return self._runs[key]
 
     def init(self, seed: int, batch_norm: bool):
-        _, state = build_model(self.n_genes, self.cfg, seed, batch_norm)
+        _, state = build_model(self.cfg, self.n_genes, seed, batch_norm=batch_norm)
         if self.mesh is not None:
             state = jax.device_put(state, replicated(self.mesh))
         return state, self.tx.init(split_params(state)[0])
