@@ -6,6 +6,9 @@ epochs around a scan over batches).  With a device mesh the parameters are repli
 batch is padded to a multiple of the device count (padding masked out of the loss and of the
 BatchNorm statistics, no row dropped) and split over the "data" axis; the loss is written on the
 global batch, so NT-Xent's negatives come from all devices and XLA inserts the collectives.
+``Trainer.fit_folds`` trains several outer folds' networks as one program: their states stacked
+on a leading fold axis, their batches padded to one shape, the epochs vmapped over the folds (with
+a mesh too: the folds vmapped, each step's cells split on "data").
 
 Views: ``augment = "gaussian"`` (GsRCL) adds N(0, noise_std^2) to every gene of the log
 expression; ``augment = "dropout"`` (the random-gene-masking baseline) zeroes each input with
