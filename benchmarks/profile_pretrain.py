@@ -43,11 +43,11 @@ def zinb_no_lgamma(x, a, b, pi_logit, scale_factor, *, ridge_lambda=0.0, mask=No
     nb = t2 - log_1mpi
     zero = -jnp.logaddexp(log_pi, log_1mpi + disp * (log_theta - jnp.log(disp + mu + 1e-10)))
     el = jnp.where(x <= 1e-8, zero, nb)
-    return losses._masked_mean_rows(el.mean(1), mask)
+    return losses.masked_mean(el.mean(1), mask)
 
 def mse_loss(x, a, b, pi_logit, scale_factor, *, ridge_lambda=0.0, mask=None, include_constant=True):
     el = (losses.zinb_mean(a) * scale_factor[:, None] - x) ** 2 + b + pi_logit
-    return losses._masked_mean_rows(el.mean(1), mask)
+    return losses.masked_mean(el.mean(1), mask)
 
 def noisy_without_noise(model, x, raw, sf, b, mask, key, sigma, ridge):
     z = model.encode(x, b)

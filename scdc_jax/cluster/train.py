@@ -21,7 +21,7 @@ import scipy.sparse as sp
 from flax import nnx
 from jax.scipy.special import gammaln
 
-from ..losses import dec_kl, log_soft_assign, target_distribution, zinb_nll_logits
+from ..losses import dec_kl, log_soft_assign, masked_mean, target_distribution, zinb_nll_logits
 from ..nn import ZINBAutoencoder
 
 
@@ -171,11 +171,6 @@ def _take(data: ClusterData, idx):
     return x, raw, data.sf[idx], data.const[idx], None if data.b is None else data.b[idx]
 
 
-def _masked_mean(v, mask):
-    m = mask.astype(v.dtype)
-    return (v * m).sum() / jnp.maximum(m.sum(), 1.0)
-
-
 def _noisy_zinb(model, x, raw, sf, b, mask, key, sigma, ridge):
     """ZINB NLL (without the constant) of the denoising path: encode(x + noise) -> decode."""
     z = model.encode(x + sigma * jax.random.normal(key, x.shape, x.dtype), b)
@@ -218,7 +213,7 @@ def make_pretrain_epoch(graphdef, tx: optax.GradientTransformation, *, n: int, b
             updates, opt_state = tx.update(grads, opt_state, params)
             params = optax.apply_updates(params, updates)
             n_valid = mask.sum()
-            return (params, opt_state), (loss + _masked_mean(cb, mask)) * n_valid
+            return (params, opt_state), (loss + masked_mean(cb, mask)) * n_valid
 
         (params, opt_state), weighted = _scan_groups(step, (params, opt_state), groups)
         return params, opt_state, weighted.sum() / n
@@ -255,7 +250,7 @@ def make_cluster_epoch(graphdef, tx: optax.GradientTransformation, *, n: int, ba
                 params, xb, rb, sb, bb, p[bidx], mask, jax.random.fold_in(key, i))
             updates, opt_state = tx.update(grads, opt_state, params)
             params = optax.apply_updates(params, updates)
-            const = _masked_mean(cb, mask)
+            const = masked_mean(cb, mask)
             return (params, opt_state), jnp.stack([loss + const, kl, zinb + const]) * mask.sum()
 
         (params, opt_state), weighted = _scan_groups(step, (params, opt_state), groups)
