@@ -22,7 +22,7 @@ from scdc_jax import losses
 prep = prepare(read_counts(os.path.join(os.path.dirname(ROOT), 'shared', 'data', 'mouse_bladder_cell_select_2100.h5')), select_genes_n=2000)
 n, g = prep.shape
 cfg = ClusterConfig()
-graphdef, state = train.build_model(g, 0, cfg, 0)
+graphdef, state = train.build_model(cfg, g, 0)
 data = train.device_data(prep.raw, prep.norm)
 tx = amsgrad_torch()
 

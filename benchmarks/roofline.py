@@ -94,7 +94,7 @@ def epoch_runners(args):
     prep = prepare(read_counts(args.scdc_file), select_genes_n=args.select_genes)
     n, g = prep.shape
     cfg = ClusterConfig()
-    graphdef, state = build_model(g, 0, cfg, seed=0)
+    graphdef, state = build_model(cfg, g, seed=0)
     data = device_data(prep.raw, prep.norm)
     tx_pre, tx_clu = amsgrad_torch(cfg.lr_pretrain), adadelta_torch(cfg.lr_cluster)
     pre = make_pretrain_epoch(graphdef, tx_pre, n=n, batch_size=cfg.batch_size, sigma=cfg.sigma)

@@ -134,7 +134,7 @@ def _jax_epochs(prep, cfg, args) -> dict:
     data = device_data(prep.raw, prep.norm, sharding=rep)
     jax.block_until_ready(data)
     put_s = time.perf_counter() - t0
-    graphdef, state = build_model(prep.shape[1], 0, cfg, seed=0)
+    graphdef, state = build_model(cfg, prep.shape[1], seed=0)
     if rep is not None:
         state = jax.device_put(state, rep)
     tx = amsgrad_torch(cfg.lr_pretrain)

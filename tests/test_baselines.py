@@ -53,7 +53,7 @@ def assert_same_autoencoder(state, model, atol=1e-5):
 
 
 def _models(prep):
-    graphdef, state = build_model(prep.shape[1], 0, ClusterConfig(), seed=0)
+    graphdef, state = build_model(ClusterConfig(), prep.shape[1], seed=0)
     model = tsc.copy_from_jax(tsc.build_model(prep.shape[1]), state)
     return graphdef, state, model
 

@@ -27,7 +27,7 @@ def test_pretrain_epoch_reduces_loss_and_is_deterministic():
     dd = device_data(p.raw, p.norm)
 
     def train(epochs):
-        graphdef, ae = build_model(p.shape[1], 0, cfg, seed=1)
+        graphdef, ae = build_model(cfg, p.shape[1], seed=1)
         tx = amsgrad_torch()
         opt = tx.init(ae)
         # 240 cells in batches of 70: the last batch (30 cells) is padded and masked

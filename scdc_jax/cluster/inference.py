@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -20,7 +21,7 @@ from ..errors import InputError, option
 from ..io import CountData, check_counts
 from .config import ClusterConfig
 from .pipeline import MODEL, MODEL_KIND, RETRAIN
-from .train import build_model, device_data, make_assign
+from .train import abstract_model, device_data, make_assign
 
 
 def _model_dir(path: str) -> str:
@@ -94,9 +95,10 @@ def predict(model: str, data: CountData) -> dict:
                        n_input=meta.get("n_input_genes"))
     check_counts(data.X, require_integer=True)
     b = _align_batches(data, meta)
-    graphdef, ae = build_model(n_genes, int(meta["n_batches"]), cfg, cfg.seed)
-    template = {"params": {"ae": ae, "mu": jnp.zeros((k, cfg.latent))},
-                "norm_mean": np.zeros(n_genes, np.float32), "norm_std": np.zeros(n_genes, np.float32)}
+    graphdef, ae = abstract_model(cfg, n_genes, n_batches=int(meta["n_batches"]))
+    template = {"params": {"ae": ae, "mu": jax.ShapeDtypeStruct((k, cfg.latent), jnp.float32)},
+                "norm_mean": jax.ShapeDtypeStruct((n_genes,), jnp.float32),
+                "norm_std": jax.ShapeDtypeStruct((n_genes,), jnp.float32)}
     state, _ = checkpoint.restore(where, template)
     totals = np.asarray(data.X.sum(1), np.float64).ravel()
     ok = totals > 0

@@ -173,7 +173,7 @@ def run(data: CountData, cfg: ClusterConfig, *, save_dir: str | None = None, ae_
     rep = replicated(mesh) if mesh is not None else None
     bshard = data_sharded(mesh) if mesh is not None else None
     dd = device_data(prep.raw, prep.norm, batch, sharding=rep)
-    graphdef, ae = build_model(g, nb, cfg, cfg.seed)
+    graphdef, ae = build_model(cfg, g, cfg.seed, n_batches=nb)
     if rep is not None:
         ae = jax.device_put(ae, rep)
     history: dict = {"pretrain_loss": [], "cluster": [], "scores": []}

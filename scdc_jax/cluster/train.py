@@ -23,6 +23,7 @@ from jax.scipy.special import gammaln
 
 from ..losses import dec_kl, log_soft_assign, masked_mean, target_distribution, zinb_nll_logits
 from ..nn import ZINBAutoencoder
+from ..parallel import padded_size
 
 
 class ClusterData(NamedTuple):
@@ -122,12 +123,22 @@ def batch_rows(data: ClusterData, idx):
     return x, raw
 
 
-def build_model(n_genes: int, n_batches: int, cfg, seed: int):
+# ---- model --------------------------------------------------------------------------------------
+
+def _autoencoder(cfg, n_genes: int, n_batches: int, key) -> ZINBAutoencoder:
+    return ZINBAutoencoder(n_genes, n_batches=n_batches, encoder=tuple(cfg.encoder), latent=cfg.latent,
+                           decoder=tuple(cfg.decoder), rngs=nnx.Rngs(params=key))
+
+
+def build_model(cfg, n_genes: int, seed: int, *, n_batches: int = 0):
     """(graphdef, initial autoencoder state) with the configured sizes."""
-    key = jax.random.fold_in(jax.random.key(seed), 0)
-    model = ZINBAutoencoder(n_genes, n_batches=n_batches, encoder=tuple(cfg.encoder), latent=cfg.latent,
-                            decoder=tuple(cfg.decoder), rngs=nnx.Rngs(params=key))
-    return nnx.split(model)
+    return nnx.split(_autoencoder(cfg, n_genes, n_batches, jax.random.fold_in(jax.random.key(seed), 0)))
+
+
+def abstract_model(cfg, n_genes: int, *, n_batches: int = 0):
+    """(graphdef, autoencoder state of ``jax.ShapeDtypeStruct`` leaves): the target a checkpoint
+    is restored onto, built by ``nnx.eval_shape`` without computing any weights."""
+    return nnx.split(nnx.eval_shape(lambda: _autoencoder(cfg, n_genes, n_batches, jax.random.key(0))))
 
 
 def stage_key(seed: int, stage: int, epoch: int) -> jax.Array:
@@ -148,7 +159,7 @@ def _batch_plan(order: jax.Array, n: int, batch_size: int, n_dev: int):
     for first, steps, size in ((0, full, batch_size), (full, 1 if rest else 0, rest)):
         if not steps:
             continue
-        slots = -(-size // n_dev) * n_dev
+        slots = padded_size(size, n_dev)
         idx = order[first * batch_size:first * batch_size + steps * size].reshape(steps, size)
         idx = jnp.pad(idx, ((0, 0), (0, slots - size)))
         valid = jnp.broadcast_to(jnp.arange(slots) < size, (steps, slots))
