@@ -23,7 +23,7 @@ prep = prepare(read_counts(os.path.join(os.path.dirname(ROOT), 'shared', 'data',
 n, g = prep.shape
 cfg = ClusterConfig()
 graphdef, state = train.build_model(cfg, g, 0)
-data = train.device_data(prep.raw, prep.norm)
+data = train.device_data(prep)
 tx = amsgrad_torch()
 
 orig_zinb = train.zinb_nll_logits

@@ -95,7 +95,7 @@ def epoch_runners(args):
     n, g = prep.shape
     cfg = ClusterConfig()
     graphdef, state = build_model(cfg, g, seed=0)
-    data = device_data(prep.raw, prep.norm)
+    data = device_data(prep)
     tx_pre, tx_clu = amsgrad_torch(cfg.lr_pretrain), adadelta_torch(cfg.lr_cluster)
     pre = make_pretrain_epoch(graphdef, tx_pre, n=n, batch_size=cfg.batch_size, sigma=cfg.sigma)
     clu = make_cluster_epoch(graphdef, tx_clu, n=n, batch_size=cfg.batch_size, sigma=cfg.sigma, gamma=cfg.gamma)

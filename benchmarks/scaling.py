@@ -131,7 +131,7 @@ def _jax_epochs(prep, cfg, args) -> dict:
     mesh = make_mesh(n_dev) if n_dev > 1 else None
     rep = replicated(mesh) if mesh is not None else None
     t0 = time.perf_counter()
-    data = device_data(prep.raw, prep.norm, sharding=rep)
+    data = device_data(prep, sharding=rep)
     jax.block_until_ready(data)
     put_s = time.perf_counter() - t0
     graphdef, state = build_model(cfg, prep.shape[1], seed=0)

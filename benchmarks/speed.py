@@ -68,7 +68,7 @@ def bench_scdeepcluster(args, torch_device):
 
     # scdc_jax, float32
     graphdef, state = build_model(cfg, g, seed=0)
-    data = device_data(prep.raw, prep.norm)
+    data = device_data(prep)
     tx_pre, tx_clu = amsgrad_torch(cfg.lr_pretrain), adadelta_torch(cfg.lr_cluster)
     pre = make_pretrain_epoch(graphdef, tx_pre, n=n, batch_size=cfg.batch_size, sigma=cfg.sigma)
     clu = make_cluster_epoch(graphdef, tx_clu, n=n, batch_size=cfg.batch_size, sigma=cfg.sigma, gamma=cfg.gamma)

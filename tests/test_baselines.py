@@ -71,7 +71,7 @@ def test_zinb_loss_and_amsgrad_steps_match(prepared):
     # One epoch of one full batch is one step; the permutation only reorders rows of a mean.
     tx = amsgrad_torch(1e-3)
     epoch = make_pretrain_epoch(graphdef, tx, n=N_CELLS, batch_size=N_CELLS, sigma=0.0)
-    data = device_data(prepared.raw, prepared.norm)
+    data = device_data(prepared)
     params = _copy(state)
     opt_state = tx.init(params)
     opt = tsc.pretrain_optimizer(model)
@@ -99,7 +99,7 @@ def test_dec_cluster_loss_and_adadelta_steps_match(prepared):
 
     tx = adadelta_torch()
     epoch = make_cluster_epoch(graphdef, tx, n=N_CELLS, batch_size=N_CELLS, sigma=0.0, gamma=1.0)
-    data = device_data(prepared.raw, prepared.norm)
+    data = device_data(prepared)
     params = _copy({"ae": state, "mu": mu})
     opt_state = tx.init(params)
     opt = tsc.cluster_optimizer(model, mu_t)

@@ -24,7 +24,7 @@ def small_data(seed=0, **kw):
 def test_pretrain_epoch_reduces_loss_and_is_deterministic():
     p = prepare(small_data())
     cfg = ClusterConfig(**FAST)
-    dd = device_data(p.raw, p.norm)
+    dd = device_data(p)
 
     def train(epochs):
         graphdef, ae = build_model(cfg, p.shape[1], seed=1)
@@ -273,7 +273,7 @@ def test_sparse_rows_give_the_dense_batches_and_the_same_run():
     cols, vals = ell_rows(csr)
     assert cols.shape == (240, np.diff(csr.indptr).max()) and use_sparse_rows(csr) and not use_sparse_rows(X)
     p = prepare(CountData(X=csr))
-    ell, dense = device_data(p.raw, p.norm), device_data(p.raw, p.norm, sparse=False)
+    ell, dense = device_data(p), device_data(p, sparse=False)
     assert ell.cols is not None and ell.counts.shape[1] < p.shape[1] and dense.cols is None
     idx = jax.numpy.array([5, 0, 239, 5, 17])
     for a, b in zip(batch_rows(ell, idx), batch_rows(dense, idx)):

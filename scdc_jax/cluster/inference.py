@@ -11,6 +11,7 @@ statistics (median total, gene means and spreads) and encoded by the clean encod
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 
 import jax
 import jax.numpy as jnp
@@ -19,6 +20,7 @@ import numpy as np
 from .. import checkpoint, manifest
 from ..errors import InputError, option
 from ..io import CountData, check_counts
+from ..preprocess import prepare_query
 from .config import ClusterConfig
 from .pipeline import MODEL, MODEL_KIND, RETRAIN
 from .train import abstract_model, device_data, make_assign
@@ -100,14 +102,14 @@ def predict(model: str, data: CountData) -> dict:
                 "norm_mean": jax.ShapeDtypeStruct((n_genes,), jnp.float32),
                 "norm_std": jax.ShapeDtypeStruct((n_genes,), jnp.float32)}
     state, _ = checkpoint.restore(where, template)
-    totals = np.asarray(data.X.sum(1), np.float64).ravel()
-    ok = totals > 0
     norm = {"median_total": meta["median_total"], "mean": np.asarray(state["norm_mean"]),
             "std": np.asarray(state["norm_std"])}
-    query = device_data(data.X[ok], norm, None if b is None else b[ok])
+    prep = prepare_query(replace(data, batch=b), norm)
+    query = device_data(prep)
     z0, q, _, labels = make_assign(graphdef, cfg.alpha)(state["params"], query)
     n = data.n_cells
     out = {"latent": np.full((n, cfg.latent), np.nan, np.float32), "q": np.full((n, k), np.nan, np.float32),
            "labels": np.full(n, -1, np.int64)}
+    ok = prep.cells
     out["latent"][ok], out["q"][ok], out["labels"][ok] = np.asarray(z0), np.asarray(q), np.asarray(labels)
     return out

@@ -172,7 +172,7 @@ def run(data: CountData, cfg: ClusterConfig, *, save_dir: str | None = None, ae_
     mesh = make_mesh(cfg.devices) if cfg.devices > 1 else None
     rep = replicated(mesh) if mesh is not None else None
     bshard = data_sharded(mesh) if mesh is not None else None
-    dd = device_data(prep.raw, prep.norm, batch, sharding=rep)
+    dd = device_data(prep, sharding=rep)
     graphdef, ae = build_model(cfg, g, cfg.seed, n_batches=nb)
     if rep is not None:
         ae = jax.device_put(ae, rep)

@@ -24,6 +24,7 @@ from jax.scipy.special import gammaln
 from ..losses import dec_kl, log_soft_assign, masked_mean, target_distribution, zinb_nll_logits
 from ..nn import ZINBAutoencoder
 from ..parallel import padded_size
+from ..preprocess import Prepared
 
 
 class ClusterData(NamedTuple):
@@ -72,29 +73,27 @@ def use_sparse_rows(raw) -> bool:
     return 2 * int(np.diff(raw.indptr).max()) < raw.shape[1]
 
 
-def device_data(raw, norm: dict, b: np.ndarray | None = None, *, sharding=None,
-                sparse: bool | None = None) -> ClusterData:
-    """Put prepared counts on the device(s).
+def device_data(prep: Prepared, *, sharding=None, sparse: bool | None = None) -> ClusterData:
+    """Put prepared cells on the device(s).
 
-    raw : (n, g) counts, dense or CSR (never densified whole: CSR becomes ELL rows).
-    norm : ``{"median_total", "mean", "std"}`` of :func:`scdc_jax.preprocess.prepare` (or of the
-        training data, to encode new cells as the training cells).
+    prep : :func:`scdc_jax.preprocess.prepare` of the training cells, or
+        :func:`scdc_jax.preprocess.prepare_query` of new cells (normalised as the training cells):
+        its raw counts (dense or CSR, never densified whole: CSR becomes ELL rows), library-size
+        factors, gene statistics and batches.
     sparse : force ELL rows (True) or dense counts (False); default :func:`use_sparse_rows`.
     sharding : where to put the arrays; default the default device.
     """
     put = (lambda a: jax.device_put(a, sharding)) if sharding is not None else jnp.asarray
+    raw, norm, b = prep.raw, prep.norm, prep.data.batch
     sparse = use_sparse_rows(raw) if sparse is None else sparse
-    totals = np.asarray(raw.sum(1), np.float64).ravel()
-    median = float(norm["median_total"])
     if sparse:
         cols, vals = ell_rows(sp.csr_matrix(raw, dtype=np.float32))
         counts, cols = put(vals), put(cols)
     else:
         dense = raw.toarray() if sp.issparse(raw) else raw
         counts, cols = put(np.asarray(dense, np.float32)), None
-    const = _lgamma_row_means(counts, len(norm["mean"]))
-    return ClusterData(counts, cols, put((median / totals).astype(np.float32)),
-                       put((totals / median).astype(np.float32)), const,
+    const = _lgamma_row_means(counts, prep.shape[1])
+    return ClusterData(counts, cols, put(prep.scale), put(prep.size_factors), const,
                        put(np.asarray(norm["mean"], np.float32)), put(np.asarray(norm["std"], np.float32)),
                        None if b is None else put(np.asarray(b, np.float32)))
 
