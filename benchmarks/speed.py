@@ -55,8 +55,10 @@ def bench_scdeepcluster(args, torch_device):
 
     from benchmarks.baselines import torch_scdeepcluster as tsc
     from scdc_jax.cluster.config import ClusterConfig
-    from scdc_jax.cluster.train import (build_model, device_data, make_assign, make_cluster_epoch,
-                                        make_pretrain_epoch, stage_key)
+    from functools import partial
+
+    from scdc_jax.cluster.train import (build_model, cluster_loss, device_data, make_assign, make_epoch,
+                                        pretrain_loss, stage_key)
     from scdc_jax.io import read_counts
     from scdc_jax.optim import adadelta_torch, amsgrad_torch
     from scdc_jax.preprocess import prepare
@@ -70,8 +72,10 @@ def bench_scdeepcluster(args, torch_device):
     graphdef, state = build_model(cfg, g, seed=0)
     data = device_data(prep)
     tx_pre, tx_clu = amsgrad_torch(cfg.lr_pretrain), adadelta_torch(cfg.lr_cluster)
-    pre = make_pretrain_epoch(graphdef, tx_pre, n=n, batch_size=cfg.batch_size, sigma=cfg.sigma)
-    clu = make_cluster_epoch(graphdef, tx_clu, n=n, batch_size=cfg.batch_size, sigma=cfg.sigma, gamma=cfg.gamma)
+    pre = make_epoch(partial(pretrain_loss, graphdef=graphdef, sigma=cfg.sigma), tx_pre, n=n,
+                     batch_size=cfg.batch_size, shuffle=True)
+    clu = make_epoch(partial(cluster_loss, graphdef=graphdef, sigma=cfg.sigma, gamma=cfg.gamma), tx_clu, n=n,
+                     batch_size=cfg.batch_size, shuffle=False)
     rng = np.random.default_rng(0)
     z0 = make_assign(graphdef)({"ae": state, "mu": jnp.zeros((k, cfg.latent))}, data)[0]
     mu = jnp.asarray(np.asarray(z0)[rng.choice(n, k, replace=False)])
@@ -89,7 +93,7 @@ def bench_scdeepcluster(args, torch_device):
 
     def jax_clu():
         jstate["ep"] += 1
-        params, opt, loss = clu(*jstate["clu"], data, p_jax, stage_key(0, 2, jstate["ep"]))
+        params, opt, loss = clu(*jstate["clu"], data, stage_key(0, 2, jstate["ep"]), {"p": p_jax})
         jax.block_until_ready(loss)
         jstate["clu"] = [params, opt]
 

@@ -16,6 +16,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass, field
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -31,8 +32,8 @@ from ..preprocess import prepare
 from .config import ClusterConfig
 from .init import centres_of, community_labels, kmeans
 from .layout import CLUSTER, MODEL, PRETRAIN, run_folder
-from .train import (build_model, device_data, make_assign, make_cluster_epoch, make_encoder,
-                    make_pretrain_epoch, stage_key)
+from .train import (build_model, cluster_loss, device_data, make_assign, make_encoder, make_epoch, pretrain_loss,
+                    stage_key)
 
 PRETRAIN_KIND, MODEL_KIND = "scDeepCluster pretrained autoencoder", "scDeepCluster model"
 RETRAIN = "train it again with 'python -m scdc_jax.cluster'"
@@ -201,13 +202,13 @@ def run(data: CountData, cfg: ClusterConfig, *, save_dir: str | None = None, ae_
             ae, opt_state, start = state["ae"], state["opt"], int(meta["epoch"])
             history["pretrain_loss"] = list(meta.get("pretrain_loss", []))
             say(f"resuming pretraining from epoch {start} ({ck_dir})")
-        epoch_fn = make_pretrain_epoch(graphdef, tx, n=n, batch_size=cfg.batch_size, sigma=cfg.sigma,
-                                       ridge_lambda=cfg.ridge_lambda, batch_sharding=bshard)
+        epoch_fn = make_epoch(partial(pretrain_loss, graphdef=graphdef, sigma=cfg.sigma, ridge_lambda=cfg.ridge_lambda),
+                              tx, n=n, batch_size=cfg.batch_size, shuffle=True, batch_sharding=bshard)
         bar = _Progress(cfg.pretrain_epochs, "pretrain", progress, initial=start)
         try:
             for epoch in range(start, cfg.pretrain_epochs):
-                ae, opt_state, loss = epoch_fn(ae, opt_state, dd, stage_key(cfg.seed, 1, epoch))
-                loss = float(loss)
+                ae, opt_state, means = epoch_fn(ae, opt_state, dd, stage_key(cfg.seed, 1, epoch))
+                loss = float(means["loss"])
                 if not np.isfinite(loss):
                     raise _diverged("pretraining", epoch + 1, work, PRETRAIN)
                 history["pretrain_loss"].append(loss)
@@ -264,9 +265,9 @@ def run(data: CountData, cfg: ClusterConfig, *, save_dir: str | None = None, ae_
 
     # ---- clustering stage ---------------------------------------------------------------------
     t0 = time.perf_counter()
-    epoch_fn = make_cluster_epoch(graphdef, tx, n=n, batch_size=cfg.batch_size, sigma=cfg.sigma,
-                                  gamma=cfg.gamma, alpha=cfg.alpha, ridge_lambda=cfg.ridge_lambda,
-                                  batch_sharding=bshard)
+    epoch_fn = make_epoch(partial(cluster_loss, graphdef=graphdef, sigma=cfg.sigma, gamma=cfg.gamma, alpha=cfg.alpha,
+                                  ridge_lambda=cfg.ridge_lambda),
+                          tx, n=n, batch_size=cfg.batch_size, shuffle=False, batch_sharding=bshard)
     bar = _Progress(cfg.maxiter, "cluster", progress, initial=start)
     stop_reason = "maxiter"
     z0 = q = None
@@ -287,8 +288,8 @@ def run(data: CountData, cfg: ClusterConfig, *, save_dir: str | None = None, ae_
                     break
             if epoch == cfg.maxiter:
                 break
-            params, opt_state, losses = epoch_fn(params, opt_state, dd, p, stage_key(cfg.seed, 2, epoch))
-            loss, kl, zinb = (float(v) for v in losses)
+            params, opt_state, means = epoch_fn(params, opt_state, dd, stage_key(cfg.seed, 2, epoch), {"p": p})
+            loss, kl, zinb = (float(means[m]) for m in ("loss", "kl", "zinb"))
             if not np.isfinite(loss):
                 raise _diverged("clustering", epoch + 1, work, CLUSTER)
             history["cluster"].append({"epoch": epoch + 1, "loss": loss, "kl": kl, "zinb": zinb})
