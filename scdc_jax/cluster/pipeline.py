@@ -2,6 +2,9 @@
 
 :func:`run` takes a :class:`~scdc_jax.io.CountData` and a :class:`ClusterConfig` and returns a
 :class:`ClusterResult`; :func:`fit` is the scanpy-style wrapper that writes into an AnnData.
+``run`` is a short driver: :func:`restore_or_init` decides where the run starts (a fresh network,
+``ae_weights`` or ``resume``), then the stages :func:`pretrain`, :func:`init_clusters` and
+:func:`cluster` pass one train-state dict along, each running when the state is at it.
 Checkpoints (orbax) go to ``save_dir/pretrain``, ``save_dir/cluster`` (periodic, for ``resume``)
 and ``save_dir/model`` (the final model with its cluster centres, used by ``predict``).  A
 ``save_dir`` holding another run is refused unless ``overwrite`` (replace it) or ``resume``
