@@ -7,6 +7,7 @@ import os
 import statistics
 import sys
 import time
+from functools import partial
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -22,8 +23,8 @@ from scdc_jax import losses
 prep = prepare(read_counts(os.path.join(os.path.dirname(ROOT), 'shared', 'data', 'mouse_bladder_cell_select_2100.h5')), select_genes_n=2000)
 n, g = prep.shape
 cfg = ClusterConfig()
-graphdef, state = train.build_model(g, 0, cfg, 0)
-data = train.device_data(prep.raw, prep.norm)
+graphdef, state = train.build_model(cfg, g, 0)
+data = train.device_data(prep)
 tx = amsgrad_torch()
 
 orig_zinb = train.zinb_nll_logits
@@ -43,22 +44,23 @@ def zinb_no_lgamma(x, a, b, pi_logit, scale_factor, *, ridge_lambda=0.0, mask=No
     nb = t2 - log_1mpi
     zero = -jnp.logaddexp(log_pi, log_1mpi + disp * (log_theta - jnp.log(disp + mu + 1e-10)))
     el = jnp.where(x <= 1e-8, zero, nb)
-    return losses._masked_mean_rows(el.mean(1), mask)
+    return losses.masked_mean(el.mean(1), mask)
 
 def mse_loss(x, a, b, pi_logit, scale_factor, *, ridge_lambda=0.0, mask=None, include_constant=True):
     el = (losses.zinb_mean(a) * scale_factor[:, None] - x) ** 2 + b + pi_logit
-    return losses._masked_mean_rows(el.mean(1), mask)
+    return losses.masked_mean(el.mean(1), mask)
 
-def noisy_without_noise(model, x, raw, sf, b, mask, key, sigma, ridge):
-    z = model.encode(x, b)
-    return train.zinb_nll_logits(raw, *model.decode_logits(z, b), sf, ridge_lambda=ridge, mask=mask,
-                                 include_constant=False)
+def noisy_without_noise(model, batch, key, sigma, ridge):
+    z = model.encode(batch["x"], batch["b"])
+    return train.zinb_nll_logits(batch["raw"], *model.decode_logits(z, batch["b"]), batch["sf"], ridge_lambda=ridge,
+                                 mask=batch["mask"], include_constant=False)
 
-def noisy_uniform_noise(model, x, raw, sf, b, mask, key, sigma, ridge):
+def noisy_uniform_noise(model, batch, key, sigma, ridge):
     # cheaper noise: uniform bits (not Gaussian; timing only)
-    z = model.encode(x + sigma * jax.random.uniform(key, x.shape, x.dtype), b)
-    return train.zinb_nll_logits(raw, *model.decode_logits(z, b), sf, ridge_lambda=ridge, mask=mask,
-                                 include_constant=False)
+    x = batch["x"]
+    z = model.encode(x + sigma * jax.random.uniform(key, x.shape, x.dtype), batch["b"])
+    return train.zinb_nll_logits(batch["raw"], *model.decode_logits(z, batch["b"]), batch["sf"], ridge_lambda=ridge,
+                                 mask=batch["mask"], include_constant=False)
 
 def make(variant):
     train.zinb_nll_logits = {"autodiff_zinb": zinb_autodiff, "no_lgamma": zinb_no_lgamma,
@@ -67,7 +69,8 @@ def make(variant):
                          "no_noise_mse": noisy_without_noise}.get(variant, orig_noisy)
     if variant == "no_noise_mse":
         train.zinb_nll_logits = mse_loss
-    ep = train.make_pretrain_epoch(graphdef, tx, n=n, batch_size=256, sigma=2.5)
+    ep = train.make_epoch(partial(train.pretrain_loss, graphdef=graphdef, sigma=2.5), tx, n=n, batch_size=256,
+                          shuffle=True)
     st = {"s": None}
     params = jax.tree.map(jnp.array, state)
     st["s"] = [params, tx.init(params)]

@@ -85,8 +85,10 @@ def epoch_runners(args):
     import numpy as np
 
     from scdc_jax.cluster.config import ClusterConfig
-    from scdc_jax.cluster.train import (build_model, device_data, make_assign, make_cluster_epoch,
-                                        make_pretrain_epoch, stage_key)
+    from functools import partial
+
+    from scdc_jax.cluster.train import (build_model, cluster_loss, device_data, make_assign, make_epoch,
+                                        pretrain_loss, stage_key)
     from scdc_jax.io import read_counts
     from scdc_jax.optim import adadelta_torch, amsgrad_torch
     from scdc_jax.preprocess import prepare
@@ -94,11 +96,13 @@ def epoch_runners(args):
     prep = prepare(read_counts(args.scdc_file), select_genes_n=args.select_genes)
     n, g = prep.shape
     cfg = ClusterConfig()
-    graphdef, state = build_model(g, 0, cfg, seed=0)
-    data = device_data(prep.raw, prep.norm)
+    graphdef, state = build_model(cfg, g, seed=0)
+    data = device_data(prep)
     tx_pre, tx_clu = amsgrad_torch(cfg.lr_pretrain), adadelta_torch(cfg.lr_cluster)
-    pre = make_pretrain_epoch(graphdef, tx_pre, n=n, batch_size=cfg.batch_size, sigma=cfg.sigma)
-    clu = make_cluster_epoch(graphdef, tx_clu, n=n, batch_size=cfg.batch_size, sigma=cfg.sigma, gamma=cfg.gamma)
+    pre = make_epoch(partial(pretrain_loss, graphdef=graphdef, sigma=cfg.sigma), tx_pre, n=n,
+                     batch_size=cfg.batch_size, shuffle=True)
+    clu = make_epoch(partial(cluster_loss, graphdef=graphdef, sigma=cfg.sigma, gamma=cfg.gamma), tx_clu, n=n,
+                     batch_size=cfg.batch_size, shuffle=False)
     z0 = make_assign(graphdef)({"ae": state, "mu": jnp.zeros((args.n_clusters, cfg.latent))}, data)[0]
     mu = jnp.asarray(np.asarray(z0)[np.random.default_rng(0).choice(n, args.n_clusters, replace=False)])
     p = make_assign(graphdef)({"ae": state, "mu": mu}, data)[2]
@@ -110,13 +114,13 @@ def epoch_runners(args):
         def run() -> float:
             st["epoch"] += 1
             t0 = time.perf_counter()
-            *st[stage], loss = epoch_fn(*st[stage], data, *extra, stage_key(0, stage_no, st["epoch"]))
+            *st[stage], loss = epoch_fn(*st[stage], data, stage_key(0, stage_no, st["epoch"]), *extra)
             jax.block_until_ready(loss)
             return time.perf_counter() - t0
         run()  # compiles
         return run
 
-    return n, g, cfg, {"pretrain_epoch": timed("pre", 1, pre), "cluster_epoch": timed("clu", 2, clu, p)}
+    return n, g, cfg, {"pretrain_epoch": timed("pre", 1, pre), "cluster_epoch": timed("clu", 2, clu, {"p": p})}
 
 
 def main(argv=None):

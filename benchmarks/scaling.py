@@ -123,7 +123,9 @@ def worker(args) -> dict:
 def _jax_epochs(prep, cfg, args) -> dict:
     import jax
 
-    from scdc_jax.cluster.train import build_model, device_data, make_pretrain_epoch, stage_key
+    from functools import partial
+
+    from scdc_jax.cluster.train import build_model, device_data, make_epoch, pretrain_loss, stage_key
     from scdc_jax.optim import amsgrad_torch
     from scdc_jax.parallel import data_sharded, make_mesh, replicated
 
@@ -131,21 +133,22 @@ def _jax_epochs(prep, cfg, args) -> dict:
     mesh = make_mesh(n_dev) if n_dev > 1 else None
     rep = replicated(mesh) if mesh is not None else None
     t0 = time.perf_counter()
-    data = device_data(prep.raw, prep.norm, sharding=rep)
+    data = device_data(prep, sharding=rep)
     jax.block_until_ready(data)
     put_s = time.perf_counter() - t0
-    graphdef, state = build_model(prep.shape[1], 0, cfg, seed=0)
+    graphdef, state = build_model(cfg, prep.shape[1], seed=0)
     if rep is not None:
         state = jax.device_put(state, rep)
     tx = amsgrad_torch(cfg.lr_pretrain)
     opt = tx.init(state)
-    epoch = make_pretrain_epoch(graphdef, tx, n=prep.shape[0], batch_size=cfg.batch_size, sigma=cfg.sigma,
-                                batch_sharding=None if mesh is None else data_sharded(mesh))
+    epoch = make_epoch(partial(pretrain_loss, graphdef=graphdef, sigma=cfg.sigma), tx, n=prep.shape[0],
+                       batch_size=cfg.batch_size, shuffle=True,
+                       batch_sharding=None if mesh is None else data_sharded(mesh))
     times, losses = [], []
     for e in range(args.epochs + 1):
         t0 = time.perf_counter()
-        state, opt, loss = epoch(state, opt, data, stage_key(0, 1, e))
-        losses.append(float(loss))  # blocks until the epoch is done
+        state, opt, means = epoch(state, opt, data, stage_key(0, 1, e))
+        losses.append(float(means["loss"]))  # blocks until the epoch is done
         times.append(time.perf_counter() - t0)
     return {"storage": "sparse rows (ELL)" if data.cols is not None else "dense",
             "device_data_gib": sum(a.nbytes for a in jax.tree.leaves(data)) / 2 ** 30, "put_s": put_s,

@@ -114,9 +114,11 @@ def bench_scdeepcluster(args, torch_device, upstream=None):
     import torch
 
     from benchmarks.baselines import torch_scdeepcluster as tsc
+    from functools import partial
+
     from scdc_jax.cluster.config import ClusterConfig
-    from scdc_jax.cluster.train import (build_model, device_data, make_assign, make_cluster_epoch,
-                                        make_pretrain_epoch, stage_key)
+    from scdc_jax.cluster.train import (build_model, cluster_loss, device_data, make_assign, make_epoch,
+                                        pretrain_loss, stage_key)
     from scdc_jax.io import read_counts
     from scdc_jax.optim import adadelta_torch, amsgrad_torch
     from scdc_jax.preprocess import prepare
@@ -126,9 +128,9 @@ def bench_scdeepcluster(args, torch_device, upstream=None):
     cfg = ClusterConfig()
     k = args.n_clusters
 
-    data = device_data(prep.raw, prep.norm)
+    data = device_data(prep)
     tx_pre, tx_clu = amsgrad_torch(cfg.lr_pretrain), adadelta_torch(cfg.lr_cluster)
-    graphdef, state = build_model(g, 0, cfg, seed=0)  # float32 parameters in either precision
+    graphdef, state = build_model(cfg, g, seed=0)  # float32 parameters in either precision
     rng = np.random.default_rng(0)
     z0 = make_assign(graphdef)({"ae": state, "mu": jnp.zeros((k, cfg.latent))}, data)[0]
     mu = jnp.asarray(np.asarray(z0)[rng.choice(n, k, replace=False)])
@@ -137,9 +139,10 @@ def bench_scdeepcluster(args, torch_device, upstream=None):
     def jax_runners(precision: str):
         """(pretraining epoch, clustering epoch) of scdc_jax in ``precision``, from ``state``."""
         graphdef = build_model(cfg=dataclasses.replace(cfg, precision=precision), n_genes=g, seed=0, n_batches=0)[0]
-        pre = make_pretrain_epoch(graphdef, tx_pre, n=n, batch_size=cfg.batch_size, sigma=cfg.sigma)
-        clu = make_cluster_epoch(graphdef, tx_clu, n=n, batch_size=cfg.batch_size, sigma=cfg.sigma,
-                                 gamma=cfg.gamma)
+        pre = make_epoch(partial(pretrain_loss, graphdef=graphdef, sigma=cfg.sigma), tx_pre, n=n,
+                         batch_size=cfg.batch_size, shuffle=True)
+        clu = make_epoch(partial(cluster_loss, graphdef=graphdef, sigma=cfg.sigma, gamma=cfg.gamma), tx_clu, n=n,
+                         batch_size=cfg.batch_size, shuffle=False)
         pre_params = jax.tree.map(jnp.array, state)
         cparams = {"ae": jax.tree.map(jnp.array, state), "mu": jnp.array(mu)}  # copies: the epochs donate them
         js = {"pre": [pre_params, tx_pre.init(pre_params)], "clu": [cparams, tx_clu.init(cparams)], "ep": 0}
@@ -152,7 +155,7 @@ def bench_scdeepcluster(args, torch_device, upstream=None):
 
         def jax_clu():
             js["ep"] += 1
-            params, opt, loss = clu(*js["clu"], data, p_jax, stage_key(0, 2, js["ep"]))
+            params, opt, loss = clu(*js["clu"], data, stage_key(0, 2, js["ep"]), {"p": p_jax})
             jax.block_until_ready(loss)
             js["clu"] = [params, opt]
 

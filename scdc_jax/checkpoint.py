@@ -91,12 +91,15 @@ def read_meta(directory: str, step: int | None = None) -> dict:
 
 
 def restore(directory: str, target, step: int | None = None):
-    """Restore ``(state, meta)`` from ``directory`` (latest step by default) onto ``target``'s structure."""
+    """Restore ``(state, meta)`` from ``directory`` (latest step by default) onto ``target``'s
+    structure: a pytree of arrays or of ``jax.ShapeDtypeStruct`` (``jax.eval_shape``, ``nnx.eval_shape``)."""
     step = latest_step(directory) if step is None else step
     if step is None:
         raise InputError(f"{directory} holds no scdc_jax checkpoint.")
     flat, treedef = _flatten(target)
-    abstract = {k: jax.ShapeDtypeStruct(np.shape(a), np.asarray(a).dtype) for k, a in flat.items()}
+    # shapes and dtypes only: the arrays come back on the default device, whatever ``target`` holds
+    abstract = {k: jax.ShapeDtypeStruct(np.shape(a), a.dtype if isinstance(a, jax.ShapeDtypeStruct) else np.asarray(a).dtype)
+                for k, a in flat.items()}
     with _manager(directory, read_only=True) as mngr:
         try:
             out = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),

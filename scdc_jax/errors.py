@@ -1,7 +1,8 @@
-"""User-facing errors and the CLI wrapper that turns them into one sentence and exit code 2.
+"""User-facing errors and the CLI wrapper that turns them into one sentence and a non-zero exit.
 
 A user can cause an :class:`InputError` (a bad file, a bad flag, bad data); the CLIs print its
-message and exit with status 2.  An ``OSError`` the system raises mid-run (disk full, a folder
+message and exit with status 2.  A :class:`TrainingDiverged` (a loss became non-finite) is one
+sentence and status 3.  An ``OSError`` the system raises mid-run (disk full, a folder
 removed) is one sentence and status 1.  Anything else is a bug and keeps its traceback.
 
 Messages name the options the way the user gave them: :func:`option` spells ``layer="raw"`` for
@@ -58,7 +59,8 @@ class CliParser(argparse.ArgumentParser):
 
 
 def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> None:
-    """Run ``main(argv)``; turn user errors into ``error: <sentence>`` and exit code 2."""
+    """Run ``main(argv)``; turn user errors into ``error: <sentence>`` and exit code 2 (3 for a
+    diverged training, 1 for a refusal of the system, 130 for an interrupt)."""
     global _cli_running
     _cli_running = True
     try:

@@ -14,7 +14,9 @@ from jax.scipy.special import gammaln, xlogy
 EPS = 1e-10
 
 
-def _masked_mean_rows(per_row: jax.Array, mask: jax.Array | None) -> jax.Array:
+def masked_mean(per_row: jax.Array, mask: jax.Array | None) -> jax.Array:
+    """Mean of ``per_row`` (n,) over the rows where ``mask`` (n,) holds (all rows when None); 0
+    when no row does.  Padding rows of a batch are masked out with it."""
     if mask is None:
         return per_row.mean()
     mask = mask.astype(per_row.dtype)
@@ -106,7 +108,7 @@ def zinb_nll(x, mean, disp, pi_logit, scale_factor, *, ridge_lambda: float = 0.0
     el = zinb_nll_elements(x, mean, disp, pi_logit, scale_factor, include_constant=include_constant)
     if ridge_lambda:
         el = el + ridge_lambda * jax.nn.sigmoid(pi_logit) ** 2
-    return _masked_mean_rows(el.mean(axis=1), mask)
+    return masked_mean(el.mean(axis=1), mask)
 
 
 def zinb_mean(logit):
@@ -249,7 +251,7 @@ def dec_kl(p, log_q, mask=None):
     """
     p = jax.lax.stop_gradient(p)
     per_row = jnp.sum(xlogy(p, p) - p * log_q, axis=1)
-    return _masked_mean_rows(per_row, mask)
+    return masked_mean(per_row, mask)
 
 
 def _l2_normalise(z):
@@ -280,7 +282,7 @@ def ntxent(z1, z2, *, temperature: float = 0.07, mask=None):
         s_aa = jnp.where(valid[None, :] & ~eye, s_aa, neg_inf)
         lse = jax.nn.logsumexp(jnp.concatenate([s_ab, s_aa], axis=1), axis=1)
         per_row = lse - jnp.diagonal(s_ab)
-        return _masked_mean_rows(jnp.where(valid, per_row, 0.0), valid)
+        return masked_mean(jnp.where(valid, per_row, 0.0), valid)
 
     return direction(z1, z2) + direction(z2, z1)
 
@@ -304,4 +306,4 @@ def supcon(z1, z2, labels, *, temperature: float = 0.07, mask=None):
     pos = (lab[:, None] == lab[None, :]) & not_self & valid[None, :]
     n_pos = jnp.maximum(pos.sum(1), 1)
     per_anchor = -jnp.where(pos, log_prob, 0.0).sum(1) / n_pos
-    return _masked_mean_rows(jnp.where(valid, per_anchor, 0.0), valid)
+    return masked_mean(jnp.where(valid, per_anchor, 0.0), valid)

@@ -87,7 +87,7 @@ class Prepared:
 
     raw : filtered raw counts (loss target), float32, dense or CSR as the input was; never
         densified whole here (the encoder input is computed from it per minibatch on the device).
-    size_factors : (n_cells,) ``total / median(total)``.
+    totals : (n_cells,) float64 cell totals.
     data : the filtered :class:`CountData` (labels, batches, names aligned with the rows).
     cells, genes : integer indices of the kept cells and genes in the input.
     norm : the normalisation statistics ``{"median_total", "mean", "std"}`` (to encode new cells
@@ -95,7 +95,7 @@ class Prepared:
     """
 
     raw: np.ndarray | sp.csr_matrix
-    size_factors: np.ndarray
+    totals: np.ndarray
     data: CountData
     cells: np.ndarray
     genes: np.ndarray
@@ -106,14 +106,43 @@ class Prepared:
         return self.raw.shape
 
     @functools.cached_property
+    def size_factors(self) -> np.ndarray:
+        """(n_cells,) float32 ``total / median_total`` (see :func:`library_size`)."""
+        return library_size(self.totals, self.norm["median_total"])[1]
+
+    @functools.cached_property
+    def scale(self) -> np.ndarray:
+        """(n_cells,) float32 ``median_total / total`` (see :func:`library_size`)."""
+        return library_size(self.totals, self.norm["median_total"])[0]
+
+    @functools.cached_property
     def x(self) -> np.ndarray:
         """The encoder input as one dense float32 host array (for small data and comparisons;
         training computes it per minibatch on the device instead)."""
-        return normalise_log_scale(self.raw, _row_totals(self.raw), self.norm)[0]
+        return normalise_log_scale(self.raw, self.totals, self.norm)[0]
+
+
+def library_size(totals: np.ndarray, median_total: float) -> tuple[np.ndarray, np.ndarray]:
+    """The library-size normalisation of cells with these ``totals`` (n,), each (n,) float32:
+    ``median_total / total``, which scales the encoder input's counts, and the size factors
+    ``total / median_total``, which scale the ZINB mean."""
+    totals, median = np.asarray(totals, np.float64), float(median_total)
+    return (median / totals).astype(np.float32), (totals / median).astype(np.float32)
 
 
 def _row_totals(raw) -> np.ndarray:
     return np.asarray(raw.sum(1), np.float64).ravel()
+
+
+def _float32_counts(X):
+    """The counts as the loss target: float32, CSR (duplicates summed, zeros dropped; a copy, so
+    the caller's matrix is left as it was) or dense as given."""
+    if sp.issparse(X):
+        raw = X.tocsr().astype(np.float32)
+        raw.sum_duplicates()
+        raw.eliminate_zeros()
+        return raw
+    return np.asarray(X, dtype=np.float32)
 
 
 def _row_chunks(n: int, chunk: int):
@@ -180,20 +209,25 @@ def prepare(data: CountData, *, select_genes_n: int = 0) -> Prepared:
     keep_g = np.flatnonzero(gene_tot > 0)
     genes = genes[keep_g]
     # row totals over the kept genes equal those over all genes (the dropped genes hold no counts)
-    cell_tot = np.asarray(data.X.sum(1), np.float64).ravel()
+    cell_tot = _row_totals(data.X)
     keep_c = np.flatnonzero(cell_tot > 0)
     if len(keep_g) < data.n_genes or len(keep_c) < data.n_cells:  # copies only when something goes
         data = data.subset(cells=keep_c, genes=keep_g)
-    if sp.issparse(data.X):
-        raw = data.X.tocsr().astype(np.float32)  # a copy: the caller's matrix is left as it was
-        raw.sum_duplicates()
-        raw.eliminate_zeros()
-    else:
-        raw = np.asarray(data.X, dtype=np.float32)
-    totals = cell_tot[keep_c].astype(np.float64)
-    norm = norm_stats(raw, totals)
-    return Prepared(raw=raw, size_factors=(totals / norm["median_total"]).astype(np.float32), data=data, cells=keep_c,
-                    genes=genes, norm=norm)
+    raw = _float32_counts(data.X)
+    totals = cell_tot[keep_c]
+    return Prepared(raw=raw, totals=totals, data=data, cells=keep_c, genes=genes, norm=norm_stats(raw, totals))
+
+
+def prepare_query(data: CountData, norm: dict) -> Prepared:
+    """New cells (their genes already the model's) prepared as the training cells were: cells
+    without counts dropped (``cells`` lists the others), counts as the loss target, and the
+    training statistics ``norm`` (of :func:`prepare`) for the library size and the gene scaling."""
+    totals = _row_totals(data.X)
+    keep = np.flatnonzero(totals > 0)
+    if len(keep) < data.n_cells:
+        data = data.subset(cells=keep)
+    return Prepared(raw=_float32_counts(data.X), totals=totals[keep], data=data, cells=keep,
+                    genes=np.arange(data.n_genes), norm=norm)
 
 
 def log_transform(X) -> np.ndarray:

@@ -6,6 +6,8 @@ scDeepCluster runs in float32 on both sides (the project runs JAX without x64), 
 float64 (see that test)."""
 from __future__ import annotations
 
+from functools import partial
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -18,7 +20,7 @@ from benchmarks.baselines import torch_gsrcl as tg  # noqa: E402
 from benchmarks.baselines import torch_scdeepcluster as tsc  # noqa: E402
 from scdc_jax import losses  # noqa: E402
 from scdc_jax.cluster.config import ClusterConfig  # noqa: E402
-from scdc_jax.cluster.train import build_model, device_data, make_cluster_epoch, make_pretrain_epoch  # noqa: E402
+from scdc_jax.cluster.train import build_model, cluster_loss, device_data, make_epoch, pretrain_loss  # noqa: E402
 from scdc_jax.io import CountData  # noqa: E402
 from scdc_jax.nn import GsRCLNet  # noqa: E402
 from scdc_jax.optim import adadelta_torch, adam_coupled_l2, amsgrad_torch  # noqa: E402
@@ -53,7 +55,7 @@ def assert_same_autoencoder(state, model, atol=1e-5):
 
 
 def _models(prep):
-    graphdef, state = build_model(prep.shape[1], 0, ClusterConfig(), seed=0)
+    graphdef, state = build_model(ClusterConfig(), prep.shape[1], seed=0)
     model = tsc.copy_from_jax(tsc.build_model(prep.shape[1]), state)
     return graphdef, state, model
 
@@ -70,14 +72,16 @@ def test_zinb_loss_and_amsgrad_steps_match(prepared):
 
     # One epoch of one full batch is one step; the permutation only reorders rows of a mean.
     tx = amsgrad_torch(1e-3)
-    epoch = make_pretrain_epoch(graphdef, tx, n=N_CELLS, batch_size=N_CELLS, sigma=0.0)
-    data = device_data(prepared.raw, prepared.norm)
+    epoch = make_epoch(partial(pretrain_loss, graphdef=graphdef, sigma=0.0), tx, n=N_CELLS, batch_size=N_CELLS,
+                       shuffle=True)
+    data = device_data(prepared)
     params = _copy(state)
     opt_state = tx.init(params)
     opt = tsc.pretrain_optimizer(model)
     zero = torch.zeros_like(x)
     for step in range(STEPS):
-        params, opt_state, jl = epoch(params, opt_state, data, jax.random.key(step))
+        params, opt_state, means = epoch(params, opt_state, data, jax.random.key(step))
+        jl = means["loss"]
         tl = tsc.pretrain_step(model, opt, x, raw, sf, zero)
         np.testing.assert_allclose(float(jl), float(tl), rtol=1e-5)
     assert_same_autoencoder(params, model)
@@ -98,14 +102,16 @@ def test_dec_cluster_loss_and_adadelta_steps_match(prepared):
                                float(losses.dec_kl(p, losses.log_soft_assign(z0, mu))), rtol=1e-4, atol=1e-7)
 
     tx = adadelta_torch()
-    epoch = make_cluster_epoch(graphdef, tx, n=N_CELLS, batch_size=N_CELLS, sigma=0.0, gamma=1.0)
-    data = device_data(prepared.raw, prepared.norm)
+    epoch = make_epoch(partial(cluster_loss, graphdef=graphdef, sigma=0.0, gamma=1.0), tx, n=N_CELLS,
+                       batch_size=N_CELLS, shuffle=False)
+    data = device_data(prepared)
     params = _copy({"ae": state, "mu": mu})
     opt_state = tx.init(params)
     opt = tsc.cluster_optimizer(model, mu_t)
     p_t, zero = _t(p), torch.zeros_like(x)
     for step in range(STEPS):
-        params, opt_state, (jl, jkl, jz) = epoch(params, opt_state, data, p, jax.random.key(step))
+        params, opt_state, means = epoch(params, opt_state, data, jax.random.key(step), {"p": p})
+        jl, jkl, jz = means["loss"], means["kl"], means["zinb"]
         tl, tkl, tz = tsc.cluster_step(model, mu_t, opt, x, raw, sf, p_t, zero)
         np.testing.assert_allclose([float(jl), float(jkl), float(jz)], [float(tl), float(tkl), float(tz)],
                                    rtol=1e-4, atol=1e-6)

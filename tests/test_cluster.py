@@ -1,13 +1,15 @@
 """scDeepCluster training and pipeline on small synthetic data."""
 from __future__ import annotations
 
+from functools import partial
+
 import jax
 import numpy as np
 import pytest
 from conftest import synthetic_counts
 
 from scdc_jax.cluster import ClusterConfig, fit, run
-from scdc_jax.cluster.train import build_model, device_data, make_pretrain_epoch, stage_key
+from scdc_jax.cluster.train import build_model, device_data, make_epoch, pretrain_loss, stage_key
 from scdc_jax.io import CountData
 from scdc_jax.optim import amsgrad_torch
 from scdc_jax.preprocess import prepare
@@ -24,18 +26,19 @@ def small_data(seed=0, **kw):
 def test_pretrain_epoch_reduces_loss_and_is_deterministic():
     p = prepare(small_data())
     cfg = ClusterConfig(**FAST)
-    dd = device_data(p.raw, p.norm)
+    dd = device_data(p)
 
     def train(epochs):
-        graphdef, ae = build_model(p.shape[1], 0, cfg, seed=1)
+        graphdef, ae = build_model(cfg, p.shape[1], seed=1)
         tx = amsgrad_torch()
         opt = tx.init(ae)
         # 240 cells in batches of 70: the last batch (30 cells) is padded and masked
-        epoch = make_pretrain_epoch(graphdef, tx, n=p.shape[0], batch_size=70, sigma=2.5)
+        epoch = make_epoch(partial(pretrain_loss, graphdef=graphdef, sigma=2.5), tx, n=p.shape[0], batch_size=70,
+                           shuffle=True)
         losses = []
         for e in range(epochs):
-            ae, opt, loss = epoch(ae, opt, dd, stage_key(1, 1, e))
-            losses.append(float(loss))
+            ae, opt, means = epoch(ae, opt, dd, stage_key(1, 1, e))
+            losses.append(float(means["loss"]))
         return ae, losses
 
     ae1, l1 = train(15)
@@ -44,6 +47,31 @@ def test_pretrain_epoch_reduces_loss_and_is_deterministic():
     assert l1 == l2
     for a, b in zip(jax.tree.leaves(ae1), jax.tree.leaves(ae2)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_epoch_scaffold_steps_every_batch_and_weighs_means_by_cells():
+    """240 cells in batches of 70: three full steps and a last one of 30 cells; a batch's
+    measurement counts as many times as it has cells, and every batch is one optimiser step."""
+    import jax.numpy as jnp
+    import optax
+
+    from scdc_jax.losses import masked_mean
+
+    dd = device_data(prepare(small_data()))
+    y = jnp.arange(240.0)
+
+    def loss_fn(params, batch, key):
+        mean_y = masked_mean(batch["y"], batch["mask"])
+        return params["w"] * mean_y, {"y": mean_y, "const": masked_mean(batch["const"], batch["mask"])}
+
+    for shuffle in (False, True):
+        epoch = make_epoch(loss_fn, optax.sgd(1.0), n=240, batch_size=70, shuffle=shuffle)
+        w = {"w": jnp.ones(())}
+        params, _, means = epoch(w, optax.sgd(1.0).init(w), dd, jax.random.key(0), {"y": y})
+        np.testing.assert_allclose(float(means["y"]), 119.5, rtol=1e-6)  # not the mean of the batch means
+        np.testing.assert_allclose(float(means["const"]), float(dd.const.mean()), rtol=1e-6)
+        if not shuffle:  # four steps in order, their gradients the batch means 34.5, 104.5, 174.5, 224.5
+            np.testing.assert_allclose(float(params["w"]), 1.0 - 538.0, rtol=1e-6)
 
 
 def test_run_recovers_groups_with_given_k(tmp_path):
@@ -65,10 +93,14 @@ def test_same_seed_same_labels_and_ae_weights_skip_pretraining(tmp_path, monkeyp
     b = run(small_data(1), cfg, progress=False)
     np.testing.assert_array_equal(a.labels, b.labels)
 
-    def no_pretraining(*args, **kwargs):
-        raise AssertionError("pretraining ran although ae_weights were given")
+    real = pipeline.make_epoch
 
-    monkeypatch.setattr(pipeline, "make_pretrain_epoch", no_pretraining)
+    def no_pretraining(*args, shuffle, **kwargs):
+        if shuffle:  # the pretraining epoch (the clustering stage goes through the cells in order)
+            raise AssertionError("pretraining ran although ae_weights were given")
+        return real(*args, shuffle=shuffle, **kwargs)
+
+    monkeypatch.setattr(pipeline, "make_epoch", no_pretraining)
     c = run(small_data(1), cfg, ae_weights=str(tmp_path / "a"), progress=False)
     assert c.history["pretrain_loss"] == a.history["pretrain_loss"]  # carried over from the checkpoint
     np.testing.assert_array_equal(a.labels, c.labels)
@@ -192,10 +224,12 @@ def test_interrupted_overwrite_leaves_the_old_run_whole_and_resume_finishes_it(t
                                          r"resume=True to continue it, or choose another save_dir.$"):
         run(small_data(1), cfg, save_dir=str(save), progress=False)
 
-    real = pipeline.make_pretrain_epoch
+    real = pipeline.make_epoch
 
     def interrupted_at_epoch_12(*a, **kw):
         epoch, calls = real(*a, **kw), []
+        if not kw["shuffle"]:  # only the pretraining epochs are counted
+            return epoch
 
         def wrapped(*args):
             calls.append(1)
@@ -205,7 +239,7 @@ def test_interrupted_overwrite_leaves_the_old_run_whole_and_resume_finishes_it(t
 
         return wrapped
 
-    monkeypatch.setattr(pipeline, "make_pretrain_epoch", interrupted_at_epoch_12)
+    monkeypatch.setattr(pipeline, "make_epoch", interrupted_at_epoch_12)
     with pytest.raises(KeyboardInterrupt):
         run(small_data(1), cfg, save_dir=str(save), overwrite=True, progress=False)
     monkeypatch.undo()
@@ -242,20 +276,22 @@ def test_non_finite_loss_stops_with_stage_epoch_and_checkpoint(tmp_path, monkeyp
     from scdc_jax.cluster import pipeline
     from scdc_jax.errors import TrainingDiverged
 
-    real = pipeline.make_pretrain_epoch
+    real = pipeline.make_epoch
 
     def poisoned(*a, **kw):
         epoch = real(*a, **kw)
         calls = {"n": 0}
+        if not kw["shuffle"]:  # the pretraining epochs only
+            return epoch
 
         def wrapped(params, opt, data, key):
             calls["n"] += 1
-            params, opt, loss = epoch(params, opt, data, key)
-            return params, opt, (jnp.nan if calls["n"] == 14 else loss)
+            params, opt, means = epoch(params, opt, data, key)
+            return params, opt, ({**means, "loss": jnp.nan} if calls["n"] == 14 else means)
 
         return wrapped
 
-    monkeypatch.setattr(pipeline, "make_pretrain_epoch", poisoned)
+    monkeypatch.setattr(pipeline, "make_epoch", poisoned)
     with pytest.raises(TrainingDiverged, match=r"pretraining loss became non-finite at epoch 14; the last good "
                                                r"checkpoint is epoch 10 in .*pretrain"):
         run(small_data(), ClusterConfig(n_clusters=3, **FAST), save_dir=str(tmp_path), progress=False)
@@ -273,7 +309,7 @@ def test_sparse_rows_give_the_dense_batches_and_the_same_run():
     cols, vals = ell_rows(csr)
     assert cols.shape == (240, np.diff(csr.indptr).max()) and use_sparse_rows(csr) and not use_sparse_rows(X)
     p = prepare(CountData(X=csr))
-    ell, dense = device_data(p.raw, p.norm), device_data(p.raw, p.norm, sparse=False)
+    ell, dense = device_data(p), device_data(p, sparse=False)
     assert ell.cols is not None and ell.counts.shape[1] < p.shape[1] and dense.cols is None
     idx = jax.numpy.array([5, 0, 239, 5, 17])
     for a, b in zip(batch_rows(ell, idx), batch_rows(dense, idx)):

@@ -1,6 +1,8 @@
 """scDeepCluster in bfloat16 (``precision="bf16"``): what is bf16, what stays float32, how close it is."""
 from __future__ import annotations
 
+from functools import partial
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,14 +13,12 @@ from flax import nnx
 from scdc_jax import checkpoint
 from scdc_jax.cluster import ClusterConfig, fit
 from scdc_jax.cluster.inference import predict
-from scdc_jax.cluster.train import build_model, device_data, make_pretrain_epoch, stage_key
+from scdc_jax.cluster.train import build_model, device_data, make_epoch, pretrain_loss, stage_key
 from scdc_jax.errors import InputError
 from scdc_jax.io import CountData
 from scdc_jax.optim import amsgrad_torch
 from scdc_jax.preprocess import prepare
 
-# build_model is called with keywords only, which fit its signature before and after the
-# make_epoch refactor of cluster/train.py.
 SMALL = dict(encoder=[64, 32], decoder=[32, 64], latent=8)
 # bfloat16 keeps 8 significant bits: each rounding is off by at most u = 2**-8 (0.39 %) of the
 # value.  The denoising path has six Dense layers in series; each rounds its weights and its
@@ -48,17 +48,19 @@ def test_bf16_parameters_stay_float32_and_the_layers_compute_in_bfloat16():
 def test_bf16_pretraining_loss_is_close_to_float32():
     counts, _, _ = synthetic_counts(200, 100, seed=4)
     prep = prepare(CountData(X=counts))
-    data = device_data(prep.raw, prep.norm)
+    data = device_data(prep)
     losses = {}
     for precision in ("f32", "bf16"):
         graphdef, ae = build_model(cfg=ClusterConfig(precision=precision, **SMALL), n_genes=prep.shape[1],
                                    seed=3, n_batches=0)
         tx = amsgrad_torch()
         opt = tx.init(ae)
-        epoch = make_pretrain_epoch(graphdef, tx, n=prep.shape[0], batch_size=64, sigma=2.5)
+        epoch = make_epoch(partial(pretrain_loss, graphdef=graphdef, sigma=2.5), tx, n=prep.shape[0],
+                           batch_size=64, shuffle=True)
         losses[precision] = []
         for e in range(8):
-            ae, opt, loss = epoch(ae, opt, data, stage_key(3, 1, e))
+            ae, opt, means = epoch(ae, opt, data, stage_key(3, 1, e))
+            loss = means["loss"]
             assert loss.dtype == jnp.float32
             losses[precision].append(float(loss))
         floats = [leaf.dtype for leaf in jax.tree.leaves((ae, opt)) if jnp.issubdtype(leaf.dtype, jnp.floating)]

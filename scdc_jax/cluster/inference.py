@@ -11,16 +11,19 @@ statistics (median total, gene means and spreads) and encoded by the clean encod
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
 from .. import checkpoint, manifest
 from ..errors import InputError, option
 from ..io import CountData, check_counts
+from ..preprocess import prepare_query
 from .config import ClusterConfig
 from .pipeline import MODEL, MODEL_KIND, RETRAIN
-from .train import build_model, device_data, make_assign
+from .train import abstract_model, device_data, make_assign
 
 
 def _model_dir(path: str) -> str:
@@ -94,18 +97,19 @@ def predict(model: str, data: CountData) -> dict:
                        n_input=meta.get("n_input_genes"))
     check_counts(data.X, require_integer=True)
     b = _align_batches(data, meta)
-    graphdef, ae = build_model(n_genes, int(meta["n_batches"]), cfg, cfg.seed)
-    template = {"params": {"ae": ae, "mu": jnp.zeros((k, cfg.latent))},
-                "norm_mean": np.zeros(n_genes, np.float32), "norm_std": np.zeros(n_genes, np.float32)}
+    graphdef, ae = abstract_model(cfg, n_genes, n_batches=int(meta["n_batches"]))
+    template = {"params": {"ae": ae, "mu": jax.ShapeDtypeStruct((k, cfg.latent), jnp.float32)},
+                "norm_mean": jax.ShapeDtypeStruct((n_genes,), jnp.float32),
+                "norm_std": jax.ShapeDtypeStruct((n_genes,), jnp.float32)}
     state, _ = checkpoint.restore(where, template)
-    totals = np.asarray(data.X.sum(1), np.float64).ravel()
-    ok = totals > 0
     norm = {"median_total": meta["median_total"], "mean": np.asarray(state["norm_mean"]),
             "std": np.asarray(state["norm_std"])}
-    query = device_data(data.X[ok], norm, None if b is None else b[ok])
+    prep = prepare_query(replace(data, batch=b), norm)
+    query = device_data(prep)
     z0, q, _, labels = make_assign(graphdef, cfg.alpha)(state["params"], query)
     n = data.n_cells
     out = {"latent": np.full((n, cfg.latent), np.nan, np.float32), "q": np.full((n, k), np.nan, np.float32),
            "labels": np.full(n, -1, np.int64)}
+    ok = prep.cells
     out["latent"][ok], out["q"][ok], out["labels"][ok] = np.asarray(z0), np.asarray(q), np.asarray(labels)
     return out

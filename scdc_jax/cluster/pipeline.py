@@ -2,6 +2,9 @@
 
 :func:`run` takes a :class:`~scdc_jax.io.CountData` and a :class:`ClusterConfig` and returns a
 :class:`ClusterResult`; :func:`fit` is the scanpy-style wrapper that writes into an AnnData.
+``run`` is a short driver: :func:`restore_or_init` decides where the run starts (a fresh network,
+``ae_weights`` or ``resume``), then the stages :func:`pretrain`, :func:`init_clusters` and
+:func:`cluster` pass one train-state dict along, each running when the state is at it.
 Checkpoints (orbax) go to ``save_dir/pretrain``, ``save_dir/cluster`` (periodic, for ``resume``)
 and ``save_dir/model`` (the final model with its cluster centres, used by ``predict``).  A
 ``save_dir`` holding another run is refused unless ``overwrite`` (replace it) or ``resume``
@@ -16,6 +19,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass, field
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -31,8 +35,8 @@ from ..preprocess import prepare
 from .config import ClusterConfig
 from .init import centres_of, community_labels, kmeans
 from .layout import CLUSTER, MODEL, PRETRAIN, run_folder
-from .train import (build_model, device_data, make_assign, make_cluster_epoch, make_encoder,
-                    make_pretrain_epoch, stage_key)
+from .train import (ClusterData, abstract_model, build_model, cluster_loss, device_data, make_assign,
+                    make_encoder, make_epoch, pretrain_loss, stage_key)
 
 PRETRAIN_KIND, MODEL_KIND = "scDeepCluster pretrained autoencoder", "scDeepCluster model"
 RETRAIN = "train it again with 'python -m scdc_jax.cluster'"
@@ -150,135 +154,185 @@ def _fingerprint(cfg: ClusterConfig, prep) -> dict:
     return {"config": settings, "shape": list(prep.shape), "data": digest.hexdigest()}
 
 
-def run(data: CountData, cfg: ClusterConfig, *, save_dir: str | None = None, ae_weights: str | None = None,
-        resume: bool = False, overwrite: bool = False, progress: bool = True) -> ClusterResult:
-    """Preprocess ``data`` and run scDeepCluster with ``cfg``; see the module docstring."""
-    cfg.validate()
-    ae_dir = _resolve_ae_weights(ae_weights) if ae_weights is not None else None  # checked before any work
-    folder = run_folder(save_dir, resume=resume, overwrite=overwrite) if save_dir else None
-    t_start = time.perf_counter()
-    timings: dict[str, float] = {}
-    prep = prepare(data, select_genes_n=cfg.select_genes)
-    n, g = prep.shape
-    batch = prep.data.batch
-    nb = 0 if batch is None else batch.shape[1]
-    if cfg.n_clusters > n:
-        raise InputError(f"{option('n_clusters', cfg.n_clusters)} is more than the {n} cells left after filtering.")
-    labels_true = prep.data.labels
-    say = (lambda msg: print(msg, file=sys.stderr)) if progress else (lambda msg: None)
-    say(f"data: {n} cells x {g} genes" + (f", {nb} batches" if nb else "")
-        + (f", {len(np.unique(labels_true))} labelled types" if labels_true is not None else ""))
+# ---- the run's fixed parts -------------------------------------------------------------------
 
-    mesh = make_mesh(cfg.devices) if cfg.devices > 1 else None
-    rep = replicated(mesh) if mesh is not None else None
-    bshard = data_sharded(mesh) if mesh is not None else None
-    dd = device_data(prep.raw, prep.norm, batch, sharding=rep)
-    graphdef, ae = build_model(g, nb, cfg, cfg.seed)
-    if rep is not None:
-        ae = jax.device_put(ae, rep)
-    history: dict = {"pretrain_loss": [], "cluster": [], "scores": []}
-    if ae_dir is not None:  # before the run folder is claimed, so that a bad checkpoint leaves nothing behind
-        meta = checkpoint.read_meta(ae_dir)
-        _check_compatible(meta, g, nb, cfg, ae_dir)
-        restored, meta = checkpoint.restore(ae_dir, {"ae": ae, "opt": amsgrad_torch(cfg.lr_pretrain).init(ae)})
-        ae = restored["ae"]
-        say(f"pretrained autoencoder restored from {ae_dir} (epoch {meta.get('epoch')}); pretraining skipped")
-        history["pretrain_loss"] = list(meta.get("pretrain_loss", []))
-    work = folder.claim(_fingerprint(cfg, prep)) if folder is not None else None
-    sub = (lambda s: os.path.join(work, s)) if work else (lambda s: None)
+@dataclass
+class _Setup:
+    """What every stage of one run reads and nothing changes: the settings, the cells on the
+    device(s), the network's structure, the mesh's shardings and the run's folder."""
 
-    # ---- pretraining --------------------------------------------------------------------------
-    t0 = time.perf_counter()
-    if ae_weights is None:
-        tx = amsgrad_torch(cfg.lr_pretrain)
-        opt_state = tx.init(ae)
-        start = 0
-        ck_dir = sub(PRETRAIN)
-        if resume and ck_dir and checkpoint.latest_step(ck_dir) is not None:
-            meta = checkpoint.read_meta(ck_dir)
-            _check_compatible(meta, g, nb, cfg, ck_dir)
-            state, meta = checkpoint.restore(ck_dir, {"ae": ae, "opt": opt_state})
-            ae, opt_state, start = state["ae"], state["opt"], int(meta["epoch"])
-            history["pretrain_loss"] = list(meta.get("pretrain_loss", []))
-            say(f"resuming pretraining from epoch {start} ({ck_dir})")
-        epoch_fn = make_pretrain_epoch(graphdef, tx, n=n, batch_size=cfg.batch_size, sigma=cfg.sigma,
-                                       ridge_lambda=cfg.ridge_lambda, batch_sharding=bshard)
-        bar = _Progress(cfg.pretrain_epochs, "pretrain", progress, initial=start)
-        try:
-            for epoch in range(start, cfg.pretrain_epochs):
-                ae, opt_state, loss = epoch_fn(ae, opt_state, dd, stage_key(cfg.seed, 1, epoch))
-                loss = float(loss)
-                if not np.isfinite(loss):
-                    raise _diverged("pretraining", epoch + 1, work, PRETRAIN)
-                history["pretrain_loss"].append(loss)
-                bar.update(zinb=loss)
-                done = epoch + 1
-                if ck_dir and (done % cfg.checkpoint_every == 0 or done == cfg.pretrain_epochs):
-                    checkpoint.save(ck_dir, done, {"ae": ae, "opt": opt_state},
-                                    _ckpt_meta(PRETRAIN, done, cfg, g, nb, pretrain_loss=history["pretrain_loss"]))
-        finally:
-            bar.close()
-        if ck_dir:
-            manifest.write(ck_dir, PRETRAIN_KIND)
-    timings["pretrain_s"] = time.perf_counter() - t0
+    cfg: ClusterConfig
+    data: ClusterData
+    graphdef: object
+    n_genes: int
+    n_batches: int
+    labels: np.ndarray | None
+    replicated: object
+    batch_sharding: object
+    progress: bool
+    work: str | None = None
 
-    # ---- cluster initialisation ---------------------------------------------------------------
-    t0 = time.perf_counter()
-    assign = make_assign(graphdef, cfg.alpha)
-    encode = make_encoder(graphdef)
-    tx = adadelta_torch(cfg.lr_cluster)
-    ck_dir = sub(CLUSTER)
-    start = 0
-    if resume and ck_dir and checkpoint.latest_step(ck_dir) is not None:
-        meta = checkpoint.read_meta(ck_dir)
-        _check_compatible(meta, g, nb, cfg, ck_dir)
+    def say(self, msg: str) -> None:
+        if self.progress:
+            print(msg, file=sys.stderr)
+
+    def sub(self, name: str) -> str | None:
+        """The folder ``name`` (``pretrain``, ``cluster``, ``model``) of the run, or None without one."""
+        return os.path.join(self.work, name) if self.work else None
+
+    def meta(self, stage: str, epoch: int, **extra) -> dict:
+        return _ckpt_meta(stage, epoch, self.cfg, self.n_genes, self.n_batches, **extra)
+
+    def put(self, tree):
+        """``tree`` replicated over the mesh; as it is without one."""
+        return tree if self.replicated is None else jax.device_put(tree, self.replicated)
+
+
+# ---- the train state ------------------------------------------------------------------------------
+# One dict passed from stage to stage: "stage" (PRETRAIN, INIT: clusters still to place, or
+# CLUSTER), "params" (the autoencoder state; with the centres {"ae", "mu"} from INIT on), "opt"
+# (the optimiser state of the stage, None at INIT), "epoch" (the next epoch of the stage),
+# "history", and in CLUSTER the target "p" (n, k) (None before the first update) and the last
+# labels "last" (n,).
+INIT = "init"
+
+
+def _new_history() -> dict:
+    return {"pretrain_loss": [], "cluster": [], "scores": []}
+
+
+def _restore(setup: _Setup, where: str, template):
+    """``(state, meta)`` of the checkpoint in ``where`` once its meta fits this run; ``template``
+    gives the abstract state from the meta."""
+    meta = checkpoint.read_meta(where)
+    _check_compatible(meta, setup.n_genes, setup.n_batches, setup.cfg, where)
+    return checkpoint.restore(where, template(meta))
+
+
+def restore_or_init(setup: _Setup, folder, fingerprint: dict, *, ae_dir: str | None, resume: bool) -> dict:
+    """The train state the run starts from, and the run's folder claimed (``setup.work``).
+
+    ``resume``: the latest clustering checkpoint of the run's folder, else its latest pretraining
+    checkpoint (unless ``ae_dir``).  Otherwise, or when the folder holds neither: the pretrained
+    autoencoder of ``ae_dir`` (pretraining skipped), or a fresh network.  Checkpoints are restored
+    onto abstract targets (``nnx.eval_shape``, ``jax.eval_shape``); ``ae_dir`` is read before the
+    folder is claimed, so that a bad checkpoint leaves nothing behind.
+    """
+    cfg, n = setup.cfg, setup.data.n_cells
+    ae = abstract_model(cfg, setup.n_genes, n_batches=setup.n_batches)[1]
+
+    def pretrained(meta):
+        return {"ae": ae, "opt": jax.eval_shape(amsgrad_torch(cfg.lr_pretrain).init, ae)}
+
+    def clustering(meta):
         k = int(meta["n_clusters"])
-        template = {"params": {"ae": ae, "mu": jnp.zeros((k, cfg.latent))}, "p": jnp.zeros((n, k)),
-                    "last": jnp.zeros((n,), jnp.int32)}
-        template["opt"] = tx.init(template["params"])
-        state, meta = checkpoint.restore(ck_dir, template)
-        params, opt_state, p = state["params"], state["opt"], state["p"]
-        last = np.asarray(state["last"]).astype(np.int64)
-        start = int(meta["epoch"])
-        history.update(meta.get("history", {}))
-        say(f"resuming clustering from epoch {start} ({ck_dir})")
-    else:
-        z0 = np.asarray(encode(ae, dd))
-        if cfg.n_clusters > 0:
-            centers, last = kmeans(z0, cfg.n_clusters, n_init=cfg.kmeans_n_init, seed=cfg.seed)
-        else:
-            last = community_labels(z0, knn=cfg.knn, resolution=cfg.resolution, method=cfg.community,
-                                    seed=cfg.seed)
-            centers = centres_of(z0, last)
-            say(f"{cfg.community} at resolution {cfg.resolution} on a {cfg.knn}-NN graph found "
-                f"{centers.shape[0]} clusters")
-        k = centers.shape[0]
-        params = {"ae": ae, "mu": jnp.asarray(centers)}
-        opt_state = tx.init(params)
-        p = None
-        if labels_true is not None:
-            history["init_scores"] = clustering_scores(labels_true, last)
-    if rep is not None:
-        params, opt_state = jax.device_put((params, opt_state), rep)
-    timings["init_s"] = time.perf_counter() - t0
+        params = {"ae": ae, "mu": jax.ShapeDtypeStruct((k, cfg.latent), jnp.float32)}
+        return {"params": params, "opt": jax.eval_shape(adadelta_torch(cfg.lr_cluster).init, params),
+                "p": jax.ShapeDtypeStruct((n, k), jnp.float32), "last": jax.ShapeDtypeStruct((n,), jnp.int32)}
 
-    # ---- clustering stage ---------------------------------------------------------------------
-    t0 = time.perf_counter()
-    epoch_fn = make_cluster_epoch(graphdef, tx, n=n, batch_size=cfg.batch_size, sigma=cfg.sigma,
-                                  gamma=cfg.gamma, alpha=cfg.alpha, ridge_lambda=cfg.ridge_lambda,
-                                  batch_sharding=bshard)
-    bar = _Progress(cfg.maxiter, "cluster", progress, initial=start)
+    state = None
+    if ae_dir is not None:
+        restored, meta = _restore(setup, ae_dir, pretrained)
+        setup.say(f"pretrained autoencoder restored from {ae_dir} (epoch {meta.get('epoch')}); pretraining skipped")
+        state = {"stage": INIT, "params": restored["ae"], "opt": None, "epoch": 0,
+                 "history": {**_new_history(), "pretrain_loss": list(meta.get("pretrain_loss", []))}}
+    setup.work = folder.claim(fingerprint) if folder is not None else None
+    cluster_dir, pretrain_dir = setup.sub(CLUSTER), setup.sub(PRETRAIN)
+    if resume and cluster_dir and checkpoint.latest_step(cluster_dir) is not None:
+        restored, meta = _restore(setup, cluster_dir, clustering)
+        state = {"stage": CLUSTER, "params": restored["params"], "opt": restored["opt"], "p": restored["p"],
+                 "last": np.asarray(restored["last"]).astype(np.int64), "epoch": int(meta["epoch"]),
+                 "history": {**_new_history(), **meta.get("history", {})}}
+        setup.say(f"resuming clustering from epoch {state['epoch']} ({cluster_dir})")
+    elif resume and ae_dir is None and pretrain_dir and checkpoint.latest_step(pretrain_dir) is not None:
+        restored, meta = _restore(setup, pretrain_dir, pretrained)
+        state = {"stage": PRETRAIN, "params": restored["ae"], "opt": restored["opt"], "epoch": int(meta["epoch"]),
+                 "history": {**_new_history(), "pretrain_loss": list(meta.get("pretrain_loss", []))}}
+        setup.say(f"resuming pretraining from epoch {state['epoch']} ({pretrain_dir})")
+    elif state is None:
+        ae = build_model(cfg, setup.n_genes, cfg.seed, n_batches=setup.n_batches)[1]
+        state = {"stage": PRETRAIN, "params": ae, "opt": amsgrad_torch(cfg.lr_pretrain).init(ae), "epoch": 0,
+                 "history": _new_history()}
+    state["params"], state["opt"] = setup.put((state["params"], state["opt"]))
+    return state
+
+
+# ---- stages ---------------------------------------------------------------------------------------
+
+def pretrain(setup: _Setup, state: dict) -> dict:
+    """ZINB pretraining of the autoencoder from ``state["epoch"]`` to ``cfg.pretrain_epochs``."""
+    cfg, ck_dir, history = setup.cfg, setup.sub(PRETRAIN), state["history"]
+    tx = amsgrad_torch(cfg.lr_pretrain)
+    epoch_fn = make_epoch(partial(pretrain_loss, graphdef=setup.graphdef, sigma=cfg.sigma,
+                                  ridge_lambda=cfg.ridge_lambda),
+                          tx, n=setup.data.n_cells, batch_size=cfg.batch_size, shuffle=True,
+                          batch_sharding=setup.batch_sharding)
+    ae, opt_state = state["params"], state["opt"]
+    bar = _Progress(cfg.pretrain_epochs, "pretrain", setup.progress, initial=state["epoch"])
+    try:
+        for epoch in range(state["epoch"], cfg.pretrain_epochs):
+            ae, opt_state, means = epoch_fn(ae, opt_state, setup.data, stage_key(cfg.seed, 1, epoch))
+            loss = float(means["loss"])
+            if not np.isfinite(loss):
+                raise _diverged("pretraining", epoch + 1, setup.work, PRETRAIN)
+            history["pretrain_loss"].append(loss)
+            bar.update(zinb=loss)
+            done = epoch + 1
+            if ck_dir and (done % cfg.checkpoint_every == 0 or done == cfg.pretrain_epochs):
+                checkpoint.save(ck_dir, done, {"ae": ae, "opt": opt_state},
+                                setup.meta(PRETRAIN, done, pretrain_loss=history["pretrain_loss"]))
+    finally:
+        bar.close()
+    if ck_dir:
+        manifest.write(ck_dir, PRETRAIN_KIND)
+    return {**state, "stage": INIT, "params": ae, "opt": None, "epoch": 0}
+
+
+def init_clusters(setup: _Setup, state: dict) -> dict:
+    """Centres of k-means (``n_clusters`` > 0) or of a Louvain/Leiden partition on the clean latent."""
+    cfg = setup.cfg
+    z0 = np.asarray(make_encoder(setup.graphdef)(state["params"], setup.data))
+    if cfg.n_clusters > 0:
+        centers, last = kmeans(z0, cfg.n_clusters, n_init=cfg.kmeans_n_init, seed=cfg.seed)
+    else:
+        last = community_labels(z0, knn=cfg.knn, resolution=cfg.resolution, method=cfg.community, seed=cfg.seed)
+        centers = centres_of(z0, last)
+        setup.say(f"{cfg.community} at resolution {cfg.resolution} on a {cfg.knn}-NN graph found "
+                  f"{centers.shape[0]} clusters")
+    params = {"ae": state["params"], "mu": jnp.asarray(centers)}
+    if setup.labels is not None:
+        state["history"]["init_scores"] = clustering_scores(setup.labels, last)
+    params, opt_state = setup.put((params, adadelta_torch(cfg.lr_cluster).init(params)))
+    return {**state, "stage": CLUSTER, "params": params, "opt": opt_state, "p": None, "last": last, "epoch": 0}
+
+
+def cluster(setup: _Setup, state: dict) -> dict:
+    """The DEC stage: ``gamma * KL(p || q) + ZINB`` with the target ``p`` updated every
+    ``update_interval`` epochs, until fewer than ``tol`` of the labels change or ``maxiter``.
+
+    Adds the final clean latent ``"z0"`` (n, latent), soft assignments ``"q"`` (n, k) and
+    ``"stop_reason"`` to the state.
+    """
+    cfg, ck_dir, history = setup.cfg, setup.sub(CLUSTER), state["history"]
+    assign = make_assign(setup.graphdef, cfg.alpha)
+    epoch_fn = make_epoch(partial(cluster_loss, graphdef=setup.graphdef, sigma=cfg.sigma, gamma=cfg.gamma,
+                                  alpha=cfg.alpha, ridge_lambda=cfg.ridge_lambda),
+                          adadelta_torch(cfg.lr_cluster), n=setup.data.n_cells, batch_size=cfg.batch_size,
+                          shuffle=False, batch_sharding=setup.batch_sharding)
+    params, opt_state, p, last = state["params"], state["opt"], state["p"], state["last"]
+    k = params["mu"].shape[0]
+    bar = _Progress(cfg.maxiter, "cluster", setup.progress, initial=state["epoch"])
     stop_reason = "maxiter"
     z0 = q = None
     try:
-        for epoch in range(start, cfg.maxiter + 1):
+        for epoch in range(state["epoch"], cfg.maxiter + 1):
             if epoch % cfg.update_interval == 0 or epoch == cfg.maxiter:
-                z0, q, p, pred = assign(params, dd)
+                z0, q, p, pred = assign(params, setup.data)
                 pred = np.asarray(pred).astype(np.int64)
                 delta = float(np.mean(pred != last))
-                if labels_true is not None:
-                    s = clustering_scores(labels_true, pred)
-                    history["scores"].append({"epoch": epoch, **s, "delta": delta})
+                if setup.labels is not None:
+                    history["scores"].append({"epoch": epoch, **clustering_scores(setup.labels, pred),
+                                              "delta": delta})
                 last = pred
                 if epoch > 0 and delta < cfg.tol:
                     stop_reason = "tol"
@@ -287,10 +341,11 @@ def run(data: CountData, cfg: ClusterConfig, *, save_dir: str | None = None, ae_
                     break
             if epoch == cfg.maxiter:
                 break
-            params, opt_state, losses = epoch_fn(params, opt_state, dd, p, stage_key(cfg.seed, 2, epoch))
-            loss, kl, zinb = (float(v) for v in losses)
+            params, opt_state, means = epoch_fn(params, opt_state, setup.data, stage_key(cfg.seed, 2, epoch),
+                                                {"p": p})
+            loss, kl, zinb = (float(means[m]) for m in ("loss", "kl", "zinb"))
             if not np.isfinite(loss):
-                raise _diverged("clustering", epoch + 1, work, CLUSTER)
+                raise _diverged("clustering", epoch + 1, setup.work, CLUSTER)
             history["cluster"].append({"epoch": epoch + 1, "loss": loss, "kl": kl, "zinb": zinb})
             post = {"loss": loss, "kl": kl, "delta": delta}
             if history["scores"]:
@@ -300,25 +355,66 @@ def run(data: CountData, cfg: ClusterConfig, *, save_dir: str | None = None, ae_
             if ck_dir and done % cfg.checkpoint_every == 0:
                 checkpoint.save(ck_dir, done, {"params": params, "opt": opt_state, "p": p,
                                                "last": jnp.asarray(last, jnp.int32)},
-                                _ckpt_meta(CLUSTER, done, cfg, g, nb, n_clusters=k, history=history))
+                                setup.meta(CLUSTER, done, n_clusters=k, history=history))
     finally:
         bar.close()
-    timings["cluster_s"] = time.perf_counter() - t0
+    return {**state, "params": params, "opt": opt_state, "p": p, "last": last, "z0": z0, "q": q,
+            "stop_reason": stop_reason}
+
+
+# ---- the driver -----------------------------------------------------------------------------------
+
+def _save_model(setup: _Setup, state: dict, prep, gene_names: list | None, n_input_genes: int) -> None:
+    """The final model (network, centres, training normalisation) in ``save_dir/model``, for ``predict``."""
+    checkpoint.save(setup.sub(MODEL), 0, {"params": state["params"], "norm_mean": prep.norm["mean"],
+                                          "norm_std": prep.norm["std"]},
+                    setup.meta(MODEL, len(state["history"]["cluster"]), n_clusters=state["params"]["mu"].shape[0],
+                               gene_names=gene_names, batch_names=prep.data.batch_names,
+                               median_total=prep.norm["median_total"], n_input_genes=n_input_genes,
+                               kept_genes=[int(i) for i in prep.genes]))
+    manifest.write(setup.sub(MODEL), MODEL_KIND)
+
+
+def run(data: CountData, cfg: ClusterConfig, *, save_dir: str | None = None, ae_weights: str | None = None,
+        resume: bool = False, overwrite: bool = False, progress: bool = True) -> ClusterResult:
+    """Preprocess ``data`` and run scDeepCluster with ``cfg``; see the module docstring."""
+    cfg.validate()
+    ae_dir = _resolve_ae_weights(ae_weights) if ae_weights is not None else None  # checked before any work
+    folder = run_folder(save_dir, resume=resume, overwrite=overwrite) if save_dir else None
+    t_start = time.perf_counter()
+    prep = prepare(data, select_genes_n=cfg.select_genes)
+    n, g = prep.shape
+    nb = 0 if prep.data.batch is None else prep.data.batch.shape[1]
+    if cfg.n_clusters > n:
+        raise InputError(f"{option('n_clusters', cfg.n_clusters)} is more than the {n} cells left after filtering.")
+    labels = prep.data.labels
+    if progress:
+        print(f"data: {n} cells x {g} genes" + (f", {nb} batches" if nb else "")
+              + (f", {len(np.unique(labels))} labelled types" if labels is not None else ""), file=sys.stderr)
+    mesh = make_mesh(cfg.devices) if cfg.devices > 1 else None
+    rep = replicated(mesh) if mesh is not None else None
+    setup = _Setup(cfg, device_data(prep, sharding=rep), abstract_model(cfg, g, n_batches=nb)[0], g, nb, labels,
+                   rep, data_sharded(mesh) if mesh is not None else None, progress)
+
+    state = restore_or_init(setup, folder, _fingerprint(cfg, prep), ae_dir=ae_dir, resume=resume)
+    timings: dict[str, float] = {}
+    for name, stage, step in (("pretrain_s", PRETRAIN, pretrain), ("init_s", INIT, init_clusters),
+                              ("cluster_s", CLUSTER, cluster)):
+        t0 = time.perf_counter()
+        if state["stage"] == stage:
+            state = step(setup, state)
+        timings[name] = time.perf_counter() - t0
+    history = state["history"]
     timings["total_s"] = time.perf_counter() - t_start
     timings["cluster_epochs"] = len(history["cluster"])
 
     gene_names = None if prep.data.gene_names is None else [str(x) for x in prep.data.gene_names]
-    if work:
-        checkpoint.save(sub(MODEL), 0, {"params": params, "norm_mean": prep.norm["mean"],
-                                        "norm_std": prep.norm["std"]},
-                        _ckpt_meta(MODEL, len(history["cluster"]), cfg, g, nb, n_clusters=k,
-                                   gene_names=gene_names, batch_names=prep.data.batch_names,
-                                   median_total=prep.norm["median_total"], n_input_genes=data.n_genes,
-                                   kept_genes=[int(i) for i in prep.genes]))
-        manifest.write(sub(MODEL), MODEL_KIND)
+    if setup.work:
+        _save_model(setup, state, prep, gene_names, data.n_genes)
         folder.commit()
-    scores = clustering_scores(labels_true, last) if labels_true is not None else None
-    return ClusterResult(labels=last, latent=np.asarray(z0), q=np.asarray(q), centers=np.asarray(params["mu"]),
-                         cells=prep.cells, genes=prep.genes, n_cells_input=data.n_cells, config=cfg.to_dict(),
-                         history=history, scores=scores, timings=timings, stop_reason=stop_reason,
-                         gene_names=gene_names)
+    last = state["last"]
+    return ClusterResult(labels=last, latent=np.asarray(state["z0"]), q=np.asarray(state["q"]),
+                         centers=np.asarray(state["params"]["mu"]), cells=prep.cells, genes=prep.genes,
+                         n_cells_input=data.n_cells, config=cfg.to_dict(), history=history,
+                         scores=clustering_scores(labels, last) if labels is not None else None,
+                         timings=timings, stop_reason=state["stop_reason"], gene_names=gene_names)

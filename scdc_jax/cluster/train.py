@@ -1,11 +1,13 @@
 """scDeepCluster training: jit-compiled epochs for ZINB pretraining and the DEC clustering stage.
 
-Each epoch is ONE compiled call: the cell order is drawn on the device, minibatches are gathered
-inside ``lax.scan`` (the last partial batch is one more step at its own, smaller shape, padded
-only to a multiple of the device count and masked out of the loss, so it counts as a full step
-over its real cells, as in the reference), and only the epoch's mean losses come back.
-Random keys derive from ``fold_in(seed_key, epoch)``, so any epoch can be replayed exactly after
-a resume.  Parameters are an ``nnx.State`` (``ae``) plus the cluster centres (``mu``).
+Both stages run through one scaffold, :func:`make_epoch`, with their losses :func:`pretrain_loss`
+and :func:`cluster_loss`.  Each epoch is ONE compiled call: the cell order is drawn on the device,
+minibatches are gathered inside ``lax.scan`` (the last partial batch is one more step at its own,
+smaller shape, padded only to a multiple of the device count and masked out of the loss, so it
+counts as a full step over its real cells, as in the reference), and only the epoch's mean
+measurements come back.  Random keys derive from ``fold_in(seed_key, epoch)`` and, per step,
+``fold_in(epoch_key, step)``, so any epoch can be replayed exactly after a resume.  Parameters
+are an ``nnx.State`` (``ae``) plus, in the clustering stage, the cluster centres (``mu``).
 """
 from __future__ import annotations
 
@@ -21,9 +23,13 @@ import scipy.sparse as sp
 from flax import nnx
 from jax.scipy.special import gammaln
 
-from ..losses import dec_kl, log_soft_assign, target_distribution, zinb_nll_logits
+from ..losses import dec_kl, log_soft_assign, masked_mean, target_distribution, zinb_nll_logits
 from ..nn import ZINBAutoencoder
+from ..parallel import padded_size
+from ..preprocess import Prepared
 
+
+# ---- data on the device ---------------------------------------------------------------------------
 
 class ClusterData(NamedTuple):
     """Device arrays of one dataset (n cells, g genes, nb batches).
@@ -71,29 +77,27 @@ def use_sparse_rows(raw) -> bool:
     return 2 * int(np.diff(raw.indptr).max()) < raw.shape[1]
 
 
-def device_data(raw, norm: dict, b: np.ndarray | None = None, *, sharding=None,
-                sparse: bool | None = None) -> ClusterData:
-    """Put prepared counts on the device(s).
+def device_data(prep: Prepared, *, sharding=None, sparse: bool | None = None) -> ClusterData:
+    """Put prepared cells on the device(s).
 
-    raw : (n, g) counts, dense or CSR (never densified whole: CSR becomes ELL rows).
-    norm : ``{"median_total", "mean", "std"}`` of :func:`scdc_jax.preprocess.prepare` (or of the
-        training data, to encode new cells as the training cells).
+    prep : :func:`scdc_jax.preprocess.prepare` of the training cells, or
+        :func:`scdc_jax.preprocess.prepare_query` of new cells (normalised as the training cells):
+        its raw counts (dense or CSR, never densified whole: CSR becomes ELL rows), library-size
+        factors, gene statistics and batches.
     sparse : force ELL rows (True) or dense counts (False); default :func:`use_sparse_rows`.
     sharding : where to put the arrays; default the default device.
     """
     put = (lambda a: jax.device_put(a, sharding)) if sharding is not None else jnp.asarray
+    raw, norm, b = prep.raw, prep.norm, prep.data.batch
     sparse = use_sparse_rows(raw) if sparse is None else sparse
-    totals = np.asarray(raw.sum(1), np.float64).ravel()
-    median = float(norm["median_total"])
     if sparse:
         cols, vals = ell_rows(sp.csr_matrix(raw, dtype=np.float32))
         counts, cols = put(vals), put(cols)
     else:
         dense = raw.toarray() if sp.issparse(raw) else raw
         counts, cols = put(np.asarray(dense, np.float32)), None
-    const = _lgamma_row_means(counts, len(norm["mean"]))
-    return ClusterData(counts, cols, put((median / totals).astype(np.float32)),
-                       put((totals / median).astype(np.float32)), const,
+    const = _lgamma_row_means(counts, prep.shape[1])
+    return ClusterData(counts, cols, put(prep.scale), put(prep.size_factors), const,
                        put(np.asarray(norm["mean"], np.float32)), put(np.asarray(norm["std"], np.float32)),
                        None if b is None else put(np.asarray(b, np.float32)))
 
@@ -122,19 +126,68 @@ def batch_rows(data: ClusterData, idx):
     return x, raw
 
 
-def build_model(n_genes: int, n_batches: int, cfg, seed: int):
+# ---- model --------------------------------------------------------------------------------------
+
+def _autoencoder(cfg, n_genes: int, n_batches: int, key) -> ZINBAutoencoder:
+    return ZINBAutoencoder(n_genes, n_batches=n_batches, encoder=tuple(cfg.encoder), latent=cfg.latent,
+                           decoder=tuple(cfg.decoder), dtype=jnp.bfloat16 if cfg.precision == "bf16" else None,
+                           rngs=nnx.Rngs(params=key))
+
+
+def build_model(cfg, n_genes: int, seed: int, *, n_batches: int = 0):
     """(graphdef, initial autoencoder state) with the configured sizes."""
-    key = jax.random.fold_in(jax.random.key(seed), 0)
-    model = ZINBAutoencoder(n_genes, n_batches=n_batches, encoder=tuple(cfg.encoder), latent=cfg.latent,
-                            decoder=tuple(cfg.decoder), dtype=jnp.bfloat16 if cfg.precision == "bf16" else None,
-                            rngs=nnx.Rngs(params=key))
-    return nnx.split(model)
+    return nnx.split(_autoencoder(cfg, n_genes, n_batches, jax.random.fold_in(jax.random.key(seed), 0)))
+
+
+def abstract_model(cfg, n_genes: int, *, n_batches: int = 0):
+    """(graphdef, autoencoder state of ``jax.ShapeDtypeStruct`` leaves): the target a checkpoint
+    is restored onto, built by ``nnx.eval_shape`` without computing any weights."""
+    return nnx.split(nnx.eval_shape(lambda: _autoencoder(cfg, n_genes, n_batches, jax.random.key(0))))
 
 
 def stage_key(seed: int, stage: int, epoch: int) -> jax.Array:
     """Key of one epoch of one stage (1 pretraining, 2 clustering)."""
     return jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), stage), epoch)
 
+
+# ---- losses ---------------------------------------------------------------------------------------
+# ``loss_fn(params, batch, key) -> (loss, measurements)``: the loss is differentiated; the
+# measurements (per-cell means over the batch's valid cells) are what an epoch reports.
+# ``batch`` holds x, raw, sf, const, b of :func:`_take` and the validity mask of its slots.
+
+def _noisy_zinb(model, batch, key, sigma, ridge):
+    """ZINB NLL (without the constant) of the denoising path: encode(x + noise) -> decode."""
+    x, b = batch["x"], batch["b"]
+    z = model.encode(x + sigma * jax.random.normal(key, x.shape, x.dtype), b)
+    return zinb_nll_logits(batch["raw"], *model.decode_logits(z, b), batch["sf"], ridge_lambda=ridge,
+                           mask=batch["mask"], include_constant=False)
+
+
+def pretrain_loss(params, batch, key, *, graphdef, sigma: float, ridge_lambda: float = 0.0):
+    """ZINB pretraining of the autoencoder state ``params``: the denoising NLL.
+
+    Measures ``loss``, the full NLL per matrix element (with the constant ``lgamma(x + 1)``).
+    """
+    zinb = _noisy_zinb(nnx.merge(graphdef, params), batch, key, sigma, ridge_lambda)
+    return zinb, {"loss": zinb + masked_mean(batch["const"], batch["mask"])}
+
+
+def cluster_loss(params, batch, key, *, graphdef, sigma: float, gamma: float, alpha: float = 1.0,
+                 ridge_lambda: float = 0.0):
+    """The DEC stage's ``gamma * KL(p || q) + ZINB`` of ``params = {"ae": state, "mu": (k, latent)}``.
+
+    ``q`` comes from the clean encoder pass, ``p = batch["p"]`` is the fixed target of the epoch.
+    Measures ``loss`` and ``zinb`` (both with the NLL's constant) and ``kl``.
+    """
+    model = nnx.merge(graphdef, params["ae"])
+    zinb = _noisy_zinb(model, batch, key, sigma, ridge_lambda)
+    kl = dec_kl(batch["p"], log_soft_assign(model.encode(batch["x"], batch["b"]), params["mu"], alpha), batch["mask"])
+    loss = gamma * kl + zinb
+    const = masked_mean(batch["const"], batch["mask"])
+    return loss, {"loss": loss + const, "kl": kl, "zinb": zinb + const}
+
+
+# ---- epoch ----------------------------------------------------------------------------------------
 
 def _batch_plan(order: jax.Array, n: int, batch_size: int, n_dev: int):
     """Groups of ``(step numbers, (steps, slots) cell indices, validity mask)`` covering ``order``.
@@ -149,7 +202,7 @@ def _batch_plan(order: jax.Array, n: int, batch_size: int, n_dev: int):
     for first, steps, size in ((0, full, batch_size), (full, 1 if rest else 0, rest)):
         if not steps:
             continue
-        slots = -(-size // n_dev) * n_dev
+        slots = padded_size(size, n_dev)
         idx = order[first * batch_size:first * batch_size + steps * size].reshape(steps, size)
         idx = jnp.pad(idx, ((0, 0), (0, slots - size)))
         valid = jnp.broadcast_to(jnp.arange(slots) < size, (steps, slots))
@@ -157,113 +210,61 @@ def _batch_plan(order: jax.Array, n: int, batch_size: int, n_dev: int):
     return groups
 
 
-def _scan_groups(step, carry, groups):
-    """``lax.scan`` of ``step`` over each group of :func:`_batch_plan` in turn (one compiled step
-    per batch shape); returns the final carry and the steps' outputs, concatenated."""
-    outs = []
-    for group in groups:
-        carry, out = jax.lax.scan(step, carry, group)
-        outs.append(out)
-    return carry, jnp.concatenate(outs)
-
-
-def _take(data: ClusterData, idx):
+def _take(data: ClusterData, idx) -> dict:
+    """The minibatch of the cells ``idx`` (b): ``{"x", "raw"}`` (b, g), ``{"sf", "const"}`` (b,),
+    ``"b"`` (b, nb) or None."""
     x, raw = batch_rows(data, idx)
-    return x, raw, data.sf[idx], data.const[idx], None if data.b is None else data.b[idx]
+    return {"x": x, "raw": raw, "sf": data.sf[idx], "const": data.const[idx],
+            "b": None if data.b is None else data.b[idx]}
 
 
-def _masked_mean(v, mask):
-    m = mask.astype(v.dtype)
-    return (v * m).sum() / jnp.maximum(m.sum(), 1.0)
+def make_epoch(loss_fn, tx: optax.GradientTransformation, *, n: int, batch_size: int, shuffle: bool,
+               batch_sharding=None):
+    """``epoch(params, opt_state, data, key, per_cell=None) -> (params, opt_state, means)``, jitted.
 
-
-def _noisy_zinb(model, x, raw, sf, b, mask, key, sigma, ridge):
-    """ZINB NLL (without the constant) of the denoising path: encode(x + noise) -> decode."""
-    z = model.encode(x + sigma * jax.random.normal(key, x.shape, x.dtype), b)
-    return zinb_nll_logits(raw, *model.decode_logits(z, b), sf, ridge_lambda=ridge, mask=mask,
-                           include_constant=False)
-
-
-def _constrain(a, sharding):
-    return a if sharding is None else jax.lax.with_sharding_constraint(a, sharding)
-
-
-def _n_dev(batch_sharding) -> int:
-    return 1 if batch_sharding is None else batch_sharding.mesh.size
-
-
-def make_pretrain_epoch(graphdef, tx: optax.GradientTransformation, *, n: int, batch_size: int,
-                        sigma: float, ridge_lambda: float = 0.0, batch_sharding=None):
-    """``epoch(params, opt_state, data, key) -> (params, opt_state, mean_loss)``, jit-compiled.
-
-    One epoch of ZINB pretraining over a fresh permutation of the ``n`` cells.  ``mean_loss`` is
-    the full NLL per matrix element averaged over the cells of the epoch.  ``batch_sharding``
-    (optional) spreads each minibatch over a device mesh.
+    One pass over the ``n`` cells of ``data`` in minibatches of ``batch_size``: in a fresh random
+    order drawn from ``key`` (``shuffle``) or in order, one optimiser step of ``loss_fn`` (see the
+    losses above) each, with step ``i``'s key ``fold_in(key, i)``.  ``per_cell`` holds more (n, ...)
+    arrays (the DEC target ``p``), gathered into each batch under their names.  ``means`` are the
+    measurements of ``loss_fn``, each averaged over all cells of the epoch (a batch weighs as its
+    valid cells).  ``params`` and ``opt_state`` are donated.  ``batch_sharding`` (optional)
+    spreads each minibatch over a device mesh.
     """
-
-    def loss_fn(params, xb, rb, sb, bb, mask, key):
-        return _noisy_zinb(nnx.merge(graphdef, params), xb, rb, sb, bb, mask, key, sigma, ridge_lambda)
+    n_dev = 1 if batch_sharding is None else batch_sharding.mesh.size
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
     @partial(jax.jit, donate_argnums=(0, 1))
-    def epoch(params, opt_state, data: ClusterData, key):
-        perm_key, noise_key = jax.random.split(key)
-        groups = _batch_plan(jax.random.permutation(perm_key, n), n, batch_size, _n_dev(batch_sharding))
+    def epoch(params, opt_state, data: ClusterData, key, per_cell=None):
+        if shuffle:
+            perm_key, key = jax.random.split(key)
+            order = jax.random.permutation(perm_key, n)
+        else:
+            order = jnp.arange(n)
 
         def step(carry, inp):
             params, opt_state = carry
-            i, bidx, mask = inp
-            bidx = _constrain(bidx, batch_sharding)
-            xb, rb, sb, cb, bb = _take(data, bidx)
-            loss, grads = jax.value_and_grad(loss_fn)(params, xb, rb, sb, bb, mask,
-                                                      jax.random.fold_in(noise_key, i))
+            i, idx, mask = inp
+            if batch_sharding is not None:
+                idx = jax.lax.with_sharding_constraint(idx, batch_sharding)
+            batch = {**_take(data, idx), **{k: v[idx] for k, v in (per_cell or {}).items()}, "mask": mask}
+            (_, measured), grads = grad_fn(params, batch, jax.random.fold_in(key, i))
             updates, opt_state = tx.update(grads, opt_state, params)
             params = optax.apply_updates(params, updates)
             n_valid = mask.sum()
-            return (params, opt_state), (loss + _masked_mean(cb, mask)) * n_valid
+            return (params, opt_state), {k: v * n_valid for k, v in measured.items()}
 
-        (params, opt_state), weighted = _scan_groups(step, (params, opt_state), groups)
-        return params, opt_state, weighted.sum() / n
-
-    return epoch
-
-
-def make_cluster_epoch(graphdef, tx: optax.GradientTransformation, *, n: int, batch_size: int,
-                       sigma: float, gamma: float, alpha: float = 1.0, ridge_lambda: float = 0.0,
-                       batch_sharding=None):
-    """``epoch(params, opt_state, data, p, key) -> (params, opt_state, (loss, kl, zinb))``, jitted.
-
-    One pass over the cells in order (not shuffled) minimising ``gamma * KL(p || q) + ZINB``;
-    ``q`` comes from the clean encoder pass, ``p`` (n, k) is the fixed target of this epoch.
-    ``params`` is ``{"ae": state, "mu": (k, latent) centres}``.
-    """
-
-    def loss_fn(params, xb, rb, sb, bb, pb, mask, key):
-        model = nnx.merge(graphdef, params["ae"])
-        zinb = _noisy_zinb(model, xb, rb, sb, bb, mask, key, sigma, ridge_lambda)
-        kl = dec_kl(pb, log_soft_assign(model.encode(xb, bb), params["mu"], alpha), mask)
-        return gamma * kl + zinb, (kl, zinb)
-
-    @partial(jax.jit, donate_argnums=(0, 1))
-    def epoch(params, opt_state, data: ClusterData, p, key):
-        groups = _batch_plan(jnp.arange(n), n, batch_size, _n_dev(batch_sharding))
-
-        def step(carry, inp):
-            params, opt_state = carry
-            i, bidx, mask = inp
-            bidx = _constrain(bidx, batch_sharding)
-            xb, rb, sb, cb, bb = _take(data, bidx)
-            (loss, (kl, zinb)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-                params, xb, rb, sb, bb, p[bidx], mask, jax.random.fold_in(key, i))
-            updates, opt_state = tx.update(grads, opt_state, params)
-            params = optax.apply_updates(params, updates)
-            const = _masked_mean(cb, mask)
-            return (params, opt_state), jnp.stack([loss + const, kl, zinb + const]) * mask.sum()
-
-        (params, opt_state), weighted = _scan_groups(step, (params, opt_state), groups)
-        return params, opt_state, weighted.sum(0) / n
+        # one compiled step per batch shape: the full batches, then the last partial one
+        outs = []
+        for group in _batch_plan(order, n, batch_size, n_dev):
+            (params, opt_state), out = jax.lax.scan(step, (params, opt_state), group)
+            outs.append(out)
+        means = {k: jnp.concatenate([o[k] for o in outs]).sum() / n for k in outs[0]}
+        return params, opt_state, means
 
     return epoch
 
+
+# ---- inference ------------------------------------------------------------------------------------
 
 def make_encoder(graphdef, chunk: int = 65536):
     """``encode(ae_params, data) -> z0`` (n, latent): the clean encoder pass over all cells of a
