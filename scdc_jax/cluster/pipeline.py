@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .. import checkpoint, manifest
+from .. import checkpoint, distributed, manifest
 from ..errors import InputError, TrainingDiverged, option
 from ..io import CountData
 from ..metrics import clustering_scores
@@ -165,6 +165,7 @@ def run(data: CountData, cfg: ClusterConfig, *, save_dir: str | None = None, ae_
     if cfg.n_clusters > n:
         raise InputError(f"{option('n_clusters', cfg.n_clusters)} is more than the {n} cells left after filtering.")
     labels_true = prep.data.labels
+    progress = progress and distributed.is_primary()  # one process of a multi-process run reports
     say = (lambda msg: print(msg, file=sys.stderr)) if progress else (lambda msg: None)
     say(f"data: {n} cells x {g} genes" + (f", {nb} batches" if nb else "")
         + (f", {len(np.unique(labels_true))} labelled types" if labels_true is not None else ""))
@@ -181,10 +182,15 @@ def run(data: CountData, cfg: ClusterConfig, *, save_dir: str | None = None, ae_
         meta = checkpoint.read_meta(ae_dir)
         _check_compatible(meta, g, nb, cfg, ae_dir)
         restored, meta = checkpoint.restore(ae_dir, {"ae": ae, "opt": amsgrad_torch(cfg.lr_pretrain).init(ae)})
-        ae = restored["ae"]
+        ae = restored["ae"] if rep is None else jax.device_put(restored["ae"], rep)
         say(f"pretrained autoencoder restored from {ae_dir} (epoch {meta.get('epoch')}); pretraining skipped")
         history["pretrain_loss"] = list(meta.get("pretrain_loss", []))
-    work = folder.claim(_fingerprint(cfg, prep)) if folder is not None else None
+    work = None
+    if folder is not None:  # the first process writes the fingerprint, the others check it
+        primary = distributed.is_primary()
+        work = folder.claim(_fingerprint(cfg, prep)) if primary else None
+        distributed.barrier("run folder claimed")
+        work = work or folder.claim(_fingerprint(cfg, prep), write=False)
     sub = (lambda s: os.path.join(work, s)) if work else (lambda s: None)
 
     # ---- pretraining --------------------------------------------------------------------------
@@ -199,6 +205,8 @@ def run(data: CountData, cfg: ClusterConfig, *, save_dir: str | None = None, ae_
             _check_compatible(meta, g, nb, cfg, ck_dir)
             state, meta = checkpoint.restore(ck_dir, {"ae": ae, "opt": opt_state})
             ae, opt_state, start = state["ae"], state["opt"], int(meta["epoch"])
+            if rep is not None:
+                ae, opt_state = jax.device_put((ae, opt_state), rep)
             history["pretrain_loss"] = list(meta.get("pretrain_loss", []))
             say(f"resuming pretraining from epoch {start} ({ck_dir})")
         epoch_fn = make_pretrain_epoch(graphdef, tx, n=n, batch_size=cfg.batch_size, sigma=cfg.sigma,
@@ -218,7 +226,7 @@ def run(data: CountData, cfg: ClusterConfig, *, save_dir: str | None = None, ae_
                                     _ckpt_meta(PRETRAIN, done, cfg, g, nb, pretrain_loss=history["pretrain_loss"]))
         finally:
             bar.close()
-        if ck_dir:
+        if ck_dir and distributed.is_primary():
             manifest.write(ck_dir, PRETRAIN_KIND)
     timings["pretrain_s"] = time.perf_counter() - t0
 
@@ -239,11 +247,13 @@ def run(data: CountData, cfg: ClusterConfig, *, save_dir: str | None = None, ae_
         state, meta = checkpoint.restore(ck_dir, template)
         params, opt_state, p = state["params"], state["opt"], state["p"]
         last = np.asarray(state["last"]).astype(np.int64)
+        if rep is not None:
+            p = jax.device_put(p, rep)
         start = int(meta["epoch"])
         history.update(meta.get("history", {}))
         say(f"resuming clustering from epoch {start} ({ck_dir})")
     else:
-        z0 = np.asarray(encode(ae, dd))
+        z0 = checkpoint.to_host(encode(ae, dd))
         if cfg.n_clusters > 0:
             centers, last = kmeans(z0, cfg.n_clusters, n_init=cfg.kmeans_n_init, seed=cfg.seed)
         else:
@@ -274,7 +284,7 @@ def run(data: CountData, cfg: ClusterConfig, *, save_dir: str | None = None, ae_
         for epoch in range(start, cfg.maxiter + 1):
             if epoch % cfg.update_interval == 0 or epoch == cfg.maxiter:
                 z0, q, p, pred = assign(params, dd)
-                pred = np.asarray(pred).astype(np.int64)
+                pred = checkpoint.to_host(pred).astype(np.int64)
                 delta = float(np.mean(pred != last))
                 if labels_true is not None:
                     s = clustering_scores(labels_true, pred)
@@ -315,10 +325,12 @@ def run(data: CountData, cfg: ClusterConfig, *, save_dir: str | None = None, ae_
                                    gene_names=gene_names, batch_names=prep.data.batch_names,
                                    median_total=prep.norm["median_total"], n_input_genes=data.n_genes,
                                    kept_genes=[int(i) for i in prep.genes]))
-        manifest.write(sub(MODEL), MODEL_KIND)
-        folder.commit()
+        if distributed.is_primary():
+            manifest.write(sub(MODEL), MODEL_KIND)
+            folder.commit()
     scores = clustering_scores(labels_true, last) if labels_true is not None else None
-    return ClusterResult(labels=last, latent=np.asarray(z0), q=np.asarray(q), centers=np.asarray(params["mu"]),
+    z0, q, centers = checkpoint.to_host((z0, q, params["mu"]))
+    return ClusterResult(labels=last, latent=z0, q=q, centers=centers,
                          cells=prep.cells, genes=prep.genes, n_cells_input=data.n_cells, config=cfg.to_dict(),
                          history=history, scores=scores, timings=timings, stop_reason=stop_reason,
                          gene_names=gene_names)
