@@ -30,9 +30,22 @@ def _flatten(tree) -> tuple[dict[str, np.ndarray], object]:
     return {jax.tree_util.keystr(path): leaf for path, leaf in pairs}, treedef
 
 
+def _host(a) -> np.ndarray:
+    if not isinstance(a, jax.Array) or a.is_fully_addressable or a.sharding.is_fully_replicated:
+        return np.asarray(a)
+    from jax.experimental import multihost_utils  # split over several processes: gathered
+
+    return np.asarray(multihost_utils.process_allgather(a, tiled=True))
+
+
 def to_host(tree):
-    """A pytree of device arrays as NumPy arrays on the host (what :func:`save` writes)."""
-    return jax.tree.map(np.asarray, jax.device_get(tree))
+    """A pytree of device arrays as NumPy arrays on this host (what :func:`save` writes).
+
+    Also for the global arrays of a multi-process run: a replicated array is read from this
+    process's copy; one split over several processes is gathered, which every process must then
+    do at the same point.
+    """
+    return jax.tree.map(_host, tree)
 
 
 def save(directory: str, step: int, state, meta: dict, *, max_to_keep: int | None = 2) -> None:
@@ -42,7 +55,7 @@ def save(directory: str, step: int, state, meta: dict, *, max_to_keep: int | Non
     the folder is whole again only when its writer lists it anew (:func:`scdc_jax.manifest.write`).
     """
     manifest.discard(directory)
-    state = {k: np.asarray(v) for k, v in _flatten(state)[0].items()}
+    state = to_host(_flatten(state)[0])
     with _manager(directory, max_to_keep) as mngr:
         if step in mngr.all_steps():  # a resumed run redoing its last epochs saves their step again
             mngr.delete(step)

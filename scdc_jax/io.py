@@ -236,18 +236,26 @@ def from_anndata(adata, *, layer: str | None = None, label_key: str | None = Non
     if X is None:
         raise InputError(f"{source} has no matrix in .X; give {option('layer')}.")
     X = X.tocsr() if sp.issparse(X) else np.asarray(X)
-    labels = label_names = batch = batch_names = None
-    for key, what in ((label_key, "label"), (batch_key, "batch")):
-        if key is not None and key not in adata.obs:
-            raise InputError(f"{source} has no .obs column '{key}' for the {what}s "
-                             f"(columns: {', '.join(map(str, adata.obs.columns)) or 'none'}).")
-    if label_key is not None:
-        labels, label_names = encode_labels(np.asarray(adata.obs[label_key].astype(str)), what=f"labels '{label_key}'")
-    if batch_key is not None:
-        batch, batch_names = one_hot_from_labels(np.asarray(adata.obs[batch_key].astype(str)), what=f"batch '{batch_key}'")
-    return CountData(X=X, labels=labels, label_names=label_names, batch=batch, batch_names=batch_names,
+    return CountData(X=X, **obs_annotations(adata.obs, label_key, batch_key, source),
                      gene_names=np.asarray(adata.var_names.astype(str)),
                      cell_names=np.asarray(adata.obs_names.astype(str)), source=source)
+
+
+def obs_annotations(obs, label_key: str | None, batch_key: str | None, source: str) -> dict:
+    """``labels``, ``label_names``, ``batch`` (one-hot) and ``batch_names`` from the columns
+    ``label_key`` and ``batch_key`` of an AnnData's ``.obs`` table (None where not asked for)."""
+    out = dict(labels=None, label_names=None, batch=None, batch_names=None)
+    for key, what in ((label_key, "label"), (batch_key, "batch")):
+        if key is not None and key not in obs:
+            raise InputError(f"{source} has no .obs column '{key}' for the {what}s "
+                             f"(columns: {', '.join(map(str, obs.columns)) or 'none'}).")
+    if label_key is not None:
+        out["labels"], out["label_names"] = encode_labels(np.asarray(obs[label_key].astype(str)),
+                                                          what=f"labels '{label_key}'")
+    if batch_key is not None:
+        out["batch"], out["batch_names"] = one_hot_from_labels(np.asarray(obs[batch_key].astype(str)),
+                                                               what=f"batch '{batch_key}'")
+    return out
 
 
 def check_anndata_fields(adata, *, layer: str | None = None, **obs_keys: str | None) -> None:

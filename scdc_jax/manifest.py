@@ -68,9 +68,10 @@ def write(folder: str, kind: str) -> dict:
 
 def discard(folder: str) -> None:
     """Remove ``folder``'s manifest before the folder is written to again (it would no longer hold)."""
-    path = os.path.join(folder, NAME)
-    if os.path.lexists(path):
-        os.remove(path)
+    try:
+        os.remove(os.path.join(folder, NAME))
+    except FileNotFoundError:  # none, or another process of a multi-process run removed it first
+        pass
 
 
 def verify(folder: str, kind: str, remedy: str) -> dict:

@@ -114,9 +114,12 @@ class RunFolder:
     def holds_run(self) -> bool:
         return os.path.isdir(self.path) and any(os.path.lexists(os.path.join(self.path, e)) for e in self.entries)
 
-    def claim(self, fingerprint: dict) -> str:
+    def claim(self, fingerprint: dict, *, write: bool = True) -> str:
         """Create the folder to write into and record ``fingerprint`` (JSON-serialisable: the
-        settings and data that make two runs the same run); returns the folder."""
+        settings and data that make two runs the same run); returns the folder.
+
+        ``write=False`` only checks (the processes of a multi-process run but the first, which
+        writes)."""
         import json
 
         fingerprint = as_json(fingerprint)  # as it will read back
@@ -127,7 +130,9 @@ class RunFolder:
                     raise InputError(f"{self.work} holds a run of other settings or data, which "
                                      f"{option('resume', True)} cannot continue; give {option('overwrite', True)} "
                                      f"to replace it, or choose another {option('save_dir')}.")
-        elif not self.resume and os.path.isdir(self.staging):
+        if not write:
+            return self.work
+        if not self.resume and os.path.isdir(self.staging):
             shutil.rmtree(self.staging)  # left by an interrupted overwrite that is not being resumed
         os.makedirs(self.work, exist_ok=True)
         write_json(key, fingerprint)

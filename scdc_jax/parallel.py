@@ -13,6 +13,10 @@ def check_devices(n_devices: int) -> list:
     available = jax.devices()
     if n_devices < 1:
         raise InputError(f"{option('devices')} must be at least 1, got {n_devices}.")
+    if jax.process_count() > 1 and n_devices != len(available):
+        raise InputError(f"{option('devices', n_devices)} asked for, but in a run of {jax.process_count()} "
+                         f"processes every one of the {len(available)} devices takes part; leave "
+                         f"{option('devices')} out (or give {len(available)}).")
     if n_devices > len(available):
         kind = available[0].platform.upper()
         raise InputError(f"{option('devices', n_devices)} asked for, but only {len(available)} {kind} device(s) are "

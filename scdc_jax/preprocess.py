@@ -23,27 +23,35 @@ def _dense(X) -> np.ndarray:
     return X.toarray() if sp.issparse(X) else np.asarray(X)
 
 
+def detection_stats(X) -> tuple[np.ndarray, np.ndarray]:
+    """Per gene: the number of cells with a non-zero count and the sum of log2 of those counts
+    (two (n_genes,) float64 arrays; sums over row blocks add up to the whole matrix's)."""
+    if sp.issparse(X):
+        X = sp.csr_matrix(X)
+        X.eliminate_zeros()
+        g = X.shape[1]
+        return (np.bincount(X.indices, minlength=g).astype(np.float64),
+                np.bincount(X.indices, weights=np.log2(X.data.astype(np.float64)), minlength=g))
+    detected, logsum = np.zeros(X.shape[1]), np.zeros(X.shape[1])
+    for rows in _row_chunks(X.shape[0], 4096):
+        block = np.asarray(X[rows], dtype=np.float64)
+        nz = block > 0
+        detected += nz.sum(0)
+        logsum += np.log2(np.where(nz, block, 1.0)).sum(0)
+    return detected, logsum
+
+
 def gene_selection_stats(X, *, min_cells: int = 10) -> tuple[np.ndarray, np.ndarray]:
     """Per gene: fraction of zero cells and mean log2 of the non-zero counts.
 
     Genes detected in fewer than ``min_cells`` cells get NaN for both (never selected).
     Returns two (n_genes,) float64 arrays.
     """
-    n = X.shape[0]
-    if sp.issparse(X):
-        Xc = sp.csc_matrix(X)
-        Xc.eliminate_zeros()
-        detected = np.diff(Xc.indptr).astype(np.float64)
-        logsum = np.asarray(sp.csc_matrix((np.log2(Xc.data.astype(np.float64)), Xc.indices, Xc.indptr),
-                                          shape=Xc.shape).sum(0)).ravel()
-    else:
-        detected, logsum = np.zeros(X.shape[1]), np.zeros(X.shape[1])
-        for rows in _row_chunks(n, 4096):
-            block = np.asarray(X[rows], dtype=np.float64)
-            nz = block > 0
-            detected += nz.sum(0)
-            logsum += np.log2(np.where(nz, block, 1.0)).sum(0)
-    zero_rate = 1.0 - detected / n
+    return _selection_stats(*detection_stats(X), X.shape[0], min_cells)
+
+
+def _selection_stats(detected, logsum, n_cells: int, min_cells: int = 10):
+    zero_rate = 1.0 - detected / n_cells
     with np.errstate(invalid="ignore", divide="ignore"):
         mean_log2 = logsum / detected
     low = detected < min_cells
@@ -52,24 +60,31 @@ def gene_selection_stats(X, *, min_cells: int = 10) -> tuple[np.ndarray, np.ndar
     return zero_rate, mean_log2
 
 
-def select_genes(X, n_genes: int, *, decay: float = 1.5, y_offset: float = 0.02,
-                 max_steps: int = 100) -> np.ndarray:
-    """Boolean mask of ``n_genes`` genes chosen by the zero-rate / mean-expression rule.
+def select_genes(X, n_genes: int, **rule) -> np.ndarray:
+    """Boolean mask of ``n_genes`` genes chosen by the zero-rate / mean-expression rule
+    (:func:`select_genes_from_stats`)."""
+    if n_genes > X.shape[1]:
+        raise InputError(f"{option('select_genes', n_genes)} is larger than the number of genes ({X.shape[1]}).")
+    return select_genes_from_stats(*detection_stats(X), X.shape[0], n_genes, **rule)
+
+
+def select_genes_from_stats(detected: np.ndarray, logsum: np.ndarray, n_cells: int, n_genes: int, *,
+                            decay: float = 1.5, y_offset: float = 0.02, max_steps: int = 100) -> np.ndarray:
+    """Boolean mask of ``n_genes`` genes from :func:`detection_stats` of ``n_cells`` cells.
 
     A gene is selected when ``zero_rate > exp(-decay * (mean_log2_nonzero - x0)) + y_offset``;
     ``x0`` is bisected on [0, 10] from 5 (at most ``max_steps`` steps) until exactly ``n_genes``
     are selected (the closest count reached otherwise).
     """
-    if n_genes > X.shape[1]:
-        raise InputError(f"{option('select_genes', n_genes)} is larger than the number of genes ({X.shape[1]}).")
-    zero_rate, mean_log2 = gene_selection_stats(X)
+    zero_rate, mean_log2 = _selection_stats(np.asarray(detected, np.float64), np.asarray(logsum, np.float64),
+                                            n_cells)
     valid = np.isfinite(zero_rate)
     if valid.sum() < n_genes:
         raise InputError(f"only {int(valid.sum())} genes are detected in at least 10 cells, fewer than "
                          f"{option('select_genes', n_genes)}; ask for fewer genes.")
     low, high, x0 = 0.0, 10.0, 5.0
     for _ in range(max_steps):
-        sel = np.zeros(X.shape[1], bool)
+        sel = np.zeros(len(zero_rate), bool)
         sel[valid] = zero_rate[valid] > np.exp(-decay * (mean_log2[valid] - x0)) + y_offset
         count = int(sel.sum())
         if count == n_genes:
@@ -150,28 +165,38 @@ def _row_chunks(n: int, chunk: int):
         yield slice(start, min(start + chunk, n))
 
 
-def gene_log_stats(raw, scale: np.ndarray, *, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
-    """Per-gene mean and spread (ddof=1, zero spread -> 1) of ``log1p(raw * scale[:, None])``.
+class LogStats:
+    """Per-gene mean and spread (ddof=1, zero spread -> 1) of ``log1p(raw * scale[:, None])``,
+    accumulated over row blocks: each ``chunk`` rows are densified (float64) and merged into the
+    running means and squared deviations exactly (Chan et al.), so memory stays at one chunk."""
 
-    ``raw`` is dense or CSR; it is densified ``chunk`` rows at a time (float64), and the chunks'
-    means and squared deviations are merged exactly (Chan et al.), so memory stays at one chunk.
-    """
-    n, g = raw.shape
-    count, mean, m2 = 0, np.zeros(g), np.zeros(g)
-    for rows in _row_chunks(n, chunk):
-        block = _dense(raw[rows]).astype(np.float64)
-        block = np.log1p(block * scale[rows, None])
-        nb = block.shape[0]
-        mb = block.mean(0)
-        m2b = ((block - mb) ** 2).sum(0)
-        delta = mb - mean
-        total = count + nb
-        mean = mean + delta * (nb / total)
-        m2 = m2 + m2b + delta ** 2 * (count * nb / total)
-        count = total
-    std = np.sqrt(m2 / (n - 1)) if n > 1 else np.zeros(g)
-    std[std == 0] = 1.0
-    return mean, std
+    def __init__(self, n_genes: int, chunk: int = 4096):
+        self.count, self.mean, self.m2, self.chunk = 0, np.zeros(n_genes), np.zeros(n_genes), chunk
+
+    def add(self, raw, scale: np.ndarray) -> None:
+        for rows in _row_chunks(raw.shape[0], self.chunk):
+            block = np.log1p(_dense(raw[rows]).astype(np.float64) * scale[rows, None])
+            nb = block.shape[0]
+            mb = block.mean(0)
+            m2b = ((block - mb) ** 2).sum(0)
+            delta = mb - self.mean
+            total = self.count + nb
+            self.mean = self.mean + delta * (nb / total)
+            self.m2 = self.m2 + m2b + delta ** 2 * (self.count * nb / total)
+            self.count = total
+
+    def result(self) -> tuple[np.ndarray, np.ndarray]:
+        std = np.sqrt(self.m2 / (self.count - 1)) if self.count > 1 else np.zeros_like(self.mean)
+        std[std == 0] = 1.0
+        return self.mean, std
+
+
+def gene_log_stats(raw, scale: np.ndarray, *, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+    """Per-gene mean and spread (ddof=1, zero spread -> 1) of ``log1p(raw * scale[:, None])``,
+    ``raw`` dense or CSR, ``chunk`` rows at a time (:class:`LogStats`)."""
+    stats = LogStats(raw.shape[1], chunk)
+    stats.add(raw, np.asarray(scale, np.float64))
+    return stats.result()
 
 
 def norm_stats(raw, totals: np.ndarray, *, chunk: int = 4096) -> dict:

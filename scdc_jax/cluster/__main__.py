@@ -11,6 +11,7 @@ import shlex
 import sys
 
 from ..errors import CliParser, InputError, run_cli
+from ..distributed import add_distributed_arguments
 
 EPILOG = """subcommand:
   python -m scdc_jax.cluster predict --model SAVE_DIR --data-file NEW.h5ad   # assign new cells
@@ -80,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--precision", choices=["f32", "bf16"], help="bf16 computes the autoencoder's Dense layers in "
                    "bfloat16 with float32 parameters, loss and latent: for GPUs; on CPUs it is usually slower "
                    "(default f32)")
+    add_distributed_arguments(p)
     return p
 
 
@@ -147,6 +149,12 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] == "predict":
         return predict_main(argv[1:])
     args = build_parser().parse_args(argv)
+    from .. import distributed
+
+    if distributed.initialize(args.coordinator, args.num_processes, args.process_id) > 1 and args.devices is None:
+        import jax
+
+        args.devices = jax.device_count()  # every device of every process
     from ..io import check_counts, pbmc68k_counts, read_counts, to_anndata
     from ..outputs import (check_writable_dir, check_writable_file, provenance, write_h5ad, write_json,
                            write_labels, write_matrix_csv)
@@ -160,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_config(args.config, **overrides)
     save_dir = args.save_dir
     run_folder(save_dir, resume=args.resume, overwrite=args.overwrite)  # refuses a folder before any data is read
+    distributed.barrier("save folder checked")  # by every process before the first one writes there
     if args.data_file is None:
         if args.layer or args.label_key or args.batch_key or args.transpose is not None:
             raise InputError("--layer, --label-key, --batch-key and --transpose need --data-file.")
@@ -188,6 +197,8 @@ def main(argv: list[str] | None = None) -> int:
 
     result = run(data, cfg, save_dir=save_dir, ae_weights=args.ae_weights, resume=args.resume,
                  overwrite=args.overwrite, progress=not args.quiet)
+    if not distributed.is_primary():
+        return 0  # the first process writes the outputs
     command = "python -m scdc_jax.cluster " + shlex.join(argv)
     prov = provenance(cfg.seed, cfg.to_dict(), cfg.devices, command)
     prov["data"] = data.source

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .. import checkpoint, manifest
+from .. import checkpoint, distributed, manifest
 from ..errors import InputError, TrainingDiverged, option
 from ..io import CountData
 from ..metrics import clustering_scores
@@ -236,7 +236,11 @@ def restore_or_init(setup: _Setup, folder, fingerprint: dict, *, ae_dir: str | N
         setup.say(f"pretrained autoencoder restored from {ae_dir} (epoch {meta.get('epoch')}); pretraining skipped")
         state = {"stage": INIT, "params": restored["ae"], "opt": None, "epoch": 0,
                  "history": {**_new_history(), "pretrain_loss": list(meta.get("pretrain_loss", []))}}
-    setup.work = folder.claim(fingerprint) if folder is not None else None
+    setup.work = None
+    if folder is not None:  # the first process writes the fingerprint, the others check it
+        setup.work = folder.claim(fingerprint) if distributed.is_primary() else None
+        distributed.barrier("run folder claimed")
+        setup.work = setup.work or folder.claim(fingerprint, write=False)
     cluster_dir, pretrain_dir = setup.sub(CLUSTER), setup.sub(PRETRAIN)
     if resume and cluster_dir and checkpoint.latest_step(cluster_dir) is not None:
         restored, meta = _restore(setup, cluster_dir, clustering)
@@ -254,6 +258,8 @@ def restore_or_init(setup: _Setup, folder, fingerprint: dict, *, ae_dir: str | N
         state = {"stage": PRETRAIN, "params": ae, "opt": amsgrad_torch(cfg.lr_pretrain).init(ae), "epoch": 0,
                  "history": _new_history()}
     state["params"], state["opt"] = setup.put((state["params"], state["opt"]))
+    if state.get("p") is not None:
+        state["p"] = setup.put(state["p"])
     return state
 
 
@@ -283,7 +289,7 @@ def pretrain(setup: _Setup, state: dict) -> dict:
                                 setup.meta(PRETRAIN, done, pretrain_loss=history["pretrain_loss"]))
     finally:
         bar.close()
-    if ck_dir:
+    if ck_dir and distributed.is_primary():
         manifest.write(ck_dir, PRETRAIN_KIND)
     return {**state, "stage": INIT, "params": ae, "opt": None, "epoch": 0}
 
@@ -291,7 +297,7 @@ def pretrain(setup: _Setup, state: dict) -> dict:
 def init_clusters(setup: _Setup, state: dict) -> dict:
     """Centres of k-means (``n_clusters`` > 0) or of a Louvain/Leiden partition on the clean latent."""
     cfg = setup.cfg
-    z0 = np.asarray(make_encoder(setup.graphdef)(state["params"], setup.data))
+    z0 = checkpoint.to_host(make_encoder(setup.graphdef)(state["params"], setup.data))
     if cfg.n_clusters > 0:
         centers, last = kmeans(z0, cfg.n_clusters, n_init=cfg.kmeans_n_init, seed=cfg.seed)
     else:
@@ -328,7 +334,7 @@ def cluster(setup: _Setup, state: dict) -> dict:
         for epoch in range(state["epoch"], cfg.maxiter + 1):
             if epoch % cfg.update_interval == 0 or epoch == cfg.maxiter:
                 z0, q, p, pred = assign(params, setup.data)
-                pred = np.asarray(pred).astype(np.int64)
+                pred = checkpoint.to_host(pred).astype(np.int64)
                 delta = float(np.mean(pred != last))
                 if setup.labels is not None:
                     history["scores"].append({"epoch": epoch, **clustering_scores(setup.labels, pred),
@@ -372,13 +378,15 @@ def _save_model(setup: _Setup, state: dict, prep, gene_names: list | None, n_inp
                                gene_names=gene_names, batch_names=prep.data.batch_names,
                                median_total=prep.norm["median_total"], n_input_genes=n_input_genes,
                                kept_genes=[int(i) for i in prep.genes]))
-    manifest.write(setup.sub(MODEL), MODEL_KIND)
+    if distributed.is_primary():
+        manifest.write(setup.sub(MODEL), MODEL_KIND)
 
 
 def run(data: CountData, cfg: ClusterConfig, *, save_dir: str | None = None, ae_weights: str | None = None,
         resume: bool = False, overwrite: bool = False, progress: bool = True) -> ClusterResult:
     """Preprocess ``data`` and run scDeepCluster with ``cfg``; see the module docstring."""
     cfg.validate()
+    progress = progress and distributed.is_primary()  # one process of a multi-process run reports
     ae_dir = _resolve_ae_weights(ae_weights) if ae_weights is not None else None  # checked before any work
     folder = run_folder(save_dir, resume=resume, overwrite=overwrite) if save_dir else None
     t_start = time.perf_counter()
@@ -411,10 +419,11 @@ def run(data: CountData, cfg: ClusterConfig, *, save_dir: str | None = None, ae_
     gene_names = None if prep.data.gene_names is None else [str(x) for x in prep.data.gene_names]
     if setup.work:
         _save_model(setup, state, prep, gene_names, data.n_genes)
-        folder.commit()
+        if distributed.is_primary():
+            folder.commit()
     last = state["last"]
-    return ClusterResult(labels=last, latent=np.asarray(state["z0"]), q=np.asarray(state["q"]),
-                         centers=np.asarray(state["params"]["mu"]), cells=prep.cells, genes=prep.genes,
+    z0, q, centers = checkpoint.to_host((state["z0"], state["q"], state["params"]["mu"]))
+    return ClusterResult(labels=last, latent=z0, q=q, centers=centers, cells=prep.cells, genes=prep.genes,
                          n_cells_input=data.n_cells, config=cfg.to_dict(), history=history,
                          scores=clustering_scores(labels, last) if labels is not None else None,
                          timings=timings, stop_reason=state["stop_reason"], gene_names=gene_names)
