@@ -58,7 +58,7 @@ def test_streamed_preprocessing_equals_in_memory(stored, select):
     # float64 rounding, then cast to float32
     np.testing.assert_allclose(got.norm["mean"], mem.norm["mean"], rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(got.norm["std"], mem.norm["std"], rtol=1e-6)
-    np.testing.assert_array_equal(got.annotations.labels, mem.data.labels)
+    np.testing.assert_array_equal(got.data.labels, mem.data.labels)
     raw = mem.raw.toarray() if sp.issparse(mem.raw) else mem.raw
     widest = int((raw > 0).sum(1).max()) if store.sparse else raw.shape[1]
     assert got.max_row_nnz == widest

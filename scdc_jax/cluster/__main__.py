@@ -62,6 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
                     "batch), loss curves, ARI/NMI trajectory")
     io.add_argument("--config", help="TOML file of settings (e.g. configs/scdeepcluster_paper.toml); flags override it")
     io.add_argument("--quiet", action="store_true", help="no progress bars")
+    io.add_argument("--stream", action=argparse.BooleanOptionalAction, help="read the cells from disk a block at "
+                    "a time in every pass instead of holding them in memory (.h5ad, .zarr and .h5 inputs; CSR or "
+                    "dense rows); an epoch visits the blocks in a random order and shuffles the cells within "
+                    "each. Default: streamed when the counts would take more than half the host's memory "
+                    "(SCDC_MEMORY_BUDGET_GB sets the budget); --no-stream never streams")
+    io.add_argument("--block-cells", type=int, default=65536, help="cells a streamed block (default: %(default)s)")
     m = p.add_argument_group("method (defaults: the published settings)")
     m.add_argument("--n-clusters", type=int, help="number of clusters; 0 estimates it with Louvain (default 0)")
     m.add_argument("--knn", type=int, help="neighbours of the kNN graph for Louvain (default 20)")
@@ -144,6 +150,27 @@ def predict_main(argv: list[str]) -> int:
     return 0
 
 
+def _open_stream(args):
+    """A :class:`~scdc_jax.store.CellStore` of ``--data-file`` when the run streams (``--stream``,
+    or by default when the counts exceed the memory budget), else None."""
+    from ..io import sniff_format
+    from ..store import CellStore, memory_budget_bytes
+
+    if args.stream is None and sniff_format(args.data_file) not in ("h5ad", "zarr", "h5"):
+        return None
+    store = CellStore(args.data_file, layer=args.layer, label_key=args.label_key, batch_key=args.batch_key)
+    if args.stream is None:
+        need, budget = store.nbytes_in_memory(), memory_budget_bytes()
+        if need <= budget:
+            store.close()
+            return None
+        print(f"the counts would take {need / 2 ** 30:.1f} GiB, more than the budget of {budget / 2 ** 30:.1f} GiB: "
+              "streaming them from disk (--no-stream holds them in memory)", file=sys.stderr)
+    if args.transpose is not None:
+        raise InputError("--transpose applies to CSV data files, which are not streamed.")
+    return store
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "predict":
@@ -172,11 +199,23 @@ def main(argv: list[str] | None = None) -> int:
     if args.data_file is None:
         if args.layer or args.label_key or args.batch_key or args.transpose is not None:
             raise InputError("--layer, --label-key, --batch-key and --transpose need --data-file.")
+        if args.stream:
+            raise InputError("--stream needs --data-file (the bundled demo is held in memory).")
         data = pbmc68k_counts()
     else:
-        data = read_counts(args.data_file, layer=args.layer, label_key=args.label_key, batch_key=args.batch_key,
-                           transpose=args.transpose)
-    check_counts(data.X, require_integer=True)
+        data = _open_stream(args) if args.stream is not False else None
+        if data is None:
+            data = read_counts(args.data_file, layer=args.layer, label_key=args.label_key,
+                               batch_key=args.batch_key, transpose=args.transpose)
+    streamed = not hasattr(data, "X")
+    if streamed:
+        if args.out or args.plot:
+            raise InputError("--out and --plot need the cells in memory, which a streamed run never holds; the "
+                             "latent and label files hold its results (or run with --no-stream).")
+        if args.block_cells < 1:
+            raise InputError(f"--block-cells must be at least 1, got {args.block_cells}.")
+    else:
+        check_counts(data.X, require_integer=True)
     if cfg.select_genes > data.n_genes:
         raise InputError(f"--select-genes {cfg.select_genes} is larger than the number of genes ({data.n_genes}).")
     if cfg.n_clusters > data.n_cells:
@@ -196,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     from .pipeline import run
 
     result = run(data, cfg, save_dir=save_dir, ae_weights=args.ae_weights, resume=args.resume,
-                 overwrite=args.overwrite, progress=not args.quiet)
+                 overwrite=args.overwrite, progress=not args.quiet, block_cells=args.block_cells)
     if not distributed.is_primary():
         return 0  # the first process writes the outputs
     command = "python -m scdc_jax.cluster " + shlex.join(argv)
@@ -207,7 +246,8 @@ def main(argv: list[str] | None = None) -> int:
     summary = {**prov, "n_clusters": int(result.centers.shape[0]), "scores": result.scores,
                "timings": result.timings, "stop_reason": result.stop_reason,
                "n_cells_kept": int(len(result.cells)), "n_genes_kept": int(len(result.genes)),
-               "outputs": {"latent": latent_file, "labels": label_file, "h5ad": args.out}}
+               "outputs": {"latent": latent_file, "labels": label_file, "h5ad": args.out},
+               "streamed": {"block_cells": args.block_cells} if streamed else None}
     write_json(os.path.join(save_dir, RUN_FILE), summary)
     if args.out:
         adata = to_anndata(data)

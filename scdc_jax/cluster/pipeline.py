@@ -32,11 +32,12 @@ from ..metrics import clustering_scores
 from ..optim import adadelta_torch, amsgrad_torch
 from ..parallel import data_sharded, make_mesh, replicated
 from ..preprocess import prepare
+from ..store import BLOCK_CELLS, CellStore, stream_prepare
 from .config import ClusterConfig
 from .init import centres_of, community_labels, kmeans
 from .layout import CLUSTER, MODEL, PRETRAIN, run_folder
-from .train import (ClusterData, abstract_model, build_model, cluster_loss, device_data, make_assign,
-                    make_encoder, make_epoch, pretrain_loss, stage_key)
+from .source import InMemory, Streamed
+from .train import abstract_model, build_model, cluster_loss, device_data, pretrain_loss, stage_key
 
 PRETRAIN_KIND, MODEL_KIND = "scDeepCluster pretrained autoencoder", "scDeepCluster model"
 RETRAIN = "train it again with 'python -m scdc_jax.cluster'"
@@ -108,6 +109,11 @@ class _Progress:
             self.bar.close()
 
 
+def _say(enabled: bool):
+    """``say(msg)`` printing to stderr when ``enabled``, else None."""
+    return (lambda msg: print(msg, file=sys.stderr)) if enabled else None
+
+
 def _diverged(stage: str, epoch: int, save_dir: str | None, sub: str) -> TrainingDiverged:
     where = os.path.join(save_dir, sub) if save_dir else None
     last = checkpoint.latest_step(where) if where else None
@@ -143,15 +149,19 @@ def _resolve_ae_weights(path: str) -> str:
     raise InputError(f"{option('ae_weights', path)} holds no pretrained autoencoder checkpoint.")
 
 
-def _fingerprint(cfg: ClusterConfig, prep) -> dict:
+def _fingerprint(cfg: ClusterConfig, prep, stream_block: int = 0) -> dict:
     """What makes two runs one run, for ``resume``: the settings that shape the result (not the
-    device count or the checkpoint interval) and a digest of the preprocessed data."""
+    device count or the checkpoint interval), the block size of a streamed run (its epochs visit
+    the cells block by block) and a digest of the preprocessed data."""
     digest = hashlib.sha256()
     for part in (prep.cells, prep.genes, prep.size_factors, prep.norm["mean"], prep.norm["std"], prep.data.batch):
         if part is not None:
             digest.update(np.ascontiguousarray(part).tobytes())
     settings = {k: v for k, v in cfg.to_dict().items() if k not in ("devices", "checkpoint_every")}
-    return {"config": settings, "shape": list(prep.shape), "data": digest.hexdigest()}
+    out = {"config": settings, "shape": list(prep.shape), "data": digest.hexdigest()}
+    if stream_block:
+        out["stream_block"] = stream_block
+    return out
 
 
 # ---- the run's fixed parts -------------------------------------------------------------------
@@ -162,13 +172,12 @@ class _Setup:
     device(s), the network's structure, the mesh's shardings and the run's folder."""
 
     cfg: ClusterConfig
-    data: ClusterData
+    source: InMemory | Streamed
     graphdef: object
     n_genes: int
     n_batches: int
     labels: np.ndarray | None
     replicated: object
-    batch_sharding: object
     progress: bool
     work: str | None = None
 
@@ -218,7 +227,7 @@ def restore_or_init(setup: _Setup, folder, fingerprint: dict, *, ae_dir: str | N
     onto abstract targets (``nnx.eval_shape``, ``jax.eval_shape``); ``ae_dir`` is read before the
     folder is claimed, so that a bad checkpoint leaves nothing behind.
     """
-    cfg, n = setup.cfg, setup.data.n_cells
+    cfg, n = setup.cfg, setup.source.n_cells
     ae = abstract_model(cfg, setup.n_genes, n_batches=setup.n_batches)[1]
 
     def pretrained(meta):
@@ -269,15 +278,13 @@ def pretrain(setup: _Setup, state: dict) -> dict:
     """ZINB pretraining of the autoencoder from ``state["epoch"]`` to ``cfg.pretrain_epochs``."""
     cfg, ck_dir, history = setup.cfg, setup.sub(PRETRAIN), state["history"]
     tx = amsgrad_torch(cfg.lr_pretrain)
-    epoch_fn = make_epoch(partial(pretrain_loss, graphdef=setup.graphdef, sigma=cfg.sigma,
-                                  ridge_lambda=cfg.ridge_lambda),
-                          tx, n=setup.data.n_cells, batch_size=cfg.batch_size, shuffle=True,
-                          batch_sharding=setup.batch_sharding)
+    epoch_fn = setup.source.epoch(partial(pretrain_loss, graphdef=setup.graphdef, sigma=cfg.sigma,
+                                          ridge_lambda=cfg.ridge_lambda), tx, shuffle=True)
     ae, opt_state = state["params"], state["opt"]
     bar = _Progress(cfg.pretrain_epochs, "pretrain", setup.progress, initial=state["epoch"])
     try:
         for epoch in range(state["epoch"], cfg.pretrain_epochs):
-            ae, opt_state, means = epoch_fn(ae, opt_state, setup.data, stage_key(cfg.seed, 1, epoch))
+            ae, opt_state, means = epoch_fn(ae, opt_state, stage_key(cfg.seed, 1, epoch))
             loss = float(means["loss"])
             if not np.isfinite(loss):
                 raise _diverged("pretraining", epoch + 1, setup.work, PRETRAIN)
@@ -297,7 +304,7 @@ def pretrain(setup: _Setup, state: dict) -> dict:
 def init_clusters(setup: _Setup, state: dict) -> dict:
     """Centres of k-means (``n_clusters`` > 0) or of a Louvain/Leiden partition on the clean latent."""
     cfg = setup.cfg
-    z0 = checkpoint.to_host(make_encoder(setup.graphdef)(state["params"], setup.data))
+    z0 = setup.source.encoder(setup.graphdef)(state["params"])
     if cfg.n_clusters > 0:
         centers, last = kmeans(z0, cfg.n_clusters, n_init=cfg.kmeans_n_init, seed=cfg.seed)
     else:
@@ -320,11 +327,10 @@ def cluster(setup: _Setup, state: dict) -> dict:
     ``"stop_reason"`` to the state.
     """
     cfg, ck_dir, history = setup.cfg, setup.sub(CLUSTER), state["history"]
-    assign = make_assign(setup.graphdef, cfg.alpha)
-    epoch_fn = make_epoch(partial(cluster_loss, graphdef=setup.graphdef, sigma=cfg.sigma, gamma=cfg.gamma,
-                                  alpha=cfg.alpha, ridge_lambda=cfg.ridge_lambda),
-                          adadelta_torch(cfg.lr_cluster), n=setup.data.n_cells, batch_size=cfg.batch_size,
-                          shuffle=False, batch_sharding=setup.batch_sharding)
+    assign = setup.source.assigner(setup.graphdef, cfg.alpha)
+    epoch_fn = setup.source.epoch(partial(cluster_loss, graphdef=setup.graphdef, sigma=cfg.sigma, gamma=cfg.gamma,
+                                          alpha=cfg.alpha, ridge_lambda=cfg.ridge_lambda),
+                                  adadelta_torch(cfg.lr_cluster), shuffle=False)
     params, opt_state, p, last = state["params"], state["opt"], state["p"], state["last"]
     k = params["mu"].shape[0]
     bar = _Progress(cfg.maxiter, "cluster", setup.progress, initial=state["epoch"])
@@ -333,8 +339,8 @@ def cluster(setup: _Setup, state: dict) -> dict:
     try:
         for epoch in range(state["epoch"], cfg.maxiter + 1):
             if epoch % cfg.update_interval == 0 or epoch == cfg.maxiter:
-                z0, q, p, pred = assign(params, setup.data)
-                pred = checkpoint.to_host(pred).astype(np.int64)
+                z0, q, p, pred = assign(params)
+                pred = pred.astype(np.int64)
                 delta = float(np.mean(pred != last))
                 if setup.labels is not None:
                     history["scores"].append({"epoch": epoch, **clustering_scores(setup.labels, pred),
@@ -347,7 +353,7 @@ def cluster(setup: _Setup, state: dict) -> dict:
                     break
             if epoch == cfg.maxiter:
                 break
-            params, opt_state, means = epoch_fn(params, opt_state, setup.data, stage_key(cfg.seed, 2, epoch),
+            params, opt_state, means = epoch_fn(params, opt_state, stage_key(cfg.seed, 2, epoch),
                                                 {"p": p})
             loss, kl, zinb = (float(means[m]) for m in ("loss", "kl", "zinb"))
             if not np.isfinite(loss):
@@ -382,15 +388,22 @@ def _save_model(setup: _Setup, state: dict, prep, gene_names: list | None, n_inp
         manifest.write(setup.sub(MODEL), MODEL_KIND)
 
 
-def run(data: CountData, cfg: ClusterConfig, *, save_dir: str | None = None, ae_weights: str | None = None,
-        resume: bool = False, overwrite: bool = False, progress: bool = True) -> ClusterResult:
-    """Preprocess ``data`` and run scDeepCluster with ``cfg``; see the module docstring."""
+def run(data: CountData | CellStore, cfg: ClusterConfig, *, save_dir: str | None = None,
+        ae_weights: str | None = None, resume: bool = False, overwrite: bool = False, progress: bool = True,
+        block_cells: int = BLOCK_CELLS) -> ClusterResult:
+    """Preprocess ``data`` and run scDeepCluster with ``cfg``; see the module docstring.
+
+    ``data`` is counts in memory, or a :class:`~scdc_jax.store.CellStore` whose cells are read from
+    disk ``block_cells`` at a time in every pass (:mod:`scdc_jax.cluster.source`).
+    """
     cfg.validate()
     progress = progress and distributed.is_primary()  # one process of a multi-process run reports
     ae_dir = _resolve_ae_weights(ae_weights) if ae_weights is not None else None  # checked before any work
     folder = run_folder(save_dir, resume=resume, overwrite=overwrite) if save_dir else None
     t_start = time.perf_counter()
-    prep = prepare(data, select_genes_n=cfg.select_genes)
+    streamed = isinstance(data, CellStore)
+    prep = (stream_prepare(data, select_genes_n=cfg.select_genes, block=block_cells, progress=_say(progress))
+            if streamed else prepare(data, select_genes_n=cfg.select_genes))
     n, g = prep.shape
     nb = 0 if prep.data.batch is None else prep.data.batch.shape[1]
     if cfg.n_clusters > n:
@@ -401,10 +414,17 @@ def run(data: CountData, cfg: ClusterConfig, *, save_dir: str | None = None, ae_
               + (f", {len(np.unique(labels))} labelled types" if labels is not None else ""), file=sys.stderr)
     mesh = make_mesh(cfg.devices) if cfg.devices > 1 else None
     rep = replicated(mesh) if mesh is not None else None
-    setup = _Setup(cfg, device_data(prep, sharding=rep), abstract_model(cfg, g, n_batches=nb)[0], g, nb, labels,
-                   rep, data_sharded(mesh) if mesh is not None else None, progress)
+    bshard = data_sharded(mesh) if mesh is not None else None
+    if streamed:
+        source = Streamed(data, prep, batch_size=cfg.batch_size, block=block_cells, sharding=rep, batch_sharding=bshard)
+        if progress:
+            print(f"streaming {data.path} in {len(source.spans)} blocks of up to {block_cells} cells", file=sys.stderr)
+    else:
+        source = InMemory(device_data(prep, sharding=rep), batch_size=cfg.batch_size, batch_sharding=bshard)
+    setup = _Setup(cfg, source, abstract_model(cfg, g, n_batches=nb)[0], g, nb, labels, rep, progress)
 
-    state = restore_or_init(setup, folder, _fingerprint(cfg, prep), ae_dir=ae_dir, resume=resume)
+    fingerprint = _fingerprint(cfg, prep, block_cells if streamed else 0)
+    state = restore_or_init(setup, folder, fingerprint, ae_dir=ae_dir, resume=resume)
     timings: dict[str, float] = {}
     for name, stage, step in (("pretrain_s", PRETRAIN, pretrain), ("init_s", INIT, init_clusters),
                               ("cluster_s", CLUSTER, cluster)):

@@ -54,13 +54,15 @@ class ClusterData(NamedTuple):
         return self.counts.shape[0]
 
 
-def ell_rows(csr) -> tuple[np.ndarray, np.ndarray]:
-    """(column indices int32 (n, m), values float32 (n, m)) of a CSR matrix's rows, m = longest row.
+def ell_rows(csr, width: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(column indices int32 (n, m), values float32 (n, m)) of a CSR matrix's rows, m = ``width``
+    or the longest row (the blocks of a streamed file share the whole file's width, so one
+    compiled epoch serves them all).
 
     Padding slots hold column 0 and value 0, which add nothing when the rows are scattered back.
     """
     nnz = np.diff(csr.indptr)
-    m = max(int(nnz.max()), 1)
+    m = max(int(nnz.max()), 1) if width is None else int(width)
     rows = np.repeat(np.arange(csr.shape[0]), nnz)
     pos = np.arange(csr.nnz) - np.repeat(csr.indptr[:-1], nnz)
     cols = np.zeros((csr.shape[0], m), np.int32)
@@ -77,7 +79,8 @@ def use_sparse_rows(raw) -> bool:
     return 2 * int(np.diff(raw.indptr).max()) < raw.shape[1]
 
 
-def device_data(prep: Prepared, *, sharding=None, sparse: bool | None = None) -> ClusterData:
+def device_data(prep: Prepared, *, sharding=None, sparse: bool | None = None,
+                width: int | None = None) -> ClusterData:
     """Put prepared cells on the device(s).
 
     prep : :func:`scdc_jax.preprocess.prepare` of the training cells, or
@@ -85,13 +88,14 @@ def device_data(prep: Prepared, *, sharding=None, sparse: bool | None = None) ->
         its raw counts (dense or CSR, never densified whole: CSR becomes ELL rows), library-size
         factors, gene statistics and batches.
     sparse : force ELL rows (True) or dense counts (False); default :func:`use_sparse_rows`.
+    width : slots of the ELL rows (default: the longest row), see :func:`ell_rows`.
     sharding : where to put the arrays; default the default device.
     """
     put = (lambda a: jax.device_put(a, sharding)) if sharding is not None else jnp.asarray
     raw, norm, b = prep.raw, prep.norm, prep.data.batch
     sparse = use_sparse_rows(raw) if sparse is None else sparse
     if sparse:
-        cols, vals = ell_rows(sp.csr_matrix(raw, dtype=np.float32))
+        cols, vals = ell_rows(sp.csr_matrix(raw, dtype=np.float32), width)
         counts, cols = put(vals), put(cols)
     else:
         dense = raw.toarray() if sp.issparse(raw) else raw

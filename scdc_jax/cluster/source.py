@@ -1,0 +1,136 @@
+"""Where a run's cells come from: all on the device at once, or streamed from disk in blocks.
+
+The pipeline's stages ask a source for three things, the same way whichever it is: a compiled
+``epoch`` (one pass of optimiser steps over all cells), ``encode`` (the clean latent of all
+cells, on the host) and ``assign`` (latent, soft assignments, DEC target and labels).
+
+:class:`InMemory` holds one :class:`~scdc_jax.cluster.train.ClusterData` and calls the compiled
+epoch once.  :class:`Streamed` holds only the statistics of the preprocessing; an epoch visits the
+file's blocks of contiguous cells (in a random block order when the epoch shuffles, in file
+order otherwise), reading the next blocks on a background thread while the device runs the
+current block's compiled epoch, so host and device memory hold a few blocks, not the data.
+Within a block cells are shuffled (or not) as in memory; of an epoch's key, ``fold_in(key, 0)``
+draws the block order and block ``i`` trains with ``fold_in(fold_in(key, 1), i)``.  The per-cell outputs (latent, soft assignments, target, labels) are
+small and kept whole; the DEC target uses cluster frequencies summed over all blocks.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .. import checkpoint
+from ..io import CountData
+from ..losses import log_soft_assign, target_distribution
+from ..preprocess import Prepared
+from ..store import BLOCK_CELLS, CellStore, Prefetch, StreamPrepared, kept_rows
+from .train import ClusterData, device_data, make_assign, make_encoder, make_epoch
+
+
+class InMemory:
+    """All cells on the device(s) as one :class:`ClusterData`."""
+
+    def __init__(self, data: ClusterData, *, batch_size: int, batch_sharding=None):
+        self.data, self.batch_size, self.batch_sharding = data, batch_size, batch_sharding
+        self.n_cells = data.n_cells
+
+    def epoch(self, loss_fn, tx, *, shuffle: bool):
+        """``epoch(params, opt_state, key, per_cell=None) -> (params, opt_state, means)``."""
+        fn = make_epoch(loss_fn, tx, n=self.n_cells, batch_size=self.batch_size, shuffle=shuffle,
+                        batch_sharding=self.batch_sharding)
+        return lambda params, opt_state, key, per_cell=None: fn(params, opt_state, self.data, key, per_cell)
+
+    def encoder(self, graphdef):
+        """``encode(ae) -> z0`` (n, latent) NumPy."""
+        fn = make_encoder(graphdef)
+        return lambda ae: checkpoint.to_host(fn(ae, self.data))
+
+    def assigner(self, graphdef, alpha: float):
+        """``assign(params) -> (z0, q, p, labels)``: z0, q host arrays, p on the device, labels host."""
+        fn = make_assign(graphdef, alpha)
+
+        def assign(params):
+            z0, q, p, labels = fn(params, self.data)
+            z0, q, labels = checkpoint.to_host((z0, q, labels))
+            return z0, q, p, labels
+
+        return assign
+
+
+class Streamed:
+    """The cells of ``store`` read ``block`` at a time (see the module docstring)."""
+
+    def __init__(self, store: CellStore, prep: StreamPrepared, *, batch_size: int, block: int = BLOCK_CELLS,
+                 sharding=None, batch_sharding=None, sparse: bool | None = None, prefetch: int = 2):
+        self.store, self.prep, self.batch_size = store, prep, batch_size
+        self.sharding, self.batch_sharding, self.prefetch = sharding, batch_sharding, prefetch
+        self.n_cells = prep.shape[0]
+        self.spans = [(a, min(a + block, self.n_cells)) for a in range(0, self.n_cells, block)]
+        n_genes = prep.shape[1]
+        self.sparse = store.sparse and 2 * prep.max_row_nnz < n_genes if sparse is None else sparse
+        self._epochs: dict = {}
+
+    def block_data(self, i: int) -> ClusterData:
+        """Block ``i`` on the device(s), normalised with the whole data's statistics."""
+        a, b = self.spans[i]
+        raw = kept_rows(self.store, self.prep, a, b)
+        batch = None if self.prep.data.batch is None else self.prep.data.batch[a:b]
+        part = Prepared(raw=raw, totals=self.prep.totals[a:b], data=CountData(X=raw, batch=batch),
+                        cells=self.prep.cells[a:b], genes=self.prep.genes, norm=self.prep.norm)
+        return device_data(part, sharding=self.sharding, sparse=self.sparse,
+                           width=self.prep.max_row_nnz if self.sparse else None)
+
+    def _blocks(self, order):
+        """``(i, ClusterData)`` of the blocks in ``order``, read ahead on a thread."""
+        return Prefetch(lambda i: (i, self.block_data(i)), order, depth=self.prefetch)
+
+    def epoch(self, loss_fn, tx, *, shuffle: bool):
+        def compiled(n):
+            key = (id(loss_fn), shuffle, n)
+            if key not in self._epochs:
+                self._epochs[key] = make_epoch(loss_fn, tx, n=n, batch_size=self.batch_size, shuffle=shuffle,
+                                               batch_sharding=self.batch_sharding)
+            return self._epochs[key]
+
+        def epoch(params, opt_state, key, per_cell=None):
+            order = np.arange(len(self.spans))
+            if shuffle:
+                order = np.asarray(jax.random.permutation(jax.random.fold_in(key, 0), order))
+            block_key = jax.random.fold_in(key, 1)
+            sums = None
+            for i, data in self._blocks(order.tolist()):
+                a, b = self.spans[i]
+                extra = None if per_cell is None else {k: v[a:b] for k, v in per_cell.items()}
+                params, opt_state, means = compiled(b - a)(params, opt_state, data,
+                                                           jax.random.fold_in(block_key, i), extra)
+                weighted = {k: v * (b - a) for k, v in means.items()}
+                sums = weighted if sums is None else {k: sums[k] + weighted[k] for k in sums}
+            return params, opt_state, {k: v / self.n_cells for k, v in sums.items()}
+
+        return epoch
+
+    def encoder(self, graphdef):
+        fn = make_encoder(graphdef)
+
+        def encode(ae):
+            return np.concatenate([checkpoint.to_host(fn(ae, data)) for _, data in self._blocks(range(len(self.spans)))])
+
+        return encode
+
+    def assigner(self, graphdef, alpha: float):
+        encode = make_encoder(graphdef)
+
+        @jax.jit
+        def soft(params, data):
+            z0 = encode(params["ae"], data)
+            return z0, jnp.exp(log_soft_assign(z0, params["mu"], alpha))
+
+        target = jax.jit(target_distribution)
+
+        def assign(params):
+            z0, q = zip(*(checkpoint.to_host(soft(params, data)) for _, data in self._blocks(range(len(self.spans)))))
+            z0, q = np.concatenate(z0), np.concatenate(q)
+            p = target(jax.device_put(q, self.sharding) if self.sharding is not None else jnp.asarray(q))
+            return z0, q, p, np.argmax(q, axis=1)
+
+        return assign
