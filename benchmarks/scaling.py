@@ -9,6 +9,11 @@ first epoch (compilation) is reported apart from the timed ones.
     python benchmarks/scaling.py                                   # CPU defaults: 1k-200k cells
     python benchmarks/scaling.py --cells 1000 10000 100000 1000000 --impl jax torch32 --device cuda
     XLA_FLAGS=--xla_force_host_platform_device_count=4 python benchmarks/scaling.py --cells 10000 --devices 1 2 4
+    python benchmarks/scaling.py --stream --cells 500000 1000000 2000000 --epochs 1 --tag _stream   # from disk
+
+``--stream`` writes the counts once as a CSR ``.h5ad`` file and a ``.zarr`` store (block by block,
+never whole in memory) and trains on them read a block at a time: host memory should stay flat as
+the cells grow.
 
 Writes ``benchmarks/results/scaling_<platform>.json`` and ``.md``.  ``--devices`` above 1 shows
 correctness (the same losses) and overhead on forced CPU devices, speed on real accelerators.
@@ -73,6 +78,61 @@ def synthetic_zinb(n_cells: int, cache: str, seed: int = 0, chunk: int = 20_000)
     return paths
 
 
+def write_backed(n_cells: int, cache: str, fmt: str, seed: int = 0, chunk: int = 20_000) -> str:
+    """Write ``n_cells`` x 2000 synthetic counts once as a CSR AnnData ``.h5ad`` file or ``.zarr``
+    store, ``chunk`` cells at a time (the whole matrix is never in memory); returns its path."""
+    import shutil
+
+    import numpy as np
+    import pandas as pd
+    import scipy.sparse as sp
+    from anndata.io import write_elem
+
+    path = os.path.join(cache, f"zinb_{n_cells}_{seed}.{fmt}")
+    if os.path.exists(path):
+        return path
+    os.makedirs(cache, exist_ok=True)
+    tmp = path + ".partial"
+    if os.path.isdir(tmp):
+        shutil.rmtree(tmp)
+    elif os.path.exists(tmp):
+        os.remove(tmp)
+    if fmt == "h5ad":
+        import h5py
+
+        root = h5py.File(tmp, "w")
+        new = lambda grp, name, dtype: grp.create_dataset(name, shape=(0,), maxshape=(None,), dtype=dtype,
+                                                         chunks=(1 << 20,))
+    else:
+        import zarr
+
+        root = zarr.open_group(tmp, mode="w", zarr_format=2)
+        new = lambda grp, name, dtype: grp.create_array(name, shape=(0,), dtype=dtype, chunks=(1 << 20,))
+    write_elem(root, "obs", pd.DataFrame(index=[f"cell{i}" for i in range(n_cells)]))
+    write_elem(root, "var", pd.DataFrame(index=[f"gene{j}" for j in range(N_GENES)]))
+    X = root.create_group("X")
+    X.attrs.update({"encoding-type": "csr_matrix", "encoding-version": "0.1.0", "shape": [n_cells, N_GENES]})
+    data, indices = new(X, "data", np.float32), new(X, "indices", np.int32)
+    indptr = [np.zeros(1, np.int64)]
+    nnz = 0
+    for a in range(0, n_cells, chunk):
+        block = sp.csr_matrix(draw_block(seed, a, min(a + chunk, n_cells)))
+        m = block.nnz
+        data.resize((nnz + m,))
+        indices.resize((nnz + m,))
+        data[nnz:nnz + m] = block.data.astype(np.float32)
+        indices[nnz:nnz + m] = block.indices
+        indptr.append(block.indptr[1:].astype(np.int64) + nnz)
+        nnz += m
+    X.create_dataset("indptr", data=np.concatenate(indptr)) if fmt == "h5ad" else \
+        X.create_array("indptr", data=np.concatenate(indptr))
+    root.attrs.update({"encoding-type": "anndata", "encoding-version": "0.1.0"})
+    if fmt == "h5ad":
+        root.close()
+    os.replace(tmp, path)
+    return path
+
+
 def load_counts(path: str):
     import numpy as np
     import scipy.sparse as sp
@@ -100,6 +160,8 @@ def worker(args) -> dict:
     from scdc_jax.io import CountData
     from scdc_jax.preprocess import prepare
 
+    if args.input in ("h5ad", "zarr"):
+        return _stream_worker(args)
     t0 = time.perf_counter()
     counts = load_counts(args.data)
     load_s = time.perf_counter() - t0
@@ -155,6 +217,50 @@ def _jax_epochs(prep, cfg, args) -> dict:
             "first_epoch_s": times[0], "epoch_s": sorted(times[1:])[len(times[1:]) // 2], "epoch_s_all": times[1:],
             "losses": losses, "peak_device_gib": _device_peak_gib(), "platform": jax.default_backend(),
             "device_kind": jax.devices()[0].device_kind}
+
+
+def _stream_worker(args) -> dict:
+    """A streamed point: the file read a block at a time (``--block-cells``) in every pass."""
+    import jax
+
+    from scdc_jax.cluster.config import ClusterConfig
+    from scdc_jax.cluster.source import Streamed
+    from scdc_jax.cluster.train import build_model, pretrain_loss, stage_key
+    from scdc_jax.optim import amsgrad_torch
+    from scdc_jax.store import CellStore, stream_prepare
+    from functools import partial
+
+    cfg = ClusterConfig()
+    store = CellStore(args.data)
+    t0 = time.perf_counter()
+    prep = stream_prepare(store, block=args.block_cells)
+    prep_s = time.perf_counter() - t0
+    n, g = prep.shape
+    source = Streamed(store, prep, batch_size=cfg.batch_size, block=args.block_cells)
+    graphdef, state = build_model(cfg, g, seed=0)
+    tx = amsgrad_torch(cfg.lr_pretrain)
+    opt = tx.init(state)
+    epoch = source.epoch(partial(pretrain_loss, graphdef=graphdef, sigma=cfg.sigma), tx, shuffle=True)
+    times, losses = [], []
+    for e in range(args.epochs + 1):
+        t0 = time.perf_counter()
+        state, opt, means = epoch(state, opt, stage_key(0, 1, e))
+        losses.append(float(means["loss"]))
+        times.append(time.perf_counter() - t0)
+    return {"impl": "jax", "cells": n, "genes": g, "devices": 1, "input": args.input,
+            "density": store.nbytes_in_memory() / 8 / (store.n_cells * store.n_genes), "load_s": 0.0,
+            "prepare_s": prep_s, "storage": f"streamed, {len(source.spans)} blocks of {args.block_cells}"
+            + (" (sparse rows)" if source.sparse else " (dense)"),
+            "file_gib": _size_gib(args.data), "first_epoch_s": times[0],
+            "epoch_s": sorted(times[1:])[len(times[1:]) // 2], "epoch_s_all": times[1:], "losses": losses,
+            "peak_device_gib": _device_peak_gib(), "platform": jax.default_backend(),
+            "device_kind": jax.devices()[0].device_kind, "peak_host_gib": _peak_host_gib()}
+
+
+def _size_gib(path: str) -> float:
+    if os.path.isfile(path):
+        return os.path.getsize(path) / 2 ** 30
+    return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs) / 2 ** 30
 
 
 def _torch_epochs(prep, cfg, args) -> dict:
@@ -234,8 +340,11 @@ def main(argv=None) -> int:
     ap.add_argument("--impl", nargs="+", default=["jax", "torch32"], choices=["jax", "torch32", "torch64"])
     ap.add_argument("--devices", type=int, nargs="+", default=[1], help="device counts for scdc_jax")
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="PyTorch's device")
-    ap.add_argument("--input", nargs="+", default=["dense"], choices=["dense", "csr"],
-                    help="host input: dense int32 or CSR (scdc_jax then keeps sparse rows on the device)")
+    ap.add_argument("--input", nargs="+", default=["dense"], choices=["dense", "csr", "h5ad", "zarr"],
+                    help="host input: dense int32 or CSR (scdc_jax then keeps sparse rows on the device), or "
+                    "streamed from a CSR .h5ad file or .zarr store (scdc_jax only)")
+    ap.add_argument("--stream", action="store_true", help="shorthand for --input h5ad zarr --impl jax")
+    ap.add_argument("--block-cells", type=int, default=65536, help="cells a streamed block")
     ap.add_argument("--epochs", type=int, default=2, help="timed epochs per point (after the first)")
     ap.add_argument("--torch-max-cells", type=int, default=200_000,
                     help="largest size the PyTorch baseline is run at (dense float32 x and counts)")
@@ -249,6 +358,8 @@ def main(argv=None) -> int:
                     help="float32 matmul precision of both frameworks (GPUs only)")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.stream:
+        args.input, args.impl = ["h5ad", "zarr"], ["jax"]
     if args.worker:
         args.cells, args.impl, args.input = args.cells[0], args.impl[0], args.input[0]
         if args.device == "cpu" and args.impl == "jax":
@@ -264,15 +375,25 @@ def main(argv=None) -> int:
     rows = []
     points = [(impl, n, d, inp) for n in args.cells for impl in args.impl for inp in args.input
               for d in (args.devices if impl == "jax" else [1])
-              if (impl == "jax" or n <= args.torch_max_cells) and (impl == "jax" or inp == "dense")]
+              if (impl == "jax" or n <= args.torch_max_cells) and (impl == "jax" or inp == "dense")
+              and not (inp in ("h5ad", "zarr") and d > 1)]
     env = {**os.environ, "XLA_PYTHON_CLIENT_PREALLOCATE": "false"}  # let PyTorch and peak statistics see the GPU
     data = {}
     for impl, n, d, inp in points:
-        if n not in data:
+        if inp in ("h5ad", "zarr"):
+            if (n, inp) not in data:
+                t0 = time.perf_counter()
+                data[n, inp] = write_backed(n, args.cache, inp)
+                print(f"== data: {n} cells as {inp} in {time.perf_counter() - t0:.0f} s", flush=True)
+            path = data[n, inp]
+        elif n not in data:
             t0 = time.perf_counter()
             data[n] = synthetic_zinb(n, args.cache)
             print(f"== data: {n} cells ready in {time.perf_counter() - t0:.0f} s ({args.cache})", flush=True)
-        cmd = [sys.executable, os.path.abspath(__file__), "--worker", "--impl", impl, "--cells", str(n), "--data", data[n][inp],
+        if inp not in ("h5ad", "zarr"):
+            path = data[n][inp]
+        cmd = [sys.executable, os.path.abspath(__file__), "--worker", "--impl", impl, "--cells", str(n), "--data", path,
+               "--block-cells", str(args.block_cells),
                "--devices", str(d), "--device", args.device, "--input", inp, "--epochs", str(args.epochs),
                "--matmul", args.matmul]
         print(f"== {impl} {n} cells, {d} device(s), {inp} input", flush=True)
