@@ -104,6 +104,7 @@ def test_the_command_line_streams_a_file_and_writes_every_output(stored, tmp_pat
     with pytest.raises(SystemExit) as exc:
         run_cli(main, ["--data-file", stored, "--label-key", "type", "--stream", "--block-cells", str(BLOCK),
                        "--n-clusters", "3", "--pretrain-epochs", "3", "--maxiter", "2", "--batch-size", "32",
+                       "--init-cells", "120",
                        "--save-dir", save, "--quiet"])
     assert exc.value.code in (0, None), capfd.readouterr().err
     labels = np.loadtxt(os.path.join(save, "pred_labels.txt"))
@@ -112,4 +113,18 @@ def test_the_command_line_streams_a_file_and_writes_every_output(stored, tmp_pat
     with open(os.path.join(save, "run.json")) as fh:
         run = json.load(fh)
     assert run["streamed"] == {"block_cells": BLOCK} and run["n_cells_kept"] == 259
+    assert run["config"]["init_cells"] == 120
     assert os.path.isfile(os.path.join(save, "model", "manifest.json"))
+
+
+def test_initial_clusters_of_a_subsample_put_the_rest_in_the_nearest_centre():
+    from scdc_jax.cluster.init import nearest_centre, subsample
+
+    rng = np.random.default_rng(1)
+    z, c = rng.normal(size=(1000, 5)), rng.normal(size=(4, 5))
+    brute = np.argmin(((z[:, None] - c[None]) ** 2).sum(-1), axis=1)
+    np.testing.assert_array_equal(nearest_centre(z, c, chunk=128), brute)
+    some = subsample(1000, 100, seed=3)
+    assert len(some) == 100 and len(np.unique(some)) == 100 and np.all(np.diff(some) > 0)
+    np.testing.assert_array_equal(subsample(1000, 100, seed=3), some)  # the seed decides
+    np.testing.assert_array_equal(subsample(50, 100, seed=3), np.arange(50))

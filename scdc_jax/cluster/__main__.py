@@ -81,6 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--sigma", type=float, help="std of the Gaussian input noise (default 2.5)")
     m.add_argument("--update-interval", type=int, help="epochs between target updates (default 1)")
     m.add_argument("--tol", type=float, help="stop when fewer than this fraction of labels change (default 0.001)")
+    m.add_argument("--init-cells", type=int, help="find the initial clusters (k-means, or Louvain/Leiden) on this "
+                   "many random cells and put every other cell in its nearest centre's cluster: for millions of "
+                   "cells (default 0 = all cells)")
     m.add_argument("--seed", type=int, help="seed of every random choice (default 0)")
     m.add_argument("--devices", type=int, help="split each minibatch over this many devices (default 1)")
     m.add_argument("--checkpoint-every", type=int, help="epochs between periodic checkpoints (default 25)")
@@ -191,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     overrides = {k: getattr(args, k) for k in (
         "n_clusters", "knn", "resolution", "community", "select_genes", "batch_size", "maxiter",
         "pretrain_epochs", "gamma", "sigma", "update_interval", "tol", "seed", "devices", "checkpoint_every",
-        "precision")}
+        "precision", "init_cells")}
     cfg = load_config(args.config, **overrides)
     save_dir = args.save_dir
     run_folder(save_dir, resume=args.resume, overwrite=args.overwrite)  # refuses a folder before any data is read

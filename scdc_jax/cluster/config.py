@@ -21,6 +21,10 @@ class ClusterConfig:
     bfloat16 with float32 parameters, optimiser state, ZINB likelihood, soft assignments and
     latent.  bf16 pays off on GPUs; on CPUs it is usually slower (emulated).  A saved model
     records it, so ``predict`` rebuilds the same network.
+
+    ``init_cells``: the initial clusters (k-means, or Louvain/Leiden) are found on this many cells
+    drawn at random (``seed``), and every other cell starts in its nearest centre's cluster; 0
+    (default) uses every cell, as the reference does.  For millions of cells.
     """
 
     n_clusters: int = 0
@@ -47,6 +51,7 @@ class ClusterConfig:
     checkpoint_every: int = 25
     devices: int = 1
     precision: str = "f32"
+    init_cells: int = 0
 
     def validate(self) -> "ClusterConfig":
         positive = ("batch_size", "maxiter", "pretrain_epochs", "sigma", "tol", "update_interval",
@@ -56,7 +61,7 @@ class ClusterConfig:
             value = getattr(self, name)
             if not value > 0:
                 raise InputError(f"{option(name)} must be positive, got {value}.")
-        for name in ("n_clusters", "select_genes", "gamma", "ridge_lambda"):
+        for name in ("n_clusters", "select_genes", "gamma", "ridge_lambda", "init_cells"):
             if getattr(self, name) < 0:
                 raise InputError(f"{option(name)} must be zero or positive, got {getattr(self, name)}.")
         if self.n_clusters == 1:

@@ -65,3 +65,22 @@ def centres_of(z: np.ndarray, labels: np.ndarray) -> np.ndarray:
     sums = np.zeros((k, z.shape[1]), np.float64)
     np.add.at(sums, labels, z)
     return (sums / np.bincount(labels, minlength=k)[:, None]).astype(np.float32)
+
+
+def nearest_centre(z: np.ndarray, centres: np.ndarray, *, chunk: int = 65536) -> np.ndarray:
+    """Index (n,) of the nearest of ``centres`` (k, d) for each row of ``z`` (n, d), ``chunk`` rows
+    at a time (squared distances as ``|c|^2 - 2 z.c``, float64)."""
+    c = np.asarray(centres, np.float64)
+    c2 = (c ** 2).sum(1)
+    out = np.empty(z.shape[0], np.int64)
+    for a in range(0, z.shape[0], chunk):
+        out[a:a + chunk] = np.argmin(c2 - 2.0 * np.asarray(z[a:a + chunk], np.float64) @ c.T, axis=1)
+    return out
+
+
+def subsample(n: int, size: int, seed: int) -> np.ndarray:
+    """``size`` of ``n`` cells drawn without replacement (sorted), or all cells when ``size`` is 0 or
+    at least ``n``."""
+    if not size or size >= n:
+        return np.arange(n)
+    return np.sort(np.random.default_rng([seed, 17]).choice(n, size, replace=False))

@@ -34,7 +34,7 @@ from ..parallel import data_sharded, make_mesh, replicated
 from ..preprocess import prepare
 from ..store import BLOCK_CELLS, CellStore, stream_prepare
 from .config import ClusterConfig
-from .init import centres_of, community_labels, kmeans
+from .init import centres_of, community_labels, kmeans, nearest_centre, subsample
 from .layout import CLUSTER, MODEL, PRETRAIN, run_folder
 from .source import InMemory, Streamed
 from .train import abstract_model, build_model, cluster_loss, device_data, pretrain_loss, stage_key
@@ -302,16 +302,23 @@ def pretrain(setup: _Setup, state: dict) -> dict:
 
 
 def init_clusters(setup: _Setup, state: dict) -> dict:
-    """Centres of k-means (``n_clusters`` > 0) or of a Louvain/Leiden partition on the clean latent."""
+    """Centres of k-means (``n_clusters`` > 0) or of a Louvain/Leiden partition on the clean latent
+    (of ``init_cells`` random cells, the others then in their nearest centre's cluster)."""
     cfg = setup.cfg
     z0 = setup.source.encoder(setup.graphdef)(state["params"])
+    some = subsample(len(z0), cfg.init_cells, cfg.seed)
+    if len(some) < len(z0):
+        setup.say(f"initial clusters from {len(some)} of the {len(z0)} cells (init_cells), the rest to the nearest centre")
     if cfg.n_clusters > 0:
-        centers, last = kmeans(z0, cfg.n_clusters, n_init=cfg.kmeans_n_init, seed=cfg.seed)
+        centers, last = kmeans(z0[some], cfg.n_clusters, n_init=cfg.kmeans_n_init, seed=cfg.seed)
     else:
-        last = community_labels(z0, knn=cfg.knn, resolution=cfg.resolution, method=cfg.community, seed=cfg.seed)
-        centers = centres_of(z0, last)
+        last = community_labels(z0[some], knn=cfg.knn, resolution=cfg.resolution, method=cfg.community,
+                                seed=cfg.seed)
+        centers = centres_of(z0[some], last)
         setup.say(f"{cfg.community} at resolution {cfg.resolution} on a {cfg.knn}-NN graph found "
                   f"{centers.shape[0]} clusters")
+    if len(some) < len(z0):
+        last = nearest_centre(z0, centers)
     params = {"ae": state["params"], "mu": jnp.asarray(centers)}
     if setup.labels is not None:
         state["history"]["init_scores"] = clustering_scores(setup.labels, last)
