@@ -2,19 +2,22 @@
 
     python benchmarks/accuracy.py --seeds 0 1 2 3 4 --datasets bladder worm pbmc
     python benchmarks/accuracy.py --impl scdc_jax torch_f32 --mode given estimated --seeds 0 1 2 3 4 --jobs 6 --device cuda
+    python benchmarks/accuracy.py --precision f32 bf16 --seeds 0 1 2 3 4 --datasets bladder worm pbmc --tag _bf16
 
 Every run uses the published defaults (300 pretraining epochs, batch 256, sigma 2.5, gamma 1,
 tol 0.001, Adadelta clustering); ``given`` uses the true number of types (k-means, 20 restarts),
 ``estimated`` Louvain at resolution 0.8 on the 20-NN graph of the pretrained latent space.
 ``torch_f32|torch_f64`` is ``benchmarks/baselines/torch_scdeepcluster.py`` on scdc_jax's
 preprocessing (and, for ``estimated``, scdc_jax's Louvain).  Each (implementation, dataset, seed,
-mode) runs in its own process, ``--jobs`` at a time.  Writes, per implementation and mode,
+mode) runs in its own process, ``--jobs`` at a time; ``--precision f32 bf16`` runs scdc_jax in
+both precisions (the bf16 runs named ``scdc_jax_bf16``).  Writes, per implementation and mode,
 ``benchmarks/results/accuracy_<impl>_<mode><tag>.json`` (per-seed ARI/NMI/ACC/k, times, machine,
 versions, command) and ``.md``, and ``accuracy_compare<tag>.md`` (mean and sd side by side).
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import subprocess
@@ -35,6 +38,7 @@ DATASETS = {  # name: (file, true number of types, --select-genes)
     "pbmc": ("10X_PBMC_select_2100_top2000.h5", 8, 0),
 }
 METRICS = ("ari", "nmi", "acc", "k")
+SCDC_JAX = {"scdc_jax": "f32", "scdc_jax_bf16": "bf16"}  # implementation name: --precision
 
 
 def one_run(impl: str, dataset: str, seed: int, mode: str, data_dir: str, device: str, overrides: dict) -> dict:
@@ -48,10 +52,10 @@ def one_run(impl: str, dataset: str, seed: int, mode: str, data_dir: str, device
     data = read_counts(os.path.join(data_dir, fname))
     cfg = ClusterConfig(n_clusters=k if mode == "given" else 0, select_genes=sel, seed=seed, **overrides)
     t0 = time.perf_counter()
-    if impl == "scdc_jax":
+    if impl in SCDC_JAX:
         import jax
 
-        res = run(data, cfg, progress=False)
+        res = run(data, dataclasses.replace(cfg, precision=SCDC_JAX[impl]), progress=False)
         return {**res.scores, "k": int(res.centers.shape[0]), "wall_s": time.perf_counter() - t0,
                 "pretrain_s": res.timings["pretrain_s"], "cluster_epochs": res.timings["cluster_epochs"],
                 "device": jax.devices()[0].device_kind}
@@ -110,7 +114,7 @@ def write_results(rows, args, out_dir):
         print("\n".join(lines))
     impls = sorted({i for i, _ in summary})
     if len(impls) > 1:
-        lines = [f"# scdc_jax and the PyTorch baseline side by side (mean ± sd over seeds {args.seeds})", "",
+        lines = [f"# {', '.join(impls)} side by side (mean ± sd over seeds {args.seeds})", "",
                  f"`{cmd}` ({prov['machine']}, {prov['date']}). 'within spread': |difference of means| <= "
                  "the larger of the two standard deviations.", "",
                  "| dataset | clusters | metric | " + " | ".join(impls) + " | within spread |",
@@ -157,6 +161,8 @@ def main():
     ap.add_argument("--mode", nargs="+", choices=["given", "estimated"], default=["given"],
                     help="number of clusters: the true one, or estimated by Louvain")
     ap.add_argument("--impl", nargs="+", choices=["scdc_jax", "torch_f32", "torch_f64"], default=["scdc_jax"])
+    ap.add_argument("--precision", nargs="+", choices=list(SCDC_JAX.values()), default=["f32"],
+                    help="scdc_jax's precision(s); bf16 runs are named scdc_jax_bf16 (for GPUs; slower on CPUs)")
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="PyTorch's device")
     ap.add_argument("--jobs", type=int, default=1, help="runs at a time, each its own process")
     ap.add_argument("--data-dir", default=DATA)
@@ -185,7 +191,9 @@ def main():
     env = {**os.environ, "XLA_PYTHON_CLIENT_PREALLOCATE": "false"}  # several runs share one GPU
     if args.jobs > 1:
         env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // args.jobs)))
-    runs = [(i, d, s, m) for m in args.mode for d in args.datasets for i in args.impl for s in args.seeds]
+    impls = [n for i in args.impl for n in ([n for n, p in SCDC_JAX.items() if p in args.precision]
+                                            if i == "scdc_jax" else [i])]
+    runs = [(i, d, s, m) for m in args.mode for d in args.datasets for i in impls for s in args.seeds]
     done = load_rows(args.resume, runs) if args.resume else {}
     if done:
         print(f"resuming: {len(done)} of {len(runs)} runs already finished in {args.resume}", flush=True)

@@ -1,14 +1,18 @@
-"""Wall time of GsRCL's whole evaluation protocol: shared vs per-type encoders.
+"""Wall time of GsRCL's whole evaluation protocol: shared vs per-type encoders, folds one by one
+vs fold-batched.
 
     python benchmarks/gsrcl_protocol.py                               # PBMC, first 10 epochs
     python benchmarks/gsrcl_protocol.py --synthetic 4000 --encoders shared --epochs 100 --eval-every 10
+    python benchmarks/gsrcl_protocol.py --encoders shared --fold-batch off on --epochs 6 --eval-every 3 \
+        --tag _fold_batch
 
 One dataset (``--data-file``, default the shared 10X PBMC file; or ``--synthetic N``: N cells x
 2000 genes of synthetic counts in 10 groups) runs the protocol of ``--config`` (default
-``configs/gsrcl_cpu.toml``) for every cell type, once per ``--encoders`` mode, each in its own
-process (so that one mode's compiled programs and memory do not help the next).  Reported per
-mode: the wall time, the seconds spent training encoders, and the rest (encoding, the SVM grid
-searches that did not overlap training, splits and I/O), with the number of encoders trained.
+``configs/gsrcl_cpu.toml``) for every cell type, once per ``--encoders`` mode and ``--fold-batch``
+setting, each in its own process (so that one run's compiled programs and memory do not help the
+next).  Reported per run: the wall time, the seconds spent training encoders, and the rest
+(encoding, the SVM grid searches that did not overlap training, splits and I/O), with the number
+of encoders trained.
 Writes ``benchmarks/results/gsrcl_protocol_<tag>.{json,md}``.
 """
 from __future__ import annotations
@@ -47,13 +51,15 @@ def worker(args) -> dict:
     from scdc_jax.gsrcl.protocol import evaluate
 
     data = load(args)
-    cfg = load_config(args.config, epochs=args.epochs, eval_every=args.eval_every, encoders=args.worker,
-                      precision=args.precision, seed=args.seed)
+    mode, fold_batch = args.worker.split(":")
+    cfg = load_config(args.config, epochs=args.epochs, eval_every=args.eval_every, encoders=mode,
+                      precision=args.precision, seed=args.seed, fold_batch=fold_batch)
     t0 = time.perf_counter()
     res = evaluate(data, cfg, progress=False, log=lambda m: None)
     wall = time.perf_counter() - t0
     n_encoders = cfg.n_folds * (1 if res["encoders"] == "shared" else len(res["tasks"]))
-    return {"encoders": res["encoders"], "wall_s": wall, "train_s": res["train_s"], "other_s": wall - res["train_s"],
+    return {"encoders": res["encoders"], "fold_batch": fold_batch, "wall_s": wall, "train_s": res["train_s"],
+            "other_s": wall - res["train_s"],
             "n_encoders": n_encoders, "n_types": len(res["tasks"]), "n_cells": data.n_cells, "n_genes": data.n_genes,
             "epochs": cfg.n_epochs, "eval_every": cfg.eval_every, "precision": cfg.precision,
             "gsrcl_mcc": {t["cell_type"]: t["gsrcl"]["mcc_mean"] for t in res["tasks"]},
@@ -66,6 +72,8 @@ def main(argv=None) -> int:
     ap.add_argument("--synthetic", type=int, default=0, help="N synthetic cells instead of --data-file")
     ap.add_argument("--config", default=os.path.join(ROOT, "configs", "gsrcl_cpu.toml"))
     ap.add_argument("--encoders", nargs="+", default=["shared", "per-type"], choices=["shared", "per-type"])
+    ap.add_argument("--fold-batch", nargs="+", default=["auto"], choices=["auto", "on", "off"],
+                    help="fold batching settings to run (default auto: sequential on a CPU)")
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--eval-every", type=int, default=5)
     ap.add_argument("--precision", default="f32", choices=["f32", "bf16"])
@@ -82,12 +90,12 @@ def main(argv=None) -> int:
                  "use --synthetic N")
     argv = sys.argv[1:] if argv is None else list(argv)
     rows = []
-    for mode in args.encoders:
-        proc = subprocess.run([sys.executable, os.path.abspath(__file__), *argv, "--worker", mode],
+    for run in [f"{mode}:{fb}" for mode in args.encoders for fb in args.fold_batch]:
+        proc = subprocess.run([sys.executable, os.path.abspath(__file__), *argv, "--worker", run],
                               capture_output=True, text=True)
         lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
         if proc.returncode or not lines:
-            sys.exit(f"the {mode} run failed:\n{proc.stderr[-3000:]}")
+            sys.exit(f"the {run} run failed:\n{proc.stderr[-3000:]}")
         rows.append(json.loads(lines[-1][7:]))
         print(json.dumps(rows[-1]), flush=True)
     from scdc_jax.outputs import provenance, write_json
@@ -95,20 +103,23 @@ def main(argv=None) -> int:
     cmd = "python benchmarks/gsrcl_protocol.py " + " ".join(argv)
     what = f"synthetic {args.synthetic} cells" if args.synthetic else os.path.basename(args.data_file)
     r0 = rows[0]
-    lines = [f"# GsRCL evaluation protocol: wall time by encoder sharing ({platform.machine()}, {os.cpu_count()} cores)",
+    lines = [f"# GsRCL evaluation protocol: wall time by encoder sharing and fold batching ({platform.machine()}, "
+             f"{os.cpu_count()} cores)",
              "", f"`{cmd}`", "",
              f"{what}: {r0['n_cells']} cells x {r0['n_genes']} genes, {r0['n_types']} cell types, "
              f"`{os.path.relpath(args.config, ROOT)}` cut to {r0['epochs']} epochs with selection every "
              f"{r0['eval_every']} (and at epoch 0), {r0['precision']}.  'other' is the wall time outside encoder "
              "training: encodings, the SVM grid searches that did not overlap training, splits.", "",
-             "| encoders | encoders trained | wall (s) | training (s) | other (s) | mean GsRCL MCC | mean raw MCC |",
-             "|---|---|---|---|---|---|---|"]
+             "| encoders | fold batch | encoders trained | wall (s) | training (s) | other (s) | mean GsRCL MCC | "
+             "mean raw MCC |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         g, raw = r["gsrcl_mcc"].values(), r["raw_mcc"].values()
-        lines.append(f"| {r['encoders']} | {r['n_encoders']} | {r['wall_s']:.0f} | {r['train_s']:.0f} | "
-                     f"{r['other_s']:.0f} | {sum(g) / len(g):.3f} | {sum(raw) / len(raw):.3f} |")
-    if len(rows) == 2:
-        lines += ["", f"per-type / shared wall time: {rows[1]['wall_s'] / rows[0]['wall_s']:.1f}x"]
+        lines.append(f"| {r['encoders']} | {r.get('fold_batch', 'off')} | {r['n_encoders']} | {r['wall_s']:.0f} | "
+                     f"{r['train_s']:.0f} | {r['other_s']:.0f} | {sum(g) / len(g):.3f} | {sum(raw) / len(raw):.3f} |")
+    modes = {r["encoders"]: r for r in rows}
+    if len(modes) == 2 == len(rows):
+        lines += ["", f"per-type / shared wall time: {modes['per-type']['wall_s'] / modes['shared']['wall_s']:.1f}x"]
     os.makedirs(args.out, exist_ok=True)
     stem = os.path.join(args.out, f"gsrcl_protocol{args.tag}")
     write_json(stem + ".json", {**provenance(args.seed, {"config": args.config}, 1, cmd), "rows": rows})

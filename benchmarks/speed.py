@@ -5,10 +5,17 @@ from other processes on the machine falls on all of them alike; the report gives
 the medians and the ratios.  Warm-up calls (the first JAX call compiles) are excluded.
 
     python benchmarks/speed.py --rounds 5 --gsrcl-rounds 3 --device cpu --out benchmarks/results/
+    python benchmarks/speed.py --rounds 3 --skip-gsrcl --upstream ~/src/scDeepCluster_pytorch
 
 scDeepCluster: mouse_bladder_cell_select_2100 (2100 cells), 2000 selected genes, batch 256,
 default network; a pretraining epoch is 9 AMSGrad steps with the input noise, a clustering
-epoch 9 Adadelta steps on KL + ZINB (the per-epoch target update is not included).
+epoch 9 Adadelta steps on KL + ZINB (the per-epoch target update is not included);
+``--scdc-bf16`` also times scdc_jax with ``precision="bf16"``.
+``--upstream DIR`` also times the upstream reference's own pretraining loop: DIR is a checkout of
+ttgump/scDeepCluster_pytorch (its ``scDeepCluster.py`` and ``layers.py``, imported from DIR at run
+time, never part of this project); its model is built with the same sizes and each round runs its
+``pretrain_autoencoder`` for one epoch on the same arrays (so its AMSGrad optimiser and DataLoader
+are rebuilt each round, a few milliseconds against its seconds-long epoch).
 GsRCL: one contrastive step (two N(0, 1) views, NT-Xent, Adam with coupled decay) on all 822
 cells of baron_mouse1 (14878 genes, log1p) with the published sizes; ``--quick`` shrinks it.
 """
@@ -40,6 +47,31 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+UPSTREAM_FILES = ("scDeepCluster.py", "layers.py")
+
+
+def load_upstream(folder: str):
+    """The ``scDeepCluster`` module of an upstream checkout in ``folder``; exits in one sentence
+    when ``folder`` does not hold it."""
+    folder = os.path.abspath(os.path.expanduser(folder))
+    missing = [f for f in UPSTREAM_FILES if not os.path.isfile(os.path.join(folder, f))]
+    if missing:
+        sys.exit(f"--upstream {folder} must be a checkout of ttgump/scDeepCluster_pytorch, but it lacks "
+                 f"{' and '.join(missing)}.")
+    import importlib
+
+    sys.path.insert(0, folder)
+    try:
+        module = importlib.import_module("scDeepCluster")
+    except Exception as err:  # its own imports (layers, sklearn) or a syntax error
+        sys.exit(f"--upstream {folder}: scDeepCluster.py could not be imported ({type(err).__name__}: {err}).")
+    finally:
+        sys.path.remove(folder)
+    if not hasattr(module, "scDeepCluster") or not hasattr(module.scDeepCluster, "pretrain_autoencoder"):
+        sys.exit(f"--upstream {folder}: its scDeepCluster.py has no scDeepCluster class with pretrain_autoencoder.")
+    return module
+
+
 def median_ratios(times: dict, ref: str = "jax") -> dict:
     med = {k: statistics.median(v) for k, v in times.items()}
     return med, {f"{k}/{ref}": med[k] / med[ref] for k in med if k != ref}
@@ -47,7 +79,35 @@ def median_ratios(times: dict, ref: str = "jax") -> dict:
 
 # ---------------------------------------------------------------- scDeepCluster
 
-def bench_scdeepcluster(args, torch_device):
+def upstream_pretrain(module, prep, cfg, device: str):
+    """(its model built with ``cfg``'s sizes, a function of no arguments running one epoch of the
+    upstream reference's own ``pretrain_autoencoder`` loop on it, its printing muted)."""
+    import contextlib
+    import io
+
+    import numpy as np
+    import torch
+
+    from benchmarks.baselines.torch_scdeepcluster import dense
+
+    torch.manual_seed(0)
+    model = module.scDeepCluster(input_dim=prep.shape[1], z_dim=cfg.latent, encodeLayer=list(cfg.encoder),
+                                 decodeLayer=list(cfg.decoder), sigma=cfg.sigma, gamma=cfg.gamma, device=device)
+    x, raw, sf = (np.asarray(dense(a), np.float32) for a in (prep.x, prep.raw, prep.size_factors))
+
+    def run():
+        with contextlib.redirect_stdout(io.StringIO()):
+            model.pretrain_autoencoder(x, raw, sf, batch_size=cfg.batch_size, lr=cfg.lr_pretrain, epochs=1,
+                                       ae_save=False)
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    return model, run
+
+
+def bench_scdeepcluster(args, torch_device, upstream=None):
+    import dataclasses
+
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -66,34 +126,41 @@ def bench_scdeepcluster(args, torch_device):
     cfg = ClusterConfig()
     k = args.n_clusters
 
-    # scdc_jax, float32
-    graphdef, state = build_model(g, 0, cfg, seed=0)
     data = device_data(prep.raw, prep.norm)
     tx_pre, tx_clu = amsgrad_torch(cfg.lr_pretrain), adadelta_torch(cfg.lr_cluster)
-    pre = make_pretrain_epoch(graphdef, tx_pre, n=n, batch_size=cfg.batch_size, sigma=cfg.sigma)
-    clu = make_cluster_epoch(graphdef, tx_clu, n=n, batch_size=cfg.batch_size, sigma=cfg.sigma, gamma=cfg.gamma)
+    graphdef, state = build_model(g, 0, cfg, seed=0)  # float32 parameters in either precision
     rng = np.random.default_rng(0)
     z0 = make_assign(graphdef)({"ae": state, "mu": jnp.zeros((k, cfg.latent))}, data)[0]
     mu = jnp.asarray(np.asarray(z0)[rng.choice(n, k, replace=False)])
     p_jax = make_assign(graphdef)({"ae": state, "mu": mu}, data)[2]
-    jstate = {"pre": [jax.tree.map(jnp.array, state), None], "clu": [None, None], "ep": 0}
-    jstate["pre"][1] = tx_pre.init(jstate["pre"][0])
-    cparams = {"ae": jax.tree.map(jnp.array, state), "mu": mu}
-    jstate["clu"] = [cparams, tx_clu.init(cparams)]
 
-    def jax_pre():
-        jstate["ep"] += 1
-        params, opt, loss = pre(*jstate["pre"], data, stage_key(0, 1, jstate["ep"]))
-        jax.block_until_ready(loss)
-        jstate["pre"] = [params, opt]
+    def jax_runners(precision: str):
+        """(pretraining epoch, clustering epoch) of scdc_jax in ``precision``, from ``state``."""
+        graphdef = build_model(cfg=dataclasses.replace(cfg, precision=precision), n_genes=g, seed=0, n_batches=0)[0]
+        pre = make_pretrain_epoch(graphdef, tx_pre, n=n, batch_size=cfg.batch_size, sigma=cfg.sigma)
+        clu = make_cluster_epoch(graphdef, tx_clu, n=n, batch_size=cfg.batch_size, sigma=cfg.sigma,
+                                 gamma=cfg.gamma)
+        pre_params = jax.tree.map(jnp.array, state)
+        cparams = {"ae": jax.tree.map(jnp.array, state), "mu": jnp.array(mu)}  # copies: the epochs donate them
+        js = {"pre": [pre_params, tx_pre.init(pre_params)], "clu": [cparams, tx_clu.init(cparams)], "ep": 0}
 
-    def jax_clu():
-        jstate["ep"] += 1
-        params, opt, loss = clu(*jstate["clu"], data, p_jax, stage_key(0, 2, jstate["ep"]))
-        jax.block_until_ready(loss)
-        jstate["clu"] = [params, opt]
+        def jax_pre():
+            js["ep"] += 1
+            params, opt, loss = pre(*js["pre"], data, stage_key(0, 1, js["ep"]))
+            jax.block_until_ready(loss)
+            js["pre"] = [params, opt]
 
-    runners = {"jax": (jax_pre, jax_clu)}
+        def jax_clu():
+            js["ep"] += 1
+            params, opt, loss = clu(*js["clu"], data, p_jax, stage_key(0, 2, js["ep"]))
+            jax.block_until_ready(loss)
+            js["clu"] = [params, opt]
+
+        return jax_pre, jax_clu
+
+    runners = {"jax": jax_runners("f32")}
+    if args.scdc_bf16:
+        runners["jax_bf16"] = jax_runners("bf16")
     for name, dtype in (("torch32", torch.float32), ("torch64", torch.float64)):
         to = dict(dtype=dtype, device=torch_device)
         x, raw, sf = (torch.as_tensor(tsc.dense(a), **to) for a in (prep.x, prep.raw, prep.size_factors))
@@ -113,11 +180,16 @@ def bench_scdeepcluster(args, torch_device):
                               gamma=cfg.gamma, generator=gen)
 
         runners[name] = (t_pre, t_clu)
+    if upstream is not None:
+        runners["upstream"] = (upstream_pretrain(upstream, prep, cfg, torch_device)[1], None)
 
-    times = {"pretrain_epoch": {k: [] for k in runners}, "cluster_epoch": {k: [] for k in runners}}
+    times = {"pretrain_epoch": {k: [] for k in runners},
+             "cluster_epoch": {k: [] for k, (_, f) in runners.items() if f is not None}}
     for r in range(args.rounds + 1):  # round 0 is the warm-up
         for name, (f_pre, f_clu) in runners.items():
             for stage, f in (("pretrain_epoch", f_pre), ("cluster_epoch", f_clu)):
+                if f is None:
+                    continue
                 t0 = time.perf_counter()
                 f()
                 dt = time.perf_counter() - t0
@@ -244,18 +316,24 @@ def write_report(args, platform_name, results, path_json, path_md):
     with open(path_json, "w") as fh:
         json.dump(report, fh, indent=2)
 
-    fws = ["jax", "torch32", "torch64", "jax_bf16"]
+    upstream = any("upstream" in s["median_s"] for s in summary.values())
+    fws = ["jax", "torch32", "torch64", "jax_bf16", *(["upstream"] if upstream else [])]
+    ratios = [("torch32", "jax"), ("torch64", "jax"), ("torch32", "jax_bf16"), *([("upstream", "jax")] if upstream else [])]
+    label = {"jax": "scdc_jax f32", "torch32": "torch f32", "torch64": "torch f64", "jax_bf16": "scdc_jax bf16",
+             "upstream": "upstream reference"}
+    short = {"jax": "jax", "torch32": "torch f32", "torch64": "torch f64", "jax_bf16": "jax bf16", "upstream": "upstream"}
     lines = [f"# Speed, {platform_name} ({report['machine']['cpu_model']}, {report['machine']['cpu_cores']} cores)",
              "", f"`{report['command']}` on {report['date_utc']}; median seconds over the rounds "
-             f"(frameworks alternated, warm-up excluded); ratio = torch / scdc_jax; float32 matmuls: {args.matmul}.", "",
-             "| measurement | scdc_jax f32 | torch f32 | torch f64 | scdc_jax bf16 | torch f32 / jax | "
-             "torch f64 / jax | torch f32 / jax bf16 | rounds |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             f"(frameworks alternated, warm-up excluded); ratio = torch / scdc_jax; float32 matmuls: {args.matmul}."
+             + (" 'upstream reference': ttgump/scDeepCluster_pytorch's own pretrain_autoencoder loop, one epoch a "
+                "round." if upstream else ""), "",
+             "| measurement | " + " | ".join(label[f] for f in fws) + " | "
+             + " | ".join(f"{short[a]} / {short[b]}" for a, b in ratios) + " | rounds |",
+             "|---" * (len(fws) + len(ratios) + 2) + "|"]
     for key, s in summary.items():
         med = s["median_s"]
         cells = [f"{med[f]:.3f}" if f in med else "–" for f in fws]
-        rat = [f"{s['ratios'][f + '/jax']:.1f}x" if f + "/jax" in s["ratios"] else "–" for f in fws[1:3]]
-        rat.append(f"{med['torch32'] / med['jax_bf16']:.1f}x" if "jax_bf16" in med else "–")
+        rat = [f"{med[a] / med[b]:.1f}x" if a in med and b in med else "–" for a, b in ratios]
         lines.append(f"| {key} | {' | '.join(cells)} | {' | '.join(rat)} | {len(s['rounds']['jax'])} |")
     lines.append("")
     for method, (_, setup) in results.items():
@@ -279,6 +357,10 @@ def main(argv=None):
     ap.add_argument("--gsrcl-file", default=os.path.join(DATA, "baron_mouse1.h5"))
     ap.add_argument("--gsrcl-cells", type=int, default=822)
     ap.add_argument("--skip-gsrcl", action="store_true")
+    ap.add_argument("--scdc-bf16", action=argparse.BooleanOptionalAction, default=True,
+                    help="also time the scDeepCluster epochs with bfloat16 matmuls (--precision bf16)")
+    ap.add_argument("--upstream", metavar="DIR", help="also time the pretraining loop of the upstream reference: "
+                    "a checkout of ttgump/scDeepCluster_pytorch (scDeepCluster.py, layers.py) in DIR")
     ap.add_argument("--gsrcl-bf16", action=argparse.BooleanOptionalAction, default=True,
                     help="also time the GsRCL step with bfloat16 matmuls (--precision bf16)")
     ap.add_argument("--matmul", choices=["float32", "tf32"], default="float32",
@@ -287,6 +369,7 @@ def main(argv=None):
     if args.quick:
         args.rounds, args.gsrcl_rounds = min(args.rounds, 2), min(args.gsrcl_rounds, 2)
 
+    upstream = load_upstream(args.upstream) if args.upstream else None
     missing = [f for f in (args.scdc_file, None if args.skip_gsrcl else args.gsrcl_file) if f and not os.path.exists(f)]
     if missing:
         print(f"skipped: data file(s) {', '.join(missing)} absent (they live in ../shared/data on developer machines).")
@@ -301,7 +384,7 @@ def main(argv=None):
 
     set_matmul_precision(args.matmul)
     platform_name = jax.default_backend()
-    results = {"scdeepcluster": bench_scdeepcluster(args, args.device)}
+    results = {"scdeepcluster": bench_scdeepcluster(args, args.device, upstream)}
     if not args.skip_gsrcl:
         results["gsrcl"] = bench_gsrcl(args, args.device)
     os.makedirs(args.out, exist_ok=True)

@@ -20,9 +20,10 @@ def torch_uniform(fan_in: int):
     return init
 
 
-def torch_linear(fan_in: int, fan_out: int, rngs: nnx.Rngs) -> nnx.Linear:
+def torch_linear(fan_in: int, fan_out: int, rngs: nnx.Rngs, dtype=None) -> nnx.Linear:
+    """``nnx.Linear`` with PyTorch's initialisation; ``dtype`` is its computation type."""
     init = torch_uniform(fan_in)
-    return nnx.Linear(fan_in, fan_out, kernel_init=init, bias_init=init, rngs=rngs)
+    return nnx.Linear(fan_in, fan_out, kernel_init=init, bias_init=init, dtype=dtype, rngs=rngs)
 
 
 class ZINBAutoencoder(nnx.Module):
@@ -31,36 +32,41 @@ class ZINBAutoencoder(nnx.Module):
     Encoder ``G(+B) -> 256 -> 64 -> 32`` (ReLU, linear latent); decoder ``32(+B) -> 64 -> 256``
     (ReLU) and three heads ``256 -> G``: mean ``clip(exp, 1e-5, 1e6)``, dispersion
     ``clip(softplus, 1e-4, 1e4)`` and the dropout logit (``pi = sigmoid``).
+
+    ``dtype`` is the computation type of the Dense layers (bfloat16 for mixed precision; None is
+    float32).  The parameters stay float32, and what leaves the network is float32 whatever
+    ``dtype`` is: the latent (so the soft assignments and the DEC KL are float32) and the three
+    heads' logits (so the ZINB likelihood is evaluated in float32).
     """
 
     def __init__(self, n_genes: int, *, n_batches: int = 0, encoder: Sequence[int] = (256, 64),
-                 latent: int = 32, decoder: Sequence[int] = (64, 256), rngs: nnx.Rngs):
+                 latent: int = 32, decoder: Sequence[int] = (64, 256), dtype=None, rngs: nnx.Rngs):
         self.n_batches = n_batches
         enc = [n_genes + n_batches, *encoder]
-        self.enc = nnx.List([torch_linear(a, b, rngs) for a, b in zip(enc[:-1], enc[1:])])
-        self.latent = torch_linear(enc[-1], latent, rngs)
+        self.enc = nnx.List([torch_linear(a, b, rngs, dtype) for a, b in zip(enc[:-1], enc[1:])])
+        self.latent = torch_linear(enc[-1], latent, rngs, dtype)
         dec = [latent + n_batches, *decoder]
-        self.dec = nnx.List([torch_linear(a, b, rngs) for a, b in zip(dec[:-1], dec[1:])])
-        self.mean_head = torch_linear(dec[-1], n_genes, rngs)
-        self.disp_head = torch_linear(dec[-1], n_genes, rngs)
-        self.pi_head = torch_linear(dec[-1], n_genes, rngs)
+        self.dec = nnx.List([torch_linear(a, b, rngs, dtype) for a, b in zip(dec[:-1], dec[1:])])
+        self.mean_head = torch_linear(dec[-1], n_genes, rngs, dtype)
+        self.disp_head = torch_linear(dec[-1], n_genes, rngs, dtype)
+        self.pi_head = torch_linear(dec[-1], n_genes, rngs, dtype)
 
     def _cat(self, h, b):
         return h if b is None or self.n_batches == 0 else jnp.concatenate([h, b], axis=1)
 
     def encode(self, x, b=None):
-        """(n, G) expression [+ (n, B) one-hot] -> (n, latent)."""
+        """(n, G) expression [+ (n, B) one-hot] -> (n, latent) float32."""
         h = self._cat(x, b)
         for layer in self.enc:
             h = jax.nn.relu(layer(h))
-        return self.latent(h)
+        return self.latent(h).astype(jnp.float32)
 
     def decode_logits(self, z, b=None):
-        """(n, latent) [+ (n, B)] -> the three heads before their activations, each (n, G)."""
+        """(n, latent) [+ (n, B)] -> the three heads before their activations, each (n, G) float32."""
         h = self._cat(z, b)
         for layer in self.dec:
             h = jax.nn.relu(layer(h))
-        return self.mean_head(h), self.disp_head(h), self.pi_head(h)
+        return tuple(head(h).astype(jnp.float32) for head in (self.mean_head, self.disp_head, self.pi_head))
 
     def decode(self, z, b=None):
         """(n, latent) [+ (n, B)] -> (mean, dispersion, pi logit), each (n, G)."""

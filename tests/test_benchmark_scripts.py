@@ -32,3 +32,39 @@ def test_resume_keeps_only_finished_requested_runs(tmp_path):
 def test_resume_from_a_missing_log_is_one_sentence(tmp_path):
     with pytest.raises(SystemExit, match="is not a file"):
         accuracy.load_rows(str(tmp_path / "nope.log"), [])
+
+
+UPSTREAM = "/tmp/upstream_scdc"  # a scratch checkout of ttgump/scDeepCluster_pytorch, never in the repository
+
+
+def test_upstream_folder_without_the_reference_is_one_sentence(tmp_path):
+    from benchmarks import speed
+
+    (tmp_path / "layers.py").write_text("")
+    with pytest.raises(SystemExit) as err:
+        speed.main(["--upstream", str(tmp_path)])
+    msg = str(err.value.code)
+    assert msg == (f"--upstream {tmp_path} must be a checkout of ttgump/scDeepCluster_pytorch, but it lacks "
+                   "scDeepCluster.py.")
+
+
+def test_upstream_pretraining_epoch_runs_on_its_own_model():
+    import os
+
+    if not os.path.isfile(os.path.join(UPSTREAM, "scDeepCluster.py")):
+        pytest.skip(f"no upstream checkout in {UPSTREAM} (put ttgump/scDeepCluster_pytorch there to run this)")
+    from conftest import synthetic_counts
+
+    from benchmarks import speed
+    from scdc_jax.cluster import ClusterConfig
+    from scdc_jax.io import CountData
+    from scdc_jax.preprocess import prepare
+
+    module = speed.load_upstream(UPSTREAM)
+    prep = prepare(CountData(X=synthetic_counts(100, 40)[0]))
+    cfg = ClusterConfig(encoder=[16, 8], latent=4, decoder=[8, 16], batch_size=32)
+    model, run = speed.upstream_pretrain(module, prep, cfg, "cpu")
+    assert model._enc_mu.out_features == 4 and model._dec_mean[0].out_features == prep.shape[1]
+    before = [p.detach().clone() for p in model.parameters()]
+    run()
+    assert all(not (a == b.detach()).all() for a, b in zip(before, model.parameters()))  # it trained

@@ -51,7 +51,7 @@ def test_config_defaults_and_validation(tmp_path):
     assert cpu.encoder == [2048, 2048, 2048, 1024] and cpu.head == cfg.head and cpu.lr == cfg.lr
     assert cpu.encoder_mode == "shared" and cpu.n_epochs == 100 and cpu.eval_every == 10
     for bad in (dict(lr=0), dict(batch_size=-1), dict(temperature=0.0), dict(loss="byol"),
-                dict(encoder=[8, 0]), dict(svm_gamma=[-1.0]), dict(val_fraction=1.0)):
+                dict(encoder=[8, 0]), dict(svm_gamma=[-1.0]), dict(val_fraction=1.0), dict(fold_batch="yes")):
         with pytest.raises(InputError):
             load_config(None, **bad)
     p = tmp_path / "c.toml"
@@ -81,6 +81,69 @@ def test_training_lowers_the_loss(loss):
     assert seen == [0, 8, 16] and len(losses) == 16  # epoch 0: the untrained network
     assert np.all(np.isfinite(losses)) and losses[-1] < losses[0]
     assert trainer.encode(params, log_transform(counts)).shape == (48, 8)
+
+
+@pytest.mark.parametrize("loss,batch_norm", [("simclr", False), ("supcon", False), ("simclr", True)])
+def test_a_fold_batch_trains_each_fold_as_it_trains_alone(loss, batch_norm):
+    """Three folds of 24, 30 and 33 cells in batches of 8 (3, 4 and 5 steps: the shorter folds get
+    steps of padding only) trained as one vmapped program: each fold's losses, selection points
+    and encodings are those of its own run.  The two programs differ only in float32 summation
+    order (batched matmuls, reductions over padded rows): about 1e-7 relative per step, so after
+    24 Adam steps the losses agree to 1e-5 and the encodings to 1e-5 absolute.  With BatchNorm the
+    Dense biases before it have no gradient but rounding noise, which Adam scales to full steps,
+    so there the losses (which do not depend on those biases) and the kernels are compared."""
+    import jax
+
+    rng = np.random.default_rng(0)
+    xs = [log_transform(synthetic_counts(n, 20, seed=n)[0]) for n in (24, 30, 33)]
+    ys = [rng.integers(0, 2, len(x)) for x in xs]
+    seeds = [3, 7, 11]
+    cfg = load_config(None, encoder=[16, 8], head=[8, 4], epochs=6, eval_every=3, lr=1e-3, batch_size=8,
+                      loss=loss, batch_norm=batch_norm)
+    trainer = Trainer(20, cfg)
+    seen = {k: [] for k in range(3)}
+    callbacks = [lambda e, st, k=k: seen[k].append((e, trainer.encode(st, xs[k]))) for k in range(3)]
+    batched = trainer.fit_folds(xs, ys, seeds, callbacks=callbacks)
+    for k in range(3):
+        alone, points = [], []
+        state, losses = trainer.fit(xs[k], ys[k], seeds[k], callback=lambda e, st: points.append(e) or
+                                    alone.append(trainer.encode(st, xs[k])))
+        assert [e for e, _ in seen[k]] == points == [0, 3, 6]
+        np.testing.assert_allclose(batched[k][1], losses, rtol=1e-5)
+        pairs = zip(jax.tree_util.tree_leaves_with_path(state), jax.tree.leaves(batched[k][0]))
+        if batch_norm:
+            pairs = [((p, a), b) for (p, a), b in pairs if "kernel" in jax.tree_util.keystr(p)]
+        else:
+            for (_, h), h_alone in zip(seen[k], alone):
+                np.testing.assert_allclose(h, h_alone, atol=1e-5)
+        for (_, a), b in pairs:
+            np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=1e-5)
+
+
+def test_fold_batch_option_and_its_evaluation_match_the_sequential_one(monkeypatch):
+    from scdc_jax.gsrcl.train import use_fold_batch
+
+    cfg = load_config(None, **TINY)
+    assert cfg.fold_batch == "auto" and not use_fold_batch(cfg, 30, [40, 40])  # auto: sequential on a CPU
+    assert use_fold_batch(load_config(None, **TINY, fold_batch="on"), 30, [40, 40])
+    assert not use_fold_batch(load_config(None, **TINY, fold_batch="on"), 30, [40])
+    assert not use_fold_batch(load_config(None, **TINY, fold_batch="on", batch_norm="auto"), 30, [8192, 8193])
+    counts, y, _ = synthetic_counts(60, 30, n_groups=3, seed=4)
+    data = CountData(X=counts, labels=y, label_names=["a", "b", "c"], source="synthetic")
+    batches = []
+    fit_folds = Trainer.fit_folds
+    monkeypatch.setattr(Trainer, "fit_folds", lambda self, xs, *a, **kw: batches.append(len(xs)) or
+                        fit_folds(self, xs, *a, **kw))
+    for loss, types in (("simclr", None), ("supcon", ["b"])):  # shared encoders; per-type SupCon encoders
+        runs = {fb: evaluate(data, load_config(None, **TINY, svm_workers=0, fold_batch=fb, loss=loss),
+                             cell_types=types, progress=False) for fb in ("off", "on")}
+        assert batches == [2]  # "on": the encoder's two folds in one batch
+        batches.clear()
+        for a, b in zip(runs["off"]["tasks"], runs["on"]["tasks"], strict=True):
+            for fa, fb in zip(a["folds"], b["folds"], strict=True):
+                assert fa["fold"] == fb["fold"] and fa["selection"] == fb["selection"]
+                assert fa["gsrcl"] == fb["gsrcl"] and fa["raw"] == fb["raw"]
+                assert fa["final_loss"] == pytest.approx(fb["final_loss"], rel=1e-5)
 
 
 def test_small_types_are_skipped_with_a_reason():
@@ -129,7 +192,7 @@ MULTI_DEVICE = textwrap.dedent("""
     for loss, bn, augment in (("simclr", False, "gaussian"), ("supcon", False, "gaussian"),
                               ("simclr", True, "gaussian"), ("simclr", False, "dropout")):
         cfg = load_config(None, encoder=[16, 8], head=[8, 4], loss=loss)
-        graphdef, state = build_model(20, cfg, 0, batch_norm=bn)
+        graphdef, state = build_model(cfg, 20, 0, batch_norm=bn)
         params, stats = split_params(state)
         f = jax.jit(jax.value_and_grad(make_loss_fn(graphdef, loss=loss, augment=augment), has_aux=True))
         key = jax.random.key(3)
@@ -156,6 +219,13 @@ MULTI_DEVICE = textwrap.dedent("""
         curves[n] = Trainer(20, cfg).fit(x, None, seed=5)[1]
     np.testing.assert_allclose(curves[4], curves[1], rtol=2e-4)
     assert curves[1][-1] < curves[1][0]
+    # a fold batch on 4 devices (folds vmapped, each step's cells split on "data") gives each fold's
+    # 1-device curve; the folds have 3 and 4 steps of 8
+    small = dict(encoder=[16, 8], head=[8, 4], batch_size=8, epochs=6, eval_every=3, lr=1e-3)
+    folds = [x[:24], x[:30]]
+    four = Trainer(20, load_config(None, **small, devices=4)).fit_folds(folds, [None, None], [5, 6])
+    for (_, curve), xk, seed in zip(four, folds, (5, 6)):
+        np.testing.assert_allclose(curve, Trainer(20, load_config(None, **small)).fit(xk, None, seed)[1], rtol=2e-4)
     print("OK", out, curves[1])
 """)
 
@@ -297,7 +367,7 @@ def test_bf16_loss_and_representation_stay_float32_and_close():
     out = {}
     for p in ("f32", "bf16"):
         cfg = load_config(None, encoder=[32, 16], head=[8], precision=p)
-        graphdef, state = build_model(20, cfg, 0)
+        graphdef, state = build_model(cfg, 20, 0)
         params, stats = split_params(state)
         loss, _ = make_loss_fn(graphdef)(params, stats, x, np.ones(32, bool), np.arange(32), np.zeros(32, int),
                                          jax.random.key(1))
@@ -385,6 +455,43 @@ def test_a_fold_interrupted_in_training_continues_to_the_uninterrupted_result(tm
     for r in (ref, resumed):
         r.pop("train_s")
     assert resumed == ref
+
+
+def test_a_fold_batch_interrupted_in_training_continues_to_the_uninterrupted_result(tmp_path):
+    from scdc_jax import checkpoint
+    from scdc_jax.gsrcl.protocol import make_shared_tasks, run_folds
+
+    counts, y, _ = synthetic_counts(60, 30, n_groups=3, seed=2)
+    cfg = load_config(None, **{**TINY, "epochs": 15, "eval_every": 3, "fold_batch": "on"})
+    tasks, _ = make_shared_tasks(y, [0, 1], ["a", "b", "c"], cfg)
+    x = log_transform(counts)
+    ref = run_folds(Trainer(30, cfg), x, tasks, [0, 1], cfg, pool=LazyPool())
+
+    trainer = Trainer(30, cfg)
+    encode, calls = trainer.encode, []
+
+    def encode_until_epoch_12(state, xs):
+        calls.append(len(xs))
+        if len(calls) > 24:  # 2 folds x 3 encodings per selection point (0, 3, 6, 9, 12): epoch 12
+            raise KeyboardInterrupt
+        return encode(state, xs)
+
+    trainer.encode = encode_until_epoch_12
+    ckpt = str(tmp_path / "batch")
+    with pytest.raises(KeyboardInterrupt):
+        run_folds(trainer, x, tasks, [0, 1], cfg, pool=LazyPool(), ckpt_dir=ckpt)
+    assert checkpoint.latest_step(ckpt) == 9
+    meta = checkpoint.read_meta(ckpt)
+    assert [len(f) for f in meta["losses"]] == [9, 9] and len(meta["callback"]) == 2  # one stacked checkpoint
+    assert all(m["pending"] == [6, 9] for m in meta["callback"])
+    resumed = run_folds(Trainer(30, cfg), x, tasks, [0, 1], cfg, pool=LazyPool(), ckpt_dir=ckpt)
+    for r in (*ref, *resumed):
+        r.pop("train_s")
+    assert resumed == ref
+    # a checkpoint of other folds (some of them saved before a kill) is set aside, not continued
+    only = run_folds(Trainer(30, cfg), x, tasks, [1], cfg, pool=LazyPool(), ckpt_dir=ckpt)
+    only[0].pop("train_s")
+    assert only == [ref[1]]
 
 
 def alive_children(pid: int) -> list[int]:

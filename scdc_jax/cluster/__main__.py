@@ -78,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--seed", type=int, help="seed of every random choice (default 0)")
     m.add_argument("--devices", type=int, help="split each minibatch over this many devices (default 1)")
     m.add_argument("--checkpoint-every", type=int, help="epochs between periodic checkpoints (default 25)")
+    m.add_argument("--precision", choices=["f32", "bf16"], help="bf16 computes the autoencoder's Dense layers in "
+                   "bfloat16 with float32 parameters, loss and latent: for GPUs; on CPUs it is usually slower "
+                   "(default f32)")
     add_distributed_arguments(p)
     return p
 
@@ -160,7 +163,8 @@ def main(argv: list[str] | None = None) -> int:
 
     overrides = {k: getattr(args, k) for k in (
         "n_clusters", "knn", "resolution", "community", "select_genes", "batch_size", "maxiter",
-        "pretrain_epochs", "gamma", "sigma", "update_interval", "tol", "seed", "devices", "checkpoint_every")}
+        "pretrain_epochs", "gamma", "sigma", "update_interval", "tol", "seed", "devices", "checkpoint_every",
+        "precision")}
     cfg = load_config(args.config, **overrides)
     save_dir = args.save_dir
     run_folder(save_dir, resume=args.resume, overwrite=args.overwrite)  # refuses a folder before any data is read

@@ -15,6 +15,14 @@ from ..errors import InputError, option
 
 @dataclass
 class ClusterConfig:
+    """Settings of one scDeepCluster run (the published defaults); flags of the CLI override them.
+
+    ``precision``: ``"f32"`` (default) or ``"bf16"``, the autoencoder's Dense layers computed in
+    bfloat16 with float32 parameters, optimiser state, ZINB likelihood, soft assignments and
+    latent.  bf16 pays off on GPUs; on CPUs it is usually slower (emulated).  A saved model
+    records it, so ``predict`` rebuilds the same network.
+    """
+
     n_clusters: int = 0
     knn: int = 20
     resolution: float = 0.8
@@ -38,6 +46,7 @@ class ClusterConfig:
     seed: int = 0
     checkpoint_every: int = 25
     devices: int = 1
+    precision: str = "f32"
 
     def validate(self) -> "ClusterConfig":
         positive = ("batch_size", "maxiter", "pretrain_epochs", "sigma", "tol", "update_interval",
@@ -54,6 +63,8 @@ class ClusterConfig:
             raise InputError(f"{option('n_clusters', 1)} makes no clustering; give 2 or more, or 0 to estimate it.")
         if self.community not in ("louvain", "leiden"):
             raise InputError(f"{option('community')} must be 'louvain' or 'leiden', got '{self.community}'.")
+        if self.precision not in ("f32", "bf16"):
+            raise InputError(f"{option('precision')} must be 'f32' or 'bf16', got '{self.precision}'.")
         return self
 
     def to_dict(self) -> dict:

@@ -126,7 +126,8 @@ def build_model(n_genes: int, n_batches: int, cfg, seed: int):
     """(graphdef, initial autoencoder state) with the configured sizes."""
     key = jax.random.fold_in(jax.random.key(seed), 0)
     model = ZINBAutoencoder(n_genes, n_batches=n_batches, encoder=tuple(cfg.encoder), latent=cfg.latent,
-                            decoder=tuple(cfg.decoder), rngs=nnx.Rngs(params=key))
+                            decoder=tuple(cfg.decoder), dtype=jnp.bfloat16 if cfg.precision == "bf16" else None,
+                            rngs=nnx.Rngs(params=key))
     return nnx.split(model)
 
 

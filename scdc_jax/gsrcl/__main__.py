@@ -63,6 +63,10 @@ def _method_args(p: argparse.ArgumentParser) -> None:
                    "per cell type and fold as the reference does (always, with supcon)")
     m.add_argument("--precision", choices=["f32", "bf16"], help="matmul precision of the encoder: bf16 computes "
                    "the Dense layers in bfloat16 with float32 parameters, loss and optimiser (for GPUs; default f32)")
+    m.add_argument("--fold-batch", choices=["auto", "on", "off"], help="evaluate: train the outer folds' encoders "
+                   "(of the shared encoder, or of each cell type) together as one vmapped program, each as it "
+                   "trains alone; 'auto' (default) does so on a GPU or TPU when they fit in half its memory, never "
+                   "on a CPU, where it gains nothing; works with --devices (cells split over the devices)")
     m.add_argument("--svm-workers", type=int, help="processes running the SVM grid searches while the encoder "
                    "trains (default -1: all CPU cores but one; 0 runs them in turn in this process)")
     m.add_argument("--seed", type=int, help="seed of the splits, initialisation and noise (default 0)")
@@ -135,7 +139,7 @@ def _config(args):
     if args.epochs is not None and args.epochs <= 0:
         raise InputError(f"--epochs must be positive, got {args.epochs}; leave it out for the published count.")
     keys = ("loss", "epochs", "eval_every", "batch_size", "lr", "temperature", "noise_std", "seed", "devices",
-            "augment", "dropout", "n_top_genes", "svm_workers", "encoders", "precision")
+            "augment", "dropout", "n_top_genes", "svm_workers", "encoders", "precision", "fold_batch")
     cfg = load_config(args.config, **{k: getattr(args, k) for k in keys})
     if cfg.devices > 1:  # a bad --devices fails here, before any data is read; one device needs no check
         from ..parallel import check_devices

@@ -181,7 +181,7 @@ def load_reference(reference_dir: str) -> Reference:
 
     meta = reference_meta(reference_dir)
     cfg = GsRCLConfig(**meta["config"])
-    graphdef, template = build_model(meta["n_genes"], cfg, 0, bool(meta.get("batch_norm", False)))
+    graphdef, template = build_model(cfg, meta["n_genes"], 0, batch_norm=bool(meta.get("batch_norm", False)))
     params, _ = checkpoint.restore(os.path.join(reference_dir, "model"), checkpoint.to_host(template))
     names = list(meta["cell_types"])
     svms = load_svms(os.path.join(reference_dir, "svms.npz"), len(names), cfg.encoder[-1])

@@ -41,6 +41,8 @@ class GsRCLConfig:
     svm_workers: int = -1          # processes for the SVM grid searches beside training (-1: cores - 1; 0: inline)
     encoders: str = "auto"         # "shared" (one per outer fold), "per-type", "auto": shared unless SupCon
     precision: str = "f32"         # "bf16": bfloat16 matmuls, float32 parameters, loss and optimiser
+    fold_batch: str = "auto"       # outer folds' encoders trained together as one vmapped program: "on", "off",
+    #                                "auto": on a GPU/TPU when they fit in half its memory (train.use_fold_batch)
     seed: int = 0
     devices: int = 1
 
@@ -69,6 +71,8 @@ class GsRCLConfig:
         if self.encoders == "shared" and self.loss == "supcon":
             raise InputError("SupCon learns from each task's labels, so it needs one encoder per cell type: "
                              "use --encoders per-type (or leave it out) with --loss supcon.")
+        if self.fold_batch not in ("auto", "on", "off"):
+            raise InputError(f"--fold-batch must be 'auto', 'on' or 'off', got '{self.fold_batch}'.")
         if self.precision not in ("f32", "bf16"):
             raise InputError(f"--precision must be 'f32' or 'bf16', got '{self.precision}'.")
         if self.batch_norm not in ("auto", True, False):

@@ -21,12 +21,13 @@ class FoldStore:
     def __init__(self, directory: str, fingerprint: dict, resume: bool):
         self.directory = checkpoint.run_dir(directory, as_json(fingerprint), resume)
 
-    def _path(self, name: str, fold: int) -> str:
+    def _path(self, name: str, fold) -> str:
         return os.path.join(self.directory, f"{zlib.crc32(name.encode()):08x}_{fold}")
 
-    def checkpoint_dir(self, name: str, fold: int) -> str:
-        """The folder of the in-fold checkpoints of (encoder ``name``: a cell type, or SHARED; fold)."""
-        return self._path(name, fold) + ".partial"
+    def checkpoint_dir(self, name: str, fold: int | None = None) -> str:
+        """The folder of the in-fold checkpoints of (encoder ``name``: a cell type, or SHARED; fold),
+        or with no fold, of ``name``'s folds trained together as one fold batch."""
+        return self._path(name, "batch" if fold is None else fold) + ".partial"
 
     def get(self, name: str, fold: int) -> dict | None:
         """The saved result of (encoder ``name``, ``fold``), or None when it has not finished."""
@@ -41,3 +42,7 @@ class FoldStore:
     def put(self, name: str, fold: int, result: dict) -> None:
         write_json(self._path(name, fold) + ".json", as_json(result))
         shutil.rmtree(self.checkpoint_dir(name, fold), ignore_errors=True)
+
+    def discard_checkpoints(self, name: str) -> None:
+        """Remove the fold batch's checkpoints of encoder ``name`` (once all its folds are saved)."""
+        shutil.rmtree(self.checkpoint_dir(name), ignore_errors=True)

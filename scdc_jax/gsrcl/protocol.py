@@ -39,7 +39,7 @@ from ..errors import InputError
 from .folds import FoldStore
 from .svm import fit_and_score_tasks, selection_mccs
 from ..preprocess import log_transform, masking_input
-from .train import Trainer
+from .train import Trainer, use_fold_batch
 
 METRICS = ("mcc", "f1", "ap")
 
@@ -248,6 +248,40 @@ class Selection:
             self._submit(epoch, *(arrays[f"{epoch}_{part}"] for part in ("h_tr", "h_val", "h_te")))
 
 
+def _start_fold(trainer: Trainer, x, x_rep, tasks: list[Task], fold: int, cfg, pool) -> tuple:
+    """(raw-baseline job, Selection) of one outer fold, the baseline's SVMs submitted to ``pool``."""
+    tr, te = tasks[0].splits.folds[fold]
+    seeds = {t.cell_type: fold_seed(cfg.seed, t.cell_type, fold) for t in tasks}
+    raw_job = pool.submit(fit_and_score_tasks, x[tr], {t.cell_type: t.y[tr] for t in tasks}, x[te],
+                          {t.cell_type: t.y[te] for t in tasks}, cfg, seeds)
+    return raw_job, Selection(trainer, x_rep, tasks, fold, cfg, pool, seeds)
+
+
+def _finish_fold(raw_job, selection: "Selection", tasks: list[Task], fold: int, losses: list, train_s: float,
+                 pool) -> dict:
+    """The :func:`run_fold` result of a fold whose encoder has trained: every task scored on the
+    test fold at its selected epoch."""
+    selection.collect(block=True)
+    ys_te = {t.cell_type: t.y[selection.te] for t in tasks}
+    by_epoch: dict[int, list[str]] = {}
+    for name, (epoch, _) in selection.best.items():
+        by_epoch.setdefault(epoch, []).append(name)
+    jobs = {epoch: pool.submit(fit_and_score_tasks, selection.kept[epoch][0], {n: selection.ys_tr[n] for n in names},
+                               selection.kept[epoch][1], {n: ys_te[n] for n in names}, selection.cfg,
+                               selection.seeds)
+            for epoch, names in by_epoch.items()}
+    learnt = {name: scored for job in jobs.values() for name, scored in job.result().items()}
+    raw = raw_job.result()
+    out = {}
+    for t in tasks:
+        name = t.cell_type
+        epoch, mcc = selection.best[name]
+        out[name] = {"gsrcl": learnt[name][1], "raw": raw[name][1], "best_epoch": epoch, "best_val_mcc": mcc,
+                     "gsrcl_svm": learnt[name][0], "raw_svm": raw[name][0]}
+    return {"fold": fold, "train_s": train_s, "final_loss": losses[-1], "selection": selection.history,
+            "tasks": out}
+
+
 def run_fold(trainer: Trainer, x, tasks: list[Task], fold: int, cfg, *, pool=None, x_rep=None,
              ckpt_dir: str | None = None, encoder_name: str = SHARED) -> dict:
     """Train one encoder on outer fold ``fold`` of the tasks' (common) splits, select an epoch
@@ -264,34 +298,34 @@ def run_fold(trainer: Trainer, x, tasks: list[Task], fold: int, cfg, *, pool=Non
     """
     pool = pool if pool is not None else _Inline()
     x_rep = x if x_rep is None else x_rep
-    tr, te = tasks[0].splits.folds[fold]
-    seeds = {t.cell_type: fold_seed(cfg.seed, t.cell_type, fold) for t in tasks}
-    ys_tr = {t.cell_type: t.y[tr] for t in tasks}
-    ys_te = {t.cell_type: t.y[te] for t in tasks}
-    raw_job = pool.submit(fit_and_score_tasks, x[tr], ys_tr, x[te], ys_te, cfg, seeds)
-    selection = Selection(trainer, x_rep, tasks, fold, cfg, pool, seeds)
+    tr, _ = tasks[0].splits.folds[fold]
+    raw_job, selection = _start_fold(trainer, x, x_rep, tasks, fold, cfg, pool)
     labels = tasks[0].y[tr] if cfg.loss == "supcon" else None
     t0 = time.perf_counter()
     _, losses = trainer.fit(x_rep[tr], labels, fold_seed(cfg.seed, encoder_name, fold), callback=selection,
                             ckpt_dir=ckpt_dir)
-    train_s = time.perf_counter() - t0
-    selection.collect(block=True)
-    by_epoch: dict[int, list[str]] = {}
-    for name, (epoch, _) in selection.best.items():
-        by_epoch.setdefault(epoch, []).append(name)
-    jobs = {epoch: pool.submit(fit_and_score_tasks, selection.kept[epoch][0], {n: ys_tr[n] for n in names},
-                               selection.kept[epoch][1], {n: ys_te[n] for n in names}, cfg, seeds)
-            for epoch, names in by_epoch.items()}
-    learnt = {name: scored for job in jobs.values() for name, scored in job.result().items()}
-    raw = raw_job.result()
-    out = {}
-    for t in tasks:
-        name = t.cell_type
-        epoch, mcc = selection.best[name]
-        out[name] = {"gsrcl": learnt[name][1], "raw": raw[name][1], "best_epoch": epoch, "best_val_mcc": mcc,
-                     "gsrcl_svm": learnt[name][0], "raw_svm": raw[name][0]}
-    return {"fold": fold, "train_s": train_s, "final_loss": losses[-1], "selection": selection.history,
-            "tasks": out}
+    return _finish_fold(raw_job, selection, tasks, fold, losses, time.perf_counter() - t0, pool)
+
+
+def run_folds(trainer: Trainer, x, tasks: list[Task], folds: list[int], cfg, *, pool=None, x_rep=None,
+              ckpt_dir: str | None = None, encoder_name: str = SHARED) -> list[dict]:
+    """:func:`run_fold` of the outer folds ``folds`` with their encoders trained together as one
+    vmapped program (``Trainer.fit_folds``), each with the seed, data, model selection and
+    scores it has alone (up to float32 rounding in training); with ``ckpt_dir`` one checkpoint
+    there holds all of them.  Each result's ``train_s`` is an equal share of the batch's
+    training time."""
+    pool = pool if pool is not None else _Inline()
+    x_rep = x if x_rep is None else x_rep
+    trains = [tasks[0].splits.folds[k][0] for k in folds]
+    started = [_start_fold(trainer, x, x_rep, tasks, k, cfg, pool) for k in folds]
+    labels = [tasks[0].y[tr] if cfg.loss == "supcon" else None for tr in trains]
+    t0 = time.perf_counter()
+    seeds = [fold_seed(cfg.seed, encoder_name, k) for k in folds]
+    fits = trainer.fit_folds([x_rep[tr] for tr in trains], labels, seeds,
+                             callbacks=[selection for _, selection in started], ckpt_dir=ckpt_dir)
+    train_s = (time.perf_counter() - t0) / len(folds)
+    return [_finish_fold(raw_job, selection, tasks, k, losses, train_s, pool)
+            for k, (raw_job, selection), (_, losses) in zip(folds, started, fits)]
 
 
 def task_fold(result: dict, name: str) -> dict:
@@ -384,12 +418,24 @@ def evaluate(data, cfg, *, cell_types: list[str] | None = None, progress: bool =
     pool = svm_pool(cfg.svm_workers)
     try:
         for name, group in encoders:
+            what = "the shared encoder" if name == SHARED else f"cell type '{name}'"
+            results = {k: store.get(name, k) for k in range(cfg.n_folds)} if store is not None else {}
+            todo = [k for k in range(cfg.n_folds) if results.get(k) is None]
+            if use_fold_batch(cfg, x_rep.shape[1], [len(group[0].splits.folds[k][0]) for k in todo]):
+                ckpt = store.checkpoint_dir(name) if store is not None else None
+                if ckpt is not None and (epoch := checkpoint.latest_step(ckpt)) is not None:
+                    log(f"continuing {what} folds {todo} from their checkpoint at epoch {epoch}")
+                batch = run_folds(trainer, x, group, todo, cfg, pool=pool, x_rep=x_rep, ckpt_dir=ckpt,
+                                  encoder_name=name)
+                for k, result in zip(todo, batch):
+                    results[k] = result
+                    if store is not None:
+                        store.put(name, k, result)
             for k in range(cfg.n_folds):
-                result = store.get(name, k) if store is not None else None
+                result = results.get(k)
                 if result is None:
                     ckpt = store.checkpoint_dir(name, k) if store is not None else None
                     if ckpt is not None and (epoch := checkpoint.latest_step(ckpt)) is not None:
-                        what = "the shared encoder" if name == SHARED else f"cell type '{name}'"
                         log(f"continuing {what} fold {k} from its checkpoint at epoch {epoch}")
                     result = run_fold(trainer, x, group, k, cfg, pool=pool, x_rep=x_rep, ckpt_dir=ckpt,
                                       encoder_name=name)
@@ -401,6 +447,8 @@ def evaluate(data, cfg, *, cell_types: list[str] | None = None, progress: bool =
                 if bar is not None:
                     bar.set_postfix_str(f"{name or 'all types'} fold {k}")
                     bar.update()
+            if store is not None:
+                store.discard_checkpoints(name)
     finally:
         if hasattr(pool, "shutdown"):
             pool.shutdown(wait=True, cancel_futures=True)

@@ -6,6 +6,9 @@ epochs around a scan over batches).  With a device mesh the parameters are repli
 batch is padded to a multiple of the device count (padding masked out of the loss and of the
 BatchNorm statistics, no row dropped) and split over the "data" axis; the loss is written on the
 global batch, so NT-Xent's negatives come from all devices and XLA inserts the collectives.
+``Trainer.fit_folds`` trains several outer folds' networks as one program: their states stacked
+on a leading fold axis, their batches padded to one shape, the epochs vmapped over the folds (with
+a mesh too: the folds vmapped, each step's cells split on "data").
 
 Views: ``augment = "gaussian"`` (GsRCL) adds N(0, noise_std^2) to every gene of the log
 expression; ``augment = "dropout"`` (the random-gene-masking baseline) zeroes each input with
@@ -25,7 +28,7 @@ bfloat16 has float32's exponent range, so no loss scaling is needed.
 from __future__ import annotations
 
 import math
-from functools import partial
+import shutil
 from typing import NamedTuple
 
 import jax
@@ -33,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
+from jax.sharding import PartitionSpec as P
 
 from ..errors import TrainingDiverged
 from ..losses import ntxent, supcon
@@ -51,10 +55,49 @@ def use_batch_norm(cfg, n_train: int) -> bool:
     return bool(cfg.batch_norm)
 
 
+FOLD_BATCH_MEMORY_FRACTION = 0.5  # of a device's memory, that an automatic fold batch may take
+
+
+def fold_batch_bytes(cfg, n_genes: int, sizes: list[int]) -> int:
+    """An estimate (from the shapes, not measured on a GPU) of the memory one device needs to train
+    the folds of ``sizes`` training cells as one fold batch: per fold the float32 parameters with
+    their gradients, Adam moments and donated copies (6 of each), the batches, one step's two views
+    kept for the backward pass (inputs, noise, each layer's pre-activations, activations and
+    gradients) and the NT-Xent/SupCon similarity matrices; a step's cells are split over
+    ``cfg.devices``.  The published network on 5 folds of 8192 cells x 14878 genes: about 55 GB."""
+    widths = [n_genes, *cfg.encoder, *cfg.head]
+    n_params = sum(a * b + b for a, b in zip(widths[:-1], widths[1:]))
+    slots = padded_size(min(cfg.batch_size, max(sizes)), cfg.devices)
+    steps = max(math.ceil(n / min(cfg.batch_size, n)) for n in sizes)
+    rows = slots // cfg.devices
+    batches = steps * rows * (n_genes + 3) * 4
+    activations = 2 * rows * (2 * n_genes + 3 * sum(widths[1:])) * 4
+    similarities = 3 * rows * 2 * slots * 2 * 4
+    return len(sizes) * (6 * n_params * 4 + batches + activations + similarities)
+
+
+def use_fold_batch(cfg, n_genes: int, sizes: list[int]) -> bool:
+    """Whether the outer folds of ``sizes`` training cells train together (``Trainer.fit_folds``)
+    under ``cfg.fold_batch``: "on" always, "off" never, "auto" on a GPU or TPU when
+    :func:`fold_batch_bytes` fits in FOLD_BATCH_MEMORY_FRACTION of the first device's memory, never
+    on a CPU (where batching was measured to gain nothing:
+    benchmarks/results/gsrcl_protocol_fold_batch.md).  Fewer than two folds, or folds that
+    disagree on BatchNorm, train one by one."""
+    if len(sizes) < 2 or len({use_batch_norm(cfg, n) for n in sizes}) > 1:
+        return False
+    if cfg.fold_batch != "auto":
+        return cfg.fold_batch == "on"
+    device = jax.devices()[0]
+    if device.platform == "cpu":
+        return False
+    limit = (device.memory_stats() or {}).get("bytes_limit")
+    return limit is not None and fold_batch_bytes(cfg, n_genes, sizes) <= FOLD_BATCH_MEMORY_FRACTION * limit
+
+
 COMPUTE_DTYPES = {"f32": None, "bf16": jnp.bfloat16}
 
 
-def build_model(n_genes: int, cfg, seed: int, batch_norm: bool = False):
+def build_model(cfg, n_genes: int, seed: int, *, batch_norm: bool = False):
     """(graphdef, state) of a freshly initialised GsRCL network in ``cfg.precision``; ``state``
     holds the (float32) parameters and, with BatchNorm, its running statistics."""
     model = GsRCLNet(n_genes, encoder=tuple(cfg.encoder), head=tuple(cfg.head), batch_norm=batch_norm,
@@ -81,11 +124,8 @@ class Batches(NamedTuple):
     labels: jax.Array
 
 
-def make_batches(x: np.ndarray, labels: np.ndarray | None, batch_size: int, n_devices: int = 1,
-                 mesh=None) -> Batches:
-    """Cut ``x`` (n, g) in order into ``ceil(n / batch_size)`` batches padded to a multiple of the
-    device count; padding rows are zeros with mask False.  With ``mesh`` the slots are split on
-    "data"."""
+def _batch_arrays(x: np.ndarray, labels: np.ndarray | None, batch_size: int, n_devices: int) -> tuple:
+    """NumPy (x, mask, ids, labels) of :func:`make_batches`."""
     n = x.shape[0]
     bs = min(batch_size, n)
     steps = math.ceil(n / bs)
@@ -98,11 +138,37 @@ def make_batches(x: np.ndarray, labels: np.ndarray | None, batch_size: int, n_de
         mask[s, : len(rows)] = True
     xs = np.where(mask[..., None], x[idx], 0.0).astype(np.float32)
     lab = np.zeros(n, np.int32) if labels is None else np.asarray(labels, np.int32)
-    arrays = (xs, mask, idx.astype(np.int32), np.where(mask, lab[idx], -1).astype(np.int32))
+    return xs, mask, idx.astype(np.int32), np.where(mask, lab[idx], -1).astype(np.int32)
+
+
+def _to_device(arrays, mesh, spec) -> Batches:
     if mesh is None:
         return Batches(*map(jnp.asarray, arrays))
-    sh = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, "data"))
+    sh = jax.sharding.NamedSharding(mesh, spec)
     return Batches(*(jax.device_put(a, sh) for a in arrays))
+
+
+def make_batches(x: np.ndarray, labels: np.ndarray | None, batch_size: int, n_devices: int = 1,
+                 mesh=None) -> Batches:
+    """Cut ``x`` (n, g) in order into ``ceil(n / batch_size)`` batches padded to a multiple of the
+    device count; padding rows are zeros with mask False.  With ``mesh`` the slots are split on
+    "data"."""
+    return _to_device(_batch_arrays(x, labels, batch_size, n_devices), mesh, P(None, "data"))
+
+
+def make_fold_batches(xs: list[np.ndarray], labels: list[np.ndarray | None], batch_size: int,
+                      n_devices: int = 1, mesh=None) -> Batches:
+    """The batches of several folds stacked on a leading fold axis: x (F, steps, slots, g),
+    mask/ids/labels (F, steps, slots).  Fold ``k`` holds its :func:`make_batches` batches, padded
+    to the folds' largest (steps, slots) with masked rows, and steps of padding only at the end."""
+    parts = [_batch_arrays(x, lab, batch_size, n_devices) for x, lab in zip(xs, labels)]
+    steps = max(p[0].shape[0] for p in parts)
+    slots = max(p[0].shape[1] for p in parts)
+    stacked = []
+    for i, fill in enumerate((0.0, False, 0, -1)):
+        pad = [[(0, steps - p[i].shape[0]), (0, slots - p[i].shape[1])] + [(0, 0)] * (p[i].ndim - 2) for p in parts]
+        stacked.append(np.stack([np.pad(p[i], w, constant_values=fill) for p, w in zip(parts, pad)]))
+    return _to_device(stacked, mesh, P(None, None, "data"))
 
 
 def _views(x, ids, key, noise_std, augment="gaussian", dropout=0.9):
@@ -145,18 +211,19 @@ def make_loss_fn(graphdef, *, loss: str = "simclr", temperature: float = 0.07, n
     return loss_fn
 
 
-def make_train_epochs(graphdef, tx: optax.GradientTransformation, cfg, *, n_epochs: int):
+def make_train_epochs(graphdef, tx: optax.GradientTransformation, cfg, *, n_epochs: int, folds: bool = False):
     """``run(state, opt_state, batches, key, epoch0) -> (state, opt_state, losses (n_epochs,))``.
 
     ``n_epochs`` epochs from epoch number ``epoch0`` in one jit-compiled call; ``state`` is the
     network state (parameters and BatchNorm statistics); each loss is the epoch's mean over its
-    cells.
+    cells.  With ``folds`` the state, optimiser state, batches (:func:`make_fold_batches`) and key
+    carry a leading fold axis and the losses are (F, n_epochs): the F folds' runs are vmapped into
+    one program, each fold's the run it has alone (a step of padding only changes nothing).
     """
     loss_fn = make_loss_fn(graphdef, loss=cfg.loss, temperature=cfg.temperature, noise_std=cfg.noise_std,
                            augment=cfg.augment, dropout=cfg.dropout)
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
-    @partial(jax.jit, donate_argnums=(0, 1))
     def run(state, opt_state, batches: Batches, key, epoch0):
         steps = batches.x.shape[0]
         params, stats = split_params(state)
@@ -164,9 +231,13 @@ def make_train_epochs(graphdef, tx: optax.GradientTransformation, cfg, *, n_epoc
         def step(carry, inp):
             params, stats, opt_state, ekey = carry
             s, x, mask, ids, labels = inp
-            (loss, stats), grads = grad_fn(params, stats, x, mask, ids, labels, jax.random.fold_in(ekey, s))
-            updates, opt_state = tx.update(grads, opt_state, params)
-            return (optax.apply_updates(params, updates), stats, opt_state, ekey), loss * mask.sum()
+            (loss, new_stats), grads = grad_fn(params, stats, x, mask, ids, labels, jax.random.fold_in(ekey, s))
+            updates, new_opt = tx.update(grads, opt_state, params)
+            live = mask.any()  # False only for the steps that pad a shorter fold in a fold batch
+            params, stats, opt_state = jax.tree.map(lambda new, old: jnp.where(live, new, old),
+                                                    (optax.apply_updates(params, updates), new_stats, new_opt),
+                                                    (params, stats, opt_state))
+            return (params, stats, opt_state, ekey), jnp.where(live, loss * mask.sum(), 0.0)
 
         def epoch(carry, e):
             params, stats, opt_state = carry
@@ -179,7 +250,9 @@ def make_train_epochs(graphdef, tx: optax.GradientTransformation, cfg, *, n_epoc
                                                           epoch0 + jnp.arange(n_epochs))
         return nnx.merge_state(params, stats), opt_state, losses
 
-    return run
+    if folds:
+        run = jax.vmap(run, in_axes=(0, 0, 0, 0, None))
+    return jax.jit(run, donate_argnums=(0, 1))
 
 
 def make_encode(graphdef, chunk: int = 4096):
@@ -206,7 +279,8 @@ class Trainer:
     the first epoch, every ``cfg.eval_every`` epochs and at the end it calls ``callback(epoch,
     state)`` (epoch 0: the untrained network, a selection point of the reference).  With
     ``ckpt_dir`` a checkpoint is written there after every such call, and a later ``fit`` with the
-    same arguments continues from the latest one.
+    same arguments continues from the latest one.  ``fit_folds`` trains several such networks (the
+    outer folds) at once as one vmapped program, each with its own seed, data and callback.
     """
 
     def __init__(self, n_genes: int, cfg):
@@ -219,7 +293,7 @@ class Trainer:
 
     def _graph(self, batch_norm: bool):
         if batch_norm not in self._graphs:
-            graphdef, _ = build_model(self.n_genes, self.cfg, 0, batch_norm)
+            graphdef, _ = build_model(self.cfg, self.n_genes, 0, batch_norm=batch_norm)
             self._graphs[batch_norm] = (graphdef, make_encode(graphdef))
         return self._graphs[batch_norm]
 
@@ -228,19 +302,30 @@ class Trainer:
         BatchNorm, as the state says)."""
         return self._graph(has_batch_norm(state))[1](state, x)
 
-    def _run(self, batch_norm: bool, n_epochs: int):
-        key = (batch_norm, n_epochs)
+    def _run(self, batch_norm: bool, n_epochs: int, folds: bool = False):
+        key = (batch_norm, n_epochs, folds)
         if key not in self._runs:
-            self._runs[key] = make_train_epochs(self._graph(batch_norm)[0], self.tx, self.cfg, n_epochs=n_epochs)
+            self._runs[key] = make_train_epochs(self._graph(batch_norm)[0], self.tx, self.cfg, n_epochs=n_epochs,
+                                                folds=folds)
         return self._runs[key]
 
     def init(self, seed: int, batch_norm: bool):
-        _, state = build_model(self.n_genes, self.cfg, seed, batch_norm)
+        _, state = build_model(self.cfg, self.n_genes, seed, batch_norm=batch_norm)
         if self.mesh is not None:
             state = jax.device_put(state, replicated(self.mesh))
         return state, self.tx.init(split_params(state)[0])
 
-    def _save(self, ckpt_dir: str, epoch: int, state, opt_state, losses: list, seed: int, callback) -> None:
+    def init_folds(self, seeds: list[int], batch_norm: bool):
+        """(network states, optimiser states) of fresh networks, one per seed, stacked on a leading
+        fold axis; fold ``k`` is ``init(seeds[k], batch_norm)``."""
+        states = [build_model(self.cfg, self.n_genes, seed, batch_norm=batch_norm)[1] for seed in seeds]
+        opts = [self.tx.init(split_params(state)[0]) for state in states]
+        stacked = jax.tree.map(lambda *a: jnp.stack(a), *zip(states, opts))
+        if self.mesh is not None:
+            stacked = jax.device_put(stacked, replicated(self.mesh))
+        return stacked
+
+    def _save(self, ckpt_dir: str, epoch: int, state, opt_state, losses: list, seed, callback) -> None:
         from .. import checkpoint
 
         extra, extra_meta = callback.checkpoint() if callback is not None else ({}, {})
@@ -249,13 +334,17 @@ class Trainer:
                         {"losses": losses, "seed": seed, "extra_shapes": shapes, "callback": extra_meta},
                         max_to_keep=1)
 
-    def _restore(self, ckpt_dir: str, state, opt_state, callback):
+    def _restore(self, ckpt_dir: str, state, opt_state, seed, callback):
         from .. import checkpoint
 
         step = checkpoint.latest_step(ckpt_dir)
         if step is None:
             return state, opt_state, []
-        shapes = checkpoint.read_meta(ckpt_dir, step)["extra_shapes"]
+        meta = checkpoint.read_meta(ckpt_dir, step)
+        if meta["seed"] != seed:  # of other folds: a fold batch killed after some of its folds were stored
+            shutil.rmtree(ckpt_dir)
+            return state, opt_state, []
+        shapes = meta["extra_shapes"]
         template = {"state": state, "opt": opt_state,
                     "extra": {k: np.empty(shape, dtype) for k, (shape, dtype) in shapes.items()}}
         saved, meta = checkpoint.restore(ckpt_dir, checkpoint.to_host(template), step)
@@ -280,7 +369,7 @@ class Trainer:
         state, opt_state = self.init(seed, batch_norm)
         losses: list[float] = []
         if ckpt_dir is not None:
-            state, opt_state, losses = self._restore(ckpt_dir, state, opt_state, callback)
+            state, opt_state, losses = self._restore(ckpt_dir, state, opt_state, seed, callback)
         batches = make_batches(x, labels, cfg.batch_size, cfg.devices, self.mesh)
         key = jax.random.fold_in(jax.random.key(seed), 1)
         done = len(losses)
@@ -301,3 +390,82 @@ class Trainer:
             if ckpt_dir is not None:
                 self._save(ckpt_dir, done, state, opt_state, losses, seed, callback)
         return state, losses
+
+    def fit_folds(self, xs: list[np.ndarray], labels: list[np.ndarray | None], seeds: list[int],
+                  callbacks: list | None = None, ckpt_dir: str | None = None):
+        """``fit`` of F folds at once: returns [(final network state, per-epoch losses)] per fold.
+
+        The folds' networks and optimiser states are stacked on a leading axis, their batches
+        padded to common (steps, slots) with masked rows (:func:`make_fold_batches`) and the
+        epochs of all folds run as one vmapped program; fold ``k`` uses ``seeds[k]`` as ``fit``
+        would, so its losses and states are those of ``fit(xs[k], labels[k], seeds[k])`` up to
+        float32 rounding.  ``callbacks[k](epoch, state)`` gets fold ``k``'s state at each selection
+        point.  With ``ckpt_dir`` ONE checkpoint holds the stacked states and every callback's
+        ``checkpoint()``; a later call with the same arguments continues from it (a checkpoint of
+        other seeds is discarded).  All folds must agree on BatchNorm (:func:`use_batch_norm`).
+        """
+        cfg = self.cfg
+        batch_norm = use_batch_norm(cfg, len(xs[0]))
+        if any(use_batch_norm(cfg, len(x)) != batch_norm for x in xs):
+            raise ValueError("the folds of a fold batch must all have BatchNorm or all not")
+        callbacks = list(callbacks) if callbacks is not None else [None] * len(xs)
+        state, opt_state = self.init_folds(seeds, batch_norm)
+        losses: list[list[float]] = [[] for _ in xs]
+        both = _FoldCallbacks(callbacks)
+        if ckpt_dir is not None:
+            state, opt_state, saved = self._restore(ckpt_dir, state, opt_state, list(seeds), both)
+            losses = [list(f) for f in saved] or losses
+        batches = make_fold_batches(xs, labels, cfg.batch_size, cfg.devices, self.mesh)
+        keys = jnp.stack([jax.random.fold_in(jax.random.key(seed), 1) for seed in seeds])
+        done = len(losses[0])
+        if done == 0:
+            both(0, state)
+        while done < cfg.n_epochs:
+            n = min(cfg.eval_every - done % cfg.eval_every, cfg.n_epochs - done)
+            state, opt_state, chunk = self._run(batch_norm, n, folds=True)(state, opt_state, batches, keys,
+                                                                           jnp.int32(done))
+            chunk = np.asarray(chunk)  # (F, n); blocks, as in fit
+            for f, c in zip(losses, chunk):
+                f.extend(c.tolist())
+            done += n
+            if not np.all(np.isfinite(chunk)):
+                bad = [k for k, c in enumerate(chunk) if not np.all(np.isfinite(c))]
+                where = f"; the last good checkpoint is in {ckpt_dir}" if ckpt_dir else ""
+                raise TrainingDiverged(f"the GsRCL loss of outer fold(s) {bad} became non-finite in contrastive "
+                                       f"training by epoch {done}{where}; lower --lr.")
+            both(done, state)
+            if ckpt_dir is not None:
+                self._save(ckpt_dir, done, state, opt_state, losses, list(seeds), both)
+        return [(fold_state(state, k), f) for k, f in enumerate(losses)]
+
+
+def fold_state(stacked, k: int):
+    """Fold ``k``'s part of a pytree stacked on a leading fold axis."""
+    return jax.tree.map(lambda a: a[k], stacked)
+
+
+class _FoldCallbacks:
+    """A fold batch's callbacks as one: called with the stacked state, each gets its fold's; for
+    checkpoints, fold ``k``'s arrays are named ``f{k}_...`` and the metadata is a list by fold."""
+
+    def __init__(self, callbacks: list):
+        self.callbacks = callbacks
+
+    def __call__(self, epoch: int, stacked) -> None:
+        for k, cb in enumerate(self.callbacks):
+            if cb is not None:
+                cb(epoch, fold_state(stacked, k))
+
+    def checkpoint(self) -> tuple[dict, list]:
+        arrays, metas = {}, []
+        for k, cb in enumerate(self.callbacks):
+            a, m = cb.checkpoint() if cb is not None else ({}, {})
+            arrays.update({f"f{k}_{name}": v for name, v in a.items()})
+            metas.append(m)
+        return arrays, metas
+
+    def restore(self, arrays: dict, metas: list) -> None:
+        for k, (cb, m) in enumerate(zip(self.callbacks, metas)):
+            if cb is not None:
+                prefix = f"f{k}_"
+                cb.restore({name[len(prefix):]: v for name, v in arrays.items() if name.startswith(prefix)}, m)
