@@ -5,7 +5,9 @@ when fewer cells), never shuffled.  Several epochs run as ONE compiled call (``l
 epochs around a scan over batches).  With a device mesh the parameters are replicated and every
 batch is padded to a multiple of the device count (padding masked out of the loss and of the
 BatchNorm statistics, no row dropped) and split over the "data" axis; the loss is written on the
-global batch, so NT-Xent's negatives come from all devices and XLA inserts the collectives.
+global batch, so NT-Xent's negatives come from all devices and XLA inserts the collectives.  The
+mesh may span several processes (:mod:`scdc_jax.distributed`): every process then holds the whole
+training set, places it on the global mesh, and gets the whole representation back from encoding.
 ``Trainer.fit_folds`` trains several outer folds' networks as one program: their states stacked
 on a leading fold axis, their batches padded to one shape, the epochs vmapped over the folds (with
 a mesh too: the folds vmapped, each step's cells split on "data").
