@@ -169,10 +169,11 @@ def gsrcl_evaluate(case, out: str, n_processes: int, devices_each: int) -> list[
                          str(case / "gsrcl.toml"), "--out-dir", out, *GSRCL_ARGS], n_processes, devices_each))
 
 
-# The two runs' encoders agree to float32 rounding (gloo sums the gradients in another order), far
-# below what moves a cell across an SVM's decision boundary or changes a ranking: the SVMs see the
-# same predictions, so the selected epochs and hyperparameters are equal and the MCCs, F1s and APs
-# (float64 functions of those predictions and ranks) equal to float64 rounding of their means.
+# The two runs' encoders agree to float32 rounding (gloo sums the gradients in another order); on
+# these cells that moves none across an SVM's decision boundary nor changes a ranking, so the SVMs
+# make the same predictions: the selected epochs and settings are equal and the MCCs, F1s and APs
+# (float64 functions of the predictions and ranks) equal up to float64 rounding.  A cell that close
+# to a boundary would change a score by a whole prediction, which no tolerance could absorb.
 def test_gsrcl_two_processes_match_one_process_with_four_devices(gsrcl_case):
     import json
 
