@@ -64,10 +64,12 @@ def save(directory: str, step: int, state, meta: dict, *, max_to_keep: int | Non
         mngr.wait_until_finished()
 
 
-def run_dir(directory: str, fingerprint: dict, resume: bool) -> str:
+def run_dir(directory: str, fingerprint: dict, resume: bool, *, write: bool = True) -> str:
     """Create ``directory`` for the checkpoints of a run identified by ``fingerprint`` (the settings
     and data, JSON-serialisable).  Without ``resume`` a previous run's folder is emptied; with it, a
-    folder made for another fingerprint is refused, so a run never continues from foreign state."""
+    folder made for another fingerprint is refused, so a run never continues from foreign state.
+
+    ``write=False`` only checks (the processes of a multi-process run but the first, which writes)."""
     import json
     import shutil
 
@@ -76,13 +78,15 @@ def run_dir(directory: str, fingerprint: dict, resume: bool) -> str:
     key_file = os.path.join(directory, "fingerprint.json")
     fingerprint = as_json(fingerprint)  # as it will read back
     if os.path.exists(key_file):
-        if not resume:
-            shutil.rmtree(directory)
-        else:
+        if resume:
             with open(key_file) as fh:
                 if json.load(fh) != fingerprint:
                     raise InputError(f"{directory} holds checkpoints of a different configuration or data file; "
                                      f"run without {option('resume', True)} to start afresh.")
+        elif write:
+            shutil.rmtree(directory)
+    if not write:
+        return directory
     os.makedirs(directory, exist_ok=True)
     write_json(key_file, fingerprint)
     return directory

@@ -46,9 +46,10 @@ DISTRIBUTED_HELP = ("one run over several processes (hosts), each started with t
                     "input; the first writes the outputs")
 
 
-def add_distributed_arguments(parser) -> None:
-    """The three flags of a multi-process run, as their own group of ``parser``."""
-    g = parser.add_argument_group("several processes", DISTRIBUTED_HELP)
+def add_distributed_arguments(parser, note: str = "") -> None:
+    """The three flags of a multi-process run, as their own group of ``parser`` (``note``: a
+    sentence on what the command's processes do, added to the group's description)."""
+    g = parser.add_argument_group("several processes", DISTRIBUTED_HELP + (f". {note}" if note else ""))
     g.add_argument("--coordinator", metavar="HOST:PORT", help="address of process 0's coordinator service")
     g.add_argument("--num-processes", type=int, metavar="N", help="number of processes in the run")
     g.add_argument("--process-id", type=int, metavar="I", help="this process's index, 0 .. N-1")

@@ -50,10 +50,16 @@ def free_port() -> int:
 
 def launch(case, save: str, n_processes: int, devices_each: int, *extra) -> list[subprocess.Popen]:
     """Start the run on ``n_processes`` local processes of ``devices_each`` CPU devices each."""
+    return start(["scdc_jax.cluster", "--data-file", str(case / "d.h5"), "--config", str(case / "small.toml"),
+                  "--save-dir", save, *ARGS, *extra], n_processes, devices_each)
+
+
+def start(module_args: list[str], n_processes: int, devices_each: int) -> list[subprocess.Popen]:
+    """Start ``python -m MODULE ARGS`` on ``n_processes`` local processes of ``devices_each`` CPU
+    devices each (one process: with ``--devices devices_each``)."""
     env = {**os.environ, "PYTHONPATH": ROOT, "JAX_PLATFORMS": "cpu",
            "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices_each}"}
-    cmd = [sys.executable, "-m", "scdc_jax.cluster", "--data-file", str(case / "d.h5"), "--config",
-           str(case / "small.toml"), "--save-dir", save, *ARGS, *extra]
+    cmd = [sys.executable, "-m", *module_args]
     if n_processes == 1:
         return [subprocess.Popen(cmd + ["--devices", str(devices_each)], cwd=ROOT, env=env, text=True,
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE)]
@@ -131,3 +137,67 @@ def test_two_processes_killed_resume_on_one_process(case, reference):
     labels, latent = outputs(save)
     np.testing.assert_array_equal(labels, reference[0])
     np.testing.assert_allclose(latent, reference[1], rtol=1e-5, atol=LATENT_ATOL)
+
+
+# ---- GsRCL ----------------------------------------------------------------------------------------
+GSRCL_CONFIG = """[gsrcl]
+encoder = [16, 8]
+head = [8, 4]
+n_folds = 2
+svm_cv = 2
+svm_gamma = ["scale", 0.01]
+svm_c = [0.1, 1.0]
+svm_workers = 0
+lr = 1e-3
+"""
+# 70 cells: fold-train parts of 28 cells, 2 batches of 16 slots (the last one 12 cells and 4 of padding)
+GSRCL_ARGS = ["--epochs", "6", "--eval-every", "2", "--batch-size", "16", "--seed", "3", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def gsrcl_case(case):
+    X, y, _ = synthetic_counts(70, 40, n_groups=3, seed=6)
+    with h5py.File(case / "labelled.h5", "w") as f:
+        f.create_dataset("X", data=X)
+        f.create_dataset("Y", data=y)
+    (case / "gsrcl.toml").write_text(GSRCL_CONFIG)
+    return case
+
+
+def gsrcl_evaluate(case, out: str, n_processes: int, devices_each: int) -> list[str]:
+    return finish(start(["scdc_jax.gsrcl", "evaluate", "--data-file", str(case / "labelled.h5"), "--config",
+                         str(case / "gsrcl.toml"), "--out-dir", out, *GSRCL_ARGS], n_processes, devices_each))
+
+
+# The two runs' encoders agree to float32 rounding (gloo sums the gradients in another order); on
+# these cells that moves none across an SVM's decision boundary nor changes a ranking, so the SVMs
+# make the same predictions: the selected epochs and settings are equal and the MCCs, F1s and APs
+# (float64 functions of the predictions and ranks) equal up to float64 rounding.  A cell that close
+# to a boundary would change a score by a whole prediction, which no tolerance could absorb.
+def test_gsrcl_two_processes_match_one_process_with_four_devices(gsrcl_case):
+    import json
+
+    runs, stdouts = {}, {}
+    for n_processes, devices_each in ((1, 4), (2, 2)):
+        out = str(gsrcl_case / f"gsrcl_{n_processes}")
+        stdouts[n_processes] = gsrcl_evaluate(gsrcl_case, out, n_processes, devices_each)
+        with open(os.path.join(out, "results.json")) as fh:
+            runs[n_processes] = json.load(fh)
+    one, two = runs[1], runs[2]
+    assert two["n_devices"] == 4 and [t["cell_type"] for t in two["tasks"]] == [t["cell_type"] for t in one["tasks"]]
+    for a, b in zip(one["tasks"], two["tasks"]):
+        for fa, fb in zip(a["folds"], b["folds"]):
+            assert (fb["best_epoch"], fb["gsrcl_svm"], fb["raw_svm"]) == (fa["best_epoch"], fa["gsrcl_svm"],
+                                                                          fa["raw_svm"]), a["cell_type"]
+            np.testing.assert_allclose([h["val_mcc"] for h in fb["selection"]],
+                                       [h["val_mcc"] for h in fa["selection"]], rtol=0, atol=1e-12)
+            np.testing.assert_allclose(fb["final_loss"], fa["final_loss"], rtol=1e-5)
+        for method in ("raw", "gsrcl"):
+            assert b[method].keys() == a[method].keys()
+            np.testing.assert_allclose(list(b[method].values()), list(a[method].values()), rtol=0, atol=1e-12)
+    assert any(f["best_epoch"] for t in one["tasks"] for f in t["folds"]), "a selection beyond epoch 0 to compare"
+    first, second = stdouts[2]
+    others = [line for line in second.splitlines() if not line.startswith("[Gloo]")]
+    assert "wrote" in first and not others, "only the first process reports and writes outputs"
+    assert sorted(os.listdir(gsrcl_case / "gsrcl_2" / "folds")) == ["00000000_0.json", "00000000_1.json",
+                                                                  "fingerprint.json"]

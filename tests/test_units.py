@@ -64,6 +64,10 @@ def test_run_dir_refuses_a_foreign_fingerprint_on_resume(tmp_path):
     assert os.path.exists(os.path.join(d, "leftover"))
     with pytest.raises(InputError, match="different configuration"):
         checkpoint.run_dir(d, {"lr": 1e-2, "shape": (2, 3)}, resume=True)
+    with pytest.raises(InputError, match="different configuration"):  # a process that does not write checks too
+        checkpoint.run_dir(d, {"lr": 1e-2, "shape": (2, 3)}, resume=True, write=False)
+    checkpoint.run_dir(d, {"lr": 1e-2}, resume=False, write=False)  # ... and leaves the folder to the writer
+    assert os.path.exists(os.path.join(d, "leftover"))
     checkpoint.run_dir(d, {"lr": 1e-2}, resume=False)  # a fresh run empties the folder
     assert not os.path.exists(os.path.join(d, "leftover"))
 

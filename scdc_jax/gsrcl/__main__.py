@@ -12,6 +12,7 @@ import shlex
 import sys
 import time
 
+from ..distributed import add_distributed_arguments
 from ..errors import CliParser, InputError, run_cli
 
 COMMANDS = ("evaluate", "train-reference", "annotate")
@@ -25,6 +26,12 @@ EPILOG = """examples:
 
 subcommands: evaluate (default), train-reference, annotate; 'python -m scdc_jax.gsrcl SUBCOMMAND --help'
 """
+
+
+SEVERAL_PROCESSES = ("GsRCL: each process runs the whole protocol; every training batch is split over all "
+                     "processes' devices (NT-Xent's negatives from all of them), and each process runs the SVM "
+                     "grid searches itself on the same gathered representation with the same seeds, so all "
+                     "select the same epochs")
 
 
 def _data_args(p: argparse.ArgumentParser, labels: bool = True) -> None:
@@ -70,7 +77,8 @@ def _method_args(p: argparse.ArgumentParser) -> None:
     m.add_argument("--svm-workers", type=int, help="processes running the SVM grid searches while the encoder "
                    "trains (default -1: all CPU cores but one; 0 runs them in turn in this process)")
     m.add_argument("--seed", type=int, help="seed of the splits, initialisation and noise (default 0)")
-    m.add_argument("--devices", type=int, help="split each batch over this many devices (default 1)")
+    m.add_argument("--devices", type=int, help="split each batch over this many devices (default 1; with "
+                   "several processes, and only then, every device of every process)")
     m.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -91,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "interrupted run with the same settings and data, and continue the interrupted fold from its "
                     "last checkpoint")
     _method_args(ev)
+    add_distributed_arguments(ev, SEVERAL_PROCESSES)
     tr = sub.add_parser("train-reference", help="train an encoder and per-type SVMs on a labelled reference",
                         description="Train one NT-Xent encoder on all reference cells and one calibrated SVM per "
                         "cell type; save them to --out for 'annotate'.")
@@ -100,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--resume", action="store_true", help="continue an interrupted training from the checkpoint in "
                     "--out/.partial (same settings and data)")
     _method_args(tr)
+    add_distributed_arguments(tr, SEVERAL_PROCESSES)
     an = sub.add_parser("annotate", help="label query cells with a trained reference",
                         description="Align the query's genes to the reference, encode, and call each cell the "
                         "most probable type, or Unassigned at or below --cutoff.")
@@ -133,6 +143,17 @@ def _read(args, labels: bool = True):
     return data
 
 
+def _join(args) -> None:
+    """Join a multi-process run when asked or launched as one (first, before any JAX work); its
+    ``--devices`` default to every device of every process."""
+    from .. import distributed
+
+    if distributed.initialize(args.coordinator, args.num_processes, args.process_id) > 1 and args.devices is None:
+        import jax
+
+        args.devices = jax.device_count()
+
+
 def _config(args):
     from .config import load_config
 
@@ -141,7 +162,10 @@ def _config(args):
     keys = ("loss", "epochs", "eval_every", "batch_size", "lr", "temperature", "noise_std", "seed", "devices",
             "augment", "dropout", "n_top_genes", "svm_workers", "encoders", "precision", "fold_batch")
     cfg = load_config(args.config, **{k: getattr(args, k) for k in keys})
-    if cfg.devices > 1:  # a bad --devices fails here, before any data is read; one device needs no check
+    import jax
+
+    # a bad --devices fails here, before any data is read; one device of one process needs no check
+    if cfg.devices > 1 or jax.process_count() > 1:
         from ..parallel import check_devices
 
         check_devices(cfg.devices)
@@ -149,10 +173,13 @@ def _config(args):
 
 
 def cmd_evaluate(args, argv) -> int:
+    from .. import distributed
     from ..outputs import atomic_path, check_writable_dir, provenance, write_json
 
+    _join(args)
     cfg = _config(args)
     out_dir = check_writable_dir(args.out_dir, "results folder")
+    distributed.barrier("results folder checked")  # by every process before the first one writes there
     data = _read(args)
     from .protocol import evaluate, results_table, text_summary
 
@@ -161,6 +188,8 @@ def cmd_evaluate(args, argv) -> int:
     results = evaluate(data, cfg, cell_types=args.cell_type, progress=not args.quiet,
                        fold_dir=os.path.join(out_dir, "folds"), resume=args.resume)
     seconds = time.perf_counter() - t0
+    if not distributed.is_primary():
+        return 0  # the first process writes the outputs
     os.makedirs(out_dir, exist_ok=True)
     table = results_table(results, dataset)
     with atomic_path(os.path.join(out_dir, "results.csv")) as tmp:
@@ -180,8 +209,10 @@ def cmd_evaluate(args, argv) -> int:
 
 
 def cmd_train_reference(args, argv) -> int:
+    from .. import distributed
     from ..outputs import check_writable_dir
 
+    _join(args)
     cfg = _config(args)
     check_writable_dir(args.out, "reference folder")
     data = _read(args)
@@ -189,6 +220,8 @@ def cmd_train_reference(args, argv) -> int:
 
     meta = train_reference(data, cfg, args.out, resume=args.resume,
                            command="python -m scdc_jax.gsrcl " + shlex.join(argv))
+    if not distributed.is_primary():
+        return 0
     print(f"trained a reference of {len(meta['cell_types'])} cell types on {data.n_cells} cells x "
           f"{data.n_genes} genes; wrote {args.out}")
     return 0

@@ -78,8 +78,11 @@ def train_reference(data, cfg: GsRCLConfig, out_dir: str, *, log=print, resume: 
     ``resume`` an interrupted training continues from there (and ends as an uninterrupted one).
     Returns the metadata written to ``reference.json``: the provenance of the run (seed,
     configuration, versions, devices, ``command``), the genes' count and the cell types.
+
+    In a multi-process run every process trains (on the global mesh) and fits the SVMs on the same
+    representation; all save the encoder's checkpoints, the first alone writes the other files.
     """
-    from .. import checkpoint, manifest
+    from .. import checkpoint, distributed, manifest
     from ..outputs import provenance
     from .svm import calibrated_svm, svm_parameters
     from .svm_params import save_svms, svm_arrays
@@ -108,12 +111,16 @@ def train_reference(data, cfg: GsRCLConfig, out_dir: str, *, log=print, resume: 
     if foreign:
         raise InputError(f"{out_dir} holds files that are not part of a GsRCL reference ({', '.join(foreign[:3])}); "
                          "choose an empty or new output folder.")
+    primary = distributed.is_primary()
+    distributed.barrier("reference folder checked")  # by every process before the first one writes there
+    log = log if primary else (lambda message: None)
     for code in sorted(set(range(len(names))) - set(types)):
         log(f"skipping cell type '{names[code]}': {int(counts[code])} cells are too few for its classifier.")
     x = log_transform(data.X)
     trainer = Trainer(x.shape[1], cfg)
     partial = checkpoint.run_dir(os.path.join(out_dir, ".partial"), {"config": dataclasses.asdict(cfg),
-                                 "shape": list(x.shape), "source": str(data.source)}, resume)
+                                 "shape": list(x.shape), "source": str(data.source)}, resume, write=primary)
+    distributed.barrier("reference checkpoint folder ready")
     ckpt_dir = os.path.join(partial, "encoder")
     if (epoch := checkpoint.latest_step(ckpt_dir)) is not None:
         log(f"continuing the reference encoder's training from its checkpoint at epoch {epoch}")
@@ -123,15 +130,19 @@ def train_reference(data, cfg: GsRCLConfig, out_dir: str, *, log=print, resume: 
                           for c in types])
     # A previous reference in the same folder is replaced; without its manifest first, so that a
     # kill from here on leaves a folder that is refused as unfinished.
-    manifest.discard(out_dir)
-    if os.path.exists(model_dir):
-        shutil.rmtree(model_dir)
-    if os.path.exists(os.path.join(out_dir, OLD_SVMS)):
-        os.remove(os.path.join(out_dir, OLD_SVMS))
+    if primary:
+        manifest.discard(out_dir)
+        if os.path.exists(model_dir):
+            shutil.rmtree(model_dir)
+        if os.path.exists(os.path.join(out_dir, OLD_SVMS)):
+            os.remove(os.path.join(out_dir, OLD_SVMS))
+    distributed.barrier("old reference removed")
     meta = {**provenance(cfg.seed, dataclasses.asdict(cfg), cfg.devices, command),
             "n_genes": int(x.shape[1]), "cell_types": [names[c] for c in types],
             "batch_norm": has_batch_norm(params), "final_loss": losses[-1], "source": data.source}
     checkpoint.save(model_dir, cfg.n_epochs, checkpoint.to_host(params), meta, max_to_keep=1)
+    if not primary:
+        return meta
     save_svms(os.path.join(out_dir, "svms.npz"), svms)
     with atomic_path(os.path.join(out_dir, "genes.txt")) as tmp:
         with open(tmp, "w") as fh:

@@ -6,7 +6,7 @@ import os
 import shutil
 import zlib
 
-from .. import checkpoint
+from .. import checkpoint, distributed
 from ..outputs import as_json, write_json
 
 
@@ -15,11 +15,15 @@ class FoldStore:
 
     One JSON file per (encoder, fold) in ``directory``, written atomically, beside the
     checkpoints of the fold in training (removed once it is finished), plus a fingerprint of the
-    configuration and data: resuming with anything else is refused.
+    configuration and data: resuming with anything else is refused.  In a multi-process run every
+    process reads the folder and the first alone writes and removes files in it (the checkpoints
+    are saved by all, :func:`scdc_jax.checkpoint.save`).
     """
 
     def __init__(self, directory: str, fingerprint: dict, resume: bool):
-        self.directory = checkpoint.run_dir(directory, as_json(fingerprint), resume)
+        self.primary = distributed.is_primary()
+        self.directory = checkpoint.run_dir(directory, as_json(fingerprint), resume, write=self.primary)
+        distributed.barrier("fold store ready")  # made by the first process before any other reads it
 
     def _path(self, name: str, fold) -> str:
         return os.path.join(self.directory, f"{zlib.crc32(name.encode()):08x}_{fold}")
@@ -36,13 +40,16 @@ class FoldStore:
                 result = json.load(fh)
         except FileNotFoundError:
             return None
-        shutil.rmtree(self.checkpoint_dir(name, fold), ignore_errors=True)  # left by a kill after the fold
+        if self.primary:
+            shutil.rmtree(self.checkpoint_dir(name, fold), ignore_errors=True)  # left by a kill after the fold
         return result
 
     def put(self, name: str, fold: int, result: dict) -> None:
-        write_json(self._path(name, fold) + ".json", as_json(result))
-        shutil.rmtree(self.checkpoint_dir(name, fold), ignore_errors=True)
+        if self.primary:
+            write_json(self._path(name, fold) + ".json", as_json(result))
+            shutil.rmtree(self.checkpoint_dir(name, fold), ignore_errors=True)
 
     def discard_checkpoints(self, name: str) -> None:
         """Remove the fold batch's checkpoints of encoder ``name`` (once all its folds are saved)."""
-        shutil.rmtree(self.checkpoint_dir(name), ignore_errors=True)
+        if self.primary:
+            shutil.rmtree(self.checkpoint_dir(name), ignore_errors=True)

@@ -22,7 +22,10 @@ Encoders (``cfg.encoders``):
   task's binary labels): one encoder per (type, fold), the splits stratified on the type.
 
 The SVM grid searches run in worker processes (``cfg.svm_workers``) while the device trains; the
-results are taken in epoch order, so they equal those of running the searches one by one.
+results are taken in epoch order, so they equal those of running the searches one by one.  On
+several processes (:mod:`scdc_jax.distributed`) each runs the whole protocol on the same data:
+the encoders' batches are split over all processes' devices, and every process runs the grid
+searches on the same gathered representation.
 Scores are reported as the mean and standard error (std / sqrt(n_folds)) over the folds.
 """
 from __future__ import annotations
@@ -379,12 +382,20 @@ def evaluate(data, cfg, *, cell_types: list[str] | None = None, progress: bool =
     training is checkpointed at every model-selection point; with ``resume`` the folds already
     there are reused and an interrupted fold continues from its latest checkpoint.  Raises
     InputError, before any training, when no cell type is large enough for the splits.
+
+    In a multi-process run (:mod:`scdc_jax.distributed`) every process calls this with the same
+    data and runs the same protocol: the encoders train on the global mesh, each process encodes
+    (gathering the whole representation) and runs the SVM grid searches itself, on the same
+    inputs and seeds, so all select the same epochs and score the same; only the first process
+    logs, shows progress and writes in ``fold_dir``.
     """
-    from .. import checkpoint
+    from .. import checkpoint, distributed
 
     if data.labels is None:
         raise InputError("GsRCL's evaluation needs cell-type labels; give a labelled data file "
                          "(HDF5 with Y, .h5ad with --label-key, or CSV with --labels-csv).")
+    if not distributed.is_primary():
+        progress, log = False, lambda message: None
     names = list(data.label_names)
     codes = select_types(names, cell_types)
     mode = cfg.encoder_mode

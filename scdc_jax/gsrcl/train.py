@@ -5,7 +5,9 @@ when fewer cells), never shuffled.  Several epochs run as ONE compiled call (``l
 epochs around a scan over batches).  With a device mesh the parameters are replicated and every
 batch is padded to a multiple of the device count (padding masked out of the loss and of the
 BatchNorm statistics, no row dropped) and split over the "data" axis; the loss is written on the
-global batch, so NT-Xent's negatives come from all devices and XLA inserts the collectives.
+global batch, so NT-Xent's negatives come from all devices and XLA inserts the collectives.  The
+mesh may span several processes (:mod:`scdc_jax.distributed`): every process then holds the whole
+training set, places it on the global mesh, and gets the whole representation back from encoding.
 ``Trainer.fit_folds`` trains several outer folds' networks as one program: their states stacked
 on a leading fold axis, their batches padded to one shape, the epochs vmapped over the folds (with
 a mesh too: the folds vmapped, each step's cells split on "data").
@@ -38,11 +40,13 @@ import optax
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
+from .. import distributed
+from ..checkpoint import to_host
 from ..errors import TrainingDiverged
 from ..losses import ntxent, supcon
 from ..nn import GsRCLNet
 from ..optim import adam_coupled_l2
-from ..parallel import make_mesh, padded_size, replicated
+from ..parallel import data_sharded, make_mesh, padded_size, replicated
 
 
 BATCH_NORM_ABOVE = 8192  # the reference adds BatchNorm when a training set has more cells
@@ -87,7 +91,7 @@ def use_fold_batch(cfg, n_genes: int, sizes: list[int]) -> bool:
         return False
     if cfg.fold_batch != "auto":
         return cfg.fold_batch == "on"
-    device = jax.devices()[0]
+    device = jax.local_devices()[0]  # one of this process's: another process's device has no memory stats here
     if device.platform == "cpu":
         return False
     limit = (device.memory_stats() or {}).get("bytes_limit")
@@ -255,9 +259,13 @@ def make_train_epochs(graphdef, tx: optax.GradientTransformation, cfg, *, n_epoc
     return jax.jit(run, donate_argnums=(0, 1))
 
 
-def make_encode(graphdef, chunk: int = 4096):
+def make_encode(graphdef, chunk: int = 4096, mesh=None):
     """``encode(state, x) -> h`` (n, d) as a NumPy array, the representation of clean inputs
-    (BatchNorm, if any, uses its running statistics)."""
+    (BatchNorm, if any, uses its running statistics).
+
+    With ``mesh`` (``state`` replicated on it) each chunk's rows are padded to a multiple of its
+    devices, split over them and gathered back: the mesh may span several processes, whose jitted
+    calls take only arrays of the global mesh, and every process then gets the whole ``h``."""
 
     @jax.jit
     def _encode(state, x):
@@ -265,9 +273,15 @@ def make_encode(graphdef, chunk: int = 4096):
         model.eval()
         return model.encoder(x).astype(jnp.float32)
 
+    def one(params, x: np.ndarray) -> np.ndarray:
+        if mesh is None:
+            return np.asarray(_encode(params, jnp.asarray(x)))
+        rows = np.zeros((padded_size(len(x), mesh.size), x.shape[1]), np.float32)
+        rows[: len(x)] = x
+        return to_host(_encode(params, jax.device_put(rows, data_sharded(mesh))))[: len(x)]
+
     def encode(params, x: np.ndarray) -> np.ndarray:
-        return np.concatenate([np.asarray(_encode(params, jnp.asarray(x[i:i + chunk])))
-                               for i in range(0, max(len(x), 1), chunk)])
+        return np.concatenate([one(params, x[i:i + chunk]) for i in range(0, max(len(x), 1), chunk)])
 
     return encode
 
@@ -294,7 +308,7 @@ class Trainer:
     def _graph(self, batch_norm: bool):
         if batch_norm not in self._graphs:
             graphdef, _ = build_model(self.cfg, self.n_genes, 0, batch_norm=batch_norm)
-            self._graphs[batch_norm] = (graphdef, make_encode(graphdef))
+            self._graphs[batch_norm] = (graphdef, make_encode(graphdef, mesh=self.mesh))
         return self._graphs[batch_norm]
 
     def encode(self, state, x: np.ndarray) -> np.ndarray:
@@ -342,12 +356,15 @@ class Trainer:
             return state, opt_state, []
         meta = checkpoint.read_meta(ckpt_dir, step)
         if meta["seed"] != seed:  # of other folds: a fold batch killed after some of its folds were stored
-            shutil.rmtree(ckpt_dir)
+            if distributed.is_primary():
+                shutil.rmtree(ckpt_dir)
+            distributed.barrier("stale fold batch checkpoint removed")
             return state, opt_state, []
         shapes = meta["extra_shapes"]
         template = {"state": state, "opt": opt_state,
                     "extra": {k: np.empty(shape, dtype) for k, (shape, dtype) in shapes.items()}}
         saved, meta = checkpoint.restore(ckpt_dir, checkpoint.to_host(template), step)
+        saved = checkpoint.to_host(saved)  # NumPy, which device_put places on a mesh of several processes too
         if callback is not None:
             callback.restore(saved["extra"], meta["callback"])
         sharding = replicated(self.mesh) if self.mesh is not None else None
@@ -378,7 +395,7 @@ class Trainer:
         while done < cfg.n_epochs:
             n = min(cfg.eval_every - done % cfg.eval_every, cfg.n_epochs - done)
             state, opt_state, chunk = self._run(batch_norm, n)(state, opt_state, batches, key, jnp.int32(done))
-            chunk = np.asarray(chunk)  # blocks: keeps forced CPU devices from queueing too much work
+            chunk = to_host(chunk)  # blocks: keeps forced CPU devices from queueing too much work
             losses.extend(chunk.tolist())
             done += n
             if not np.all(np.isfinite(chunk)):
@@ -424,7 +441,7 @@ class Trainer:
             n = min(cfg.eval_every - done % cfg.eval_every, cfg.n_epochs - done)
             state, opt_state, chunk = self._run(batch_norm, n, folds=True)(state, opt_state, batches, keys,
                                                                            jnp.int32(done))
-            chunk = np.asarray(chunk)  # (F, n); blocks, as in fit
+            chunk = to_host(chunk)  # (F, n); blocks, as in fit
             for f, c in zip(losses, chunk):
                 f.extend(c.tolist())
             done += n
