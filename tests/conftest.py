@@ -2,12 +2,35 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 
 import numpy as np
 import pytest
 
+# One persistent XLA compilation cache for the whole test session, set before jax is imported so
+# that this process, pytest-xdist's workers and every subprocess a test starts (they inherit the
+# environment) share it: the many small runs of the same model on data of the same shape compile
+# each jitted function once instead of once per run (a run builds new jitted closures, which
+# jax's in-memory cache does not recognise, but their HLO is the same, and so is the cache key).
+# A cached executable is the one XLA compiled for that HLO; results do not change.  A size limit
+# turns on jax's file lock, so that concurrent processes never read a half-written entry.  A
+# cache the developer set up (JAX_COMPILATION_CACHE_DIR given) is used as it is and kept.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="scdc_jax_test_xla_cache_")
+    os.environ["SCDC_JAX_TEST_CACHE_OWNER"] = str(os.getpid())  # the process that removes it
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(4 << 30))
+
 jax = pytest.importorskip("jax")
 jax.config.update("jax_enable_x64", False)
+
+
+def pytest_unconfigure(config):
+    if os.environ.get("SCDC_JAX_TEST_CACHE_OWNER") == str(os.getpid()):
+        shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
+
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_DATA = os.path.join(os.path.dirname(ROOT), "shared", "data")
@@ -79,3 +102,4 @@ def crafted_pickle(marker) -> bytes:
     import pickle
 
     return pickle.dumps(_Touch(marker))
+
