@@ -32,6 +32,44 @@ def pytest_unconfigure(config):
         shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
 
 
+# The longest tests (each a minute or more on a 2-core machine), started first so that with
+# pytest-xdist (the README's test command) no worker is left running one of them alone at the end.
+# Only the order changes; without xdist the suite runs as before, in this order.
+SLOW_FIRST = ("test_resume.py::", "test_gsrcl.py::test_sigkill_inside_a_fold", "test_cluster_devices.py::",
+              "test_gsrcl.py::test_four_devices_match_one_device", "test_gsrcl.py::test_cli_four_devices",
+              "test_cli.py::test_small_run_writes_outputs", "test_cluster.py::test_batch_variant",
+              "test_cluster.py::test_louvain", "test_gsrcl.py::test_bf16_selects_as_f32")
+
+
+# Modules whose tests share an expensive module fixture: pytest-xdist sends each of them to one
+# worker whole, so that the fixture is built once.  (xdist's own --dist loadgroup marks do not
+# take effect with pytest 9.2, which no longer reads the node id xdist rewrites.)
+SHARED_FIXTURE_MODULES = ("test_bad_input.py", "test_model_api.py", "test_gsrcl_annotate.py")
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """With ``-n`` (``--dist load``): xdist's load scheduling, except that the tests of each module
+    of :data:`SHARED_FIXTURE_MODULES` make one unit of work; units go out largest first."""
+    if config.getvalue("dist") != "load":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class SharedFixtureModulesTogether(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return path if os.path.basename(path) in SHARED_FIXTURE_MODULES else nodeid
+
+    return SharedFixtureModulesTogether(config, log)
+
+
+def pytest_collection_modifyitems(config, items):
+    def rank(item):
+        return next((i for i, key in enumerate(SLOW_FIRST) if key in item.nodeid), len(SLOW_FIRST))
+
+    items.sort(key=rank)  # stable: the other tests keep their order
+
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_DATA = os.path.join(os.path.dirname(ROOT), "shared", "data")
 
