@@ -13,8 +13,10 @@ import pytest
 # environment) share it: the many small runs of the same model on data of the same shape compile
 # each jitted function once instead of once per run (a run builds new jitted closures, which
 # jax's in-memory cache does not recognise, but their HLO is the same, and so is the cache key).
-# A cached executable is the one XLA compiled for that HLO; results do not change.  A size limit
-# turns on jax's file lock, so that concurrent processes never read a half-written entry.  A
+# A cached executable is the one XLA compiled for that HLO; results do not change.  Only
+# compilations over 0.2 s are stored (the epochs', not each eager op's).  A size limit
+# turns on jax's file lock, so that concurrent processes never read an entry being written (one
+# left half-written by a process a test kills costs a warning and a fresh compilation).  A
 # cache the developer set up (JAX_COMPILATION_CACHE_DIR given) is used as it is and kept.
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="scdc_jax_test_xla_cache_")
