@@ -2,12 +2,75 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 
 import numpy as np
 import pytest
 
+# One persistent XLA compilation cache for the whole test session, set before jax is imported so
+# that this process, pytest-xdist's workers and every subprocess a test starts (they inherit the
+# environment) share it: the many small runs of the same model on data of the same shape compile
+# each jitted function once instead of once per run (a run builds new jitted closures, which
+# jax's in-memory cache does not recognise, but their HLO is the same, and so is the cache key).
+# A cached executable is the one XLA compiled for that HLO; results do not change.  Only
+# compilations over 0.2 s are stored (the epochs', not each eager op's).  A size limit
+# turns on jax's file lock, so that concurrent processes never read an entry being written (one
+# left half-written by a process a test kills costs a warning and a fresh compilation).  A
+# cache the developer set up (JAX_COMPILATION_CACHE_DIR given) is used as it is and kept.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="scdc_jax_test_xla_cache_")
+    os.environ["SCDC_JAX_TEST_CACHE_OWNER"] = str(os.getpid())  # the process that removes it
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(4 << 30))
+
 jax = pytest.importorskip("jax")
 jax.config.update("jax_enable_x64", False)
+
+
+def pytest_unconfigure(config):
+    if os.environ.get("SCDC_JAX_TEST_CACHE_OWNER") == str(os.getpid()):
+        shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
+
+
+# The longest tests (each a minute or more on a 2-core machine), started first so that with
+# pytest-xdist (the README's test command) no worker is left running one of them alone at the end.
+# Only the order changes; without xdist the suite runs as before, in this order.
+SLOW_FIRST = ("test_resume.py::", "test_gsrcl.py::test_sigkill_inside_a_fold", "test_cluster_devices.py::",
+              "test_gsrcl.py::test_four_devices_match_one_device", "test_gsrcl.py::test_cli_four_devices",
+              "test_cli.py::test_small_run_writes_outputs", "test_cluster.py::test_batch_variant",
+              "test_cluster.py::test_louvain", "test_gsrcl.py::test_bf16_selects_as_f32")
+
+
+# Modules whose tests share an expensive module fixture: pytest-xdist sends each of them to one
+# worker whole, so that the fixture is built once.  (xdist's own --dist loadgroup marks do not
+# take effect with pytest 9.2, which no longer reads the node id xdist rewrites.)
+SHARED_FIXTURE_MODULES = ("test_bad_input.py", "test_model_api.py", "test_gsrcl_annotate.py")
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """With ``-n`` (``--dist load``): xdist's load scheduling, except that the tests of each module
+    of :data:`SHARED_FIXTURE_MODULES` make one unit of work; units go out largest first."""
+    if config.getvalue("dist") != "load":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class SharedFixtureModulesTogether(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return path if os.path.basename(path) in SHARED_FIXTURE_MODULES else nodeid
+
+    return SharedFixtureModulesTogether(config, log)
+
+
+def pytest_collection_modifyitems(config, items):
+    def rank(item):
+        return next((i for i, key in enumerate(SLOW_FIRST) if key in item.nodeid), len(SLOW_FIRST))
+
+    items.sort(key=rank)  # stable: the other tests keep their order
+
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_DATA = os.path.join(os.path.dirname(ROOT), "shared", "data")
@@ -79,3 +142,26 @@ def crafted_pickle(marker) -> bytes:
     import pickle
 
     return pickle.dumps(_Touch(marker))
+
+
+def run_module(argv: list[str], capfd, cwd=None) -> tuple[int, str, str]:
+    """(exit code, stdout, stderr) of ``python -m MODULE ARGS``, given as ``["-m", MODULE, *ARGS]``,
+    run in this process (its ``main`` through :func:`scdc_jax.errors.run_cli`, as ``python -m``
+    does) from ``cwd`` (default: the repository root); ``capfd`` is the test's fixture of that name.
+    Much faster than a subprocess, which first imports jax, scanpy and the package again."""
+    import importlib
+
+    from scdc_jax.errors import run_cli
+
+    assert argv[0] == "-m", argv
+    main = importlib.import_module(argv[1] + ".__main__").main
+    capfd.readouterr()
+    old = os.getcwd()
+    os.chdir(cwd or ROOT)
+    try:
+        with pytest.raises(SystemExit) as exc:
+            run_cli(main, [str(a) for a in argv[2:]])
+    finally:
+        os.chdir(old)
+    out, err = capfd.readouterr()
+    return exc.value.code, out, err

@@ -21,7 +21,7 @@ import pandas as pd
 import pytest
 import scipy.io
 import scipy.sparse as sp
-from conftest import ROOT, crafted_pickle, flip_byte, largest_file, synthetic_counts
+from conftest import ROOT, crafted_pickle, flip_byte, largest_file, run_module, synthetic_counts
 
 CLUSTER_TINY = ["--pretrain-epochs", "3", "--maxiter", "3", "--batch-size", "32", "--quiet"]
 GSRCL_TINY = {"encoder": [16, 8], "head": [8, 4], "n_folds": 2, "svm_cv": 2, "svm_gamma": ["scale"],
@@ -389,20 +389,8 @@ SUBPROCESS = {"cluster missing file", "cluster devices", "predict folder that is
 def run_case(argv: list[str], cwd, capfd) -> tuple[int, str]:
     """(exit code, stderr) of ``python -m MODULE ARGS`` given as ``["-m", MODULE, *ARGS]``, run
     in this process from ``cwd``."""
-    import importlib
-
-    from scdc_jax.errors import run_cli
-
-    main = importlib.import_module(argv[1] + ".__main__").main
-    capfd.readouterr()
-    old = os.getcwd()
-    os.chdir(cwd)
-    try:
-        with pytest.raises(SystemExit) as exc:
-            run_cli(main, argv[2:])
-    finally:
-        os.chdir(old)
-    return exc.value.code, capfd.readouterr().err
+    code, _, err = run_module(argv, capfd, cwd)
+    return code, err
 
 
 def listing(folder: str) -> list[tuple[str, int, float]]:

@@ -1,5 +1,7 @@
 """The scDeepCluster command line as a user meets it: a full small run and a config file (bad
-input: tests/test_bad_input.py)."""
+input: tests/test_bad_input.py).  The help and the full small run run as subprocesses, as a user
+runs them; the other runs call the same ``main`` in this process (:func:`conftest.run_module`),
+which spares each the import of jax, scanpy and the package."""
 from __future__ import annotations
 
 import json
@@ -9,13 +11,19 @@ import sys
 
 import h5py
 import numpy as np
-from conftest import ROOT, synthetic_counts
+from conftest import ROOT, run_module, synthetic_counts
 
 
 def cli(*args, cwd=None, env=None, umask=-1):
     return subprocess.run([sys.executable, "-m", "scdc_jax.cluster", *map(str, args)], cwd=cwd or ROOT,
                           capture_output=True, text=True, env={**os.environ, "PYTHONPATH": ROOT, **(env or {})},
                           timeout=600, umask=umask)
+
+
+def cli_here(capfd, *args):
+    """:func:`cli` in this process: the result has the same returncode, stdout and stderr."""
+    code, out, err = run_module(["-m", "scdc_jax.cluster", *map(str, args)], capfd)
+    return subprocess.CompletedProcess(args, code, out, err)
 
 
 def make_h5(path, X=None, **extra):
@@ -78,21 +86,22 @@ def test_small_run_writes_outputs(tmp_path):
     assert ad.uns["scdc"]["params"]["n_clusters"] == 3
 
 
-def test_rerun_into_a_save_dir_is_refused_or_replaces_the_run_whole(tmp_path):
+def test_rerun_into_a_save_dir_is_refused_or_replaces_the_run_whole(tmp_path, capfd):
     """The quick start run twice: the second is refused at once (nothing touched); with --overwrite
     another data set replaces the run, and the folder holds that run's checkpoints only."""
     first, second = make_h5(tmp_path / "a.h5"), make_h5(tmp_path / "b.h5", synthetic_counts(50, 30, seed=1)[0])
     save = tmp_path / "res"
     args = ["--n-clusters", "2", "--save-dir", save, "--checkpoint-every", "2", *TINY]
-    assert cli("--data-file", first, *args).returncode == 0
+    assert cli_here(capfd, "--data-file", first, *args).returncode == 0
     (save / "notes.txt").write_text("mine")  # not the run's: stays
     before = sorted((p, p.stat().st_mtime_ns) for p in save.rglob("*"))
-    again = cli("--data-file", first, *args)
+    again = cli_here(capfd, "--data-file", first, *args)
     assert again.returncode == 2 and again.stderr.strip() == (
         f"error: {save} already holds a scdc_jax run; give --overwrite to replace it, --resume to continue it, "
         "or choose another --save-dir.")
     assert sorted((p, p.stat().st_mtime_ns) for p in save.rglob("*")) == before
-    replaced = cli("--data-file", second, *args[:-len(TINY)], "--pretrain-epochs", "4", *TINY[2:], "--overwrite")
+    replaced = cli_here(capfd, "--data-file", second, *args[:-len(TINY)], "--pretrain-epochs", "4", *TINY[2:],
+                        "--overwrite")
     assert replaced.returncode == 0, replaced.stderr
     assert sorted(os.listdir(save / "pretrain")) == ["2", "4", "manifest.json"]  # the first run's step 3 is gone
     assert json.loads((save / "run.json").read_text())["data"] == second
@@ -103,10 +112,10 @@ def test_rerun_into_a_save_dir_is_refused_or_replaces_the_run_whole(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["a.h5", "b.h5", "res"]  # no staging folder left
 
 
-def test_config_file_and_paper_config(tmp_path):
+def test_config_file_and_paper_config(tmp_path, capfd):
     data = make_h5(tmp_path / "d.h5")
-    out = cli("--config", os.path.join(ROOT, "configs", "scdeepcluster_paper.toml"), "--data-file", data,
-              "--n-clusters", "2", "--save-dir", tmp_path / "r", *TINY)
+    out = cli_here(capfd, "--config", os.path.join(ROOT, "configs", "scdeepcluster_paper.toml"), "--data-file",
+                   data, "--n-clusters", "2", "--save-dir", tmp_path / "r", *TINY)
     assert out.returncode == 0, out.stderr
     cfg = json.loads((tmp_path / "r" / "run.json").read_text())["config"]
     assert cfg["sigma"] == 2.5 and cfg["pretrain_epochs"] == 3 and cfg["n_clusters"] == 2

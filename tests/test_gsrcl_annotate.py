@@ -8,8 +8,8 @@ import re
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import crafted_pickle, flip_byte, largest_file, synthetic_counts
-from test_gsrcl import cli_error, run_cli, write_h5
+from conftest import crafted_pickle, flip_byte, largest_file, run_module, synthetic_counts
+from test_gsrcl import cli_error, write_h5
 
 from scdc_jax.errors import InputError
 from scdc_jax.errors import run_cli as wrap
@@ -17,6 +17,15 @@ from scdc_jax.gsrcl.__main__ import main
 from scdc_jax.gsrcl.annotate import UNASSIGNED, annotate, call_types, train_reference, zero_fill_genes
 from scdc_jax.gsrcl.config import load_config
 from scdc_jax.io import CountData
+
+
+def cli_here(args, capfd):
+    """``python -m scdc_jax.gsrcl ARGS`` in this process (test_gsrcl's ``run_cli`` starts a
+    subprocess); the result has the returncode, stdout and stderr of that subprocess."""
+    import subprocess
+
+    code, out, err = run_module(["-m", "scdc_jax.gsrcl", *args], capfd)
+    return subprocess.CompletedProcess(args, code, out, err)
 
 
 def test_align_genes_reorders_zero_fills_and_drops():
@@ -76,7 +85,7 @@ def test_reference_round_trip(tmp_path):
     train_reference(ref, cfg, str(tmp_path / "ref"), log=lambda m: None)  # retraining replaces it
 
 
-def test_cli_train_reference_and_annotate_record_their_provenance(tmp_path, capsys):
+def test_cli_train_reference_and_annotate_record_their_provenance(tmp_path, capfd):
     import json
 
     import anndata
@@ -86,8 +95,8 @@ def test_cli_train_reference_and_annotate_record_their_provenance(tmp_path, caps
     toml = tmp_path / "t.toml"
     toml.write_text("[gsrcl]\nencoder = [16, 8]\nhead = [8, 4]\nepochs = 10\neval_every = 10\nsvm_cv = 2\n"
                     "svm_gamma = ['scale']\nsvm_c = [1.0]\nlr = 1e-3\n")
-    r = run_cli(["train-reference", "--data-file", ref, "--out", str(tmp_path / "model"), "--config", str(toml),
-                 "--seed", "7"])
+    r = cli_here(["train-reference", "--data-file", ref, "--out", str(tmp_path / "model"), "--config", str(toml),
+                  "--seed", "7"], capfd)
     assert r.returncode == 0, r.stderr[-3000:]
     meta = json.loads((tmp_path / "model" / "reference.json").read_text())
     assert meta["seed"] == 7 and meta["config"]["seed"] == 7 and meta["config"]["encoder"] == [16, 8]
@@ -98,9 +107,9 @@ def test_cli_train_reference_and_annotate_record_their_provenance(tmp_path, caps
     adata.obs_names = [f"q{i}" for i in range(20)]
     adata.obs["known"] = np.array(["T", "B"])[y[:20]]
     adata.write_h5ad(tmp_path / "q.h5ad")
-    r = run_cli(["annotate", "--reference", str(tmp_path / "model"), "--data-file", str(tmp_path / "q.h5ad"),
-                 "--out", str(tmp_path / "out.h5ad"), "--plot", str(tmp_path / "calls.png"), "--cutoff", "0.6",
-                 "--label-key", "known"])
+    r = cli_here(["annotate", "--reference", str(tmp_path / "model"), "--data-file", str(tmp_path / "q.h5ad"),
+                  "--out", str(tmp_path / "out.h5ad"), "--plot", str(tmp_path / "calls.png"), "--cutoff", "0.6",
+                  "--label-key", "known"], capfd)
     assert r.returncode == 0, r.stderr[-3000:]
     out = anndata.read_h5ad(tmp_path / "out.h5ad")
     assert "gsrcl_call" in out.obs and {"gsrcl_prob_T", "gsrcl_prob_B"} <= set(out.obs)
@@ -118,12 +127,13 @@ def test_cli_train_reference_and_annotate_record_their_provenance(tmp_path, caps
     assert side["seed"] == 7 and side["config"]["cutoff"] == 0.5 and side["cell_types"] == ["T", "B"]
     assert side["n_devices"] == 1 and "numpy" in side["versions"] and side["data"].endswith("q.h5ad")
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no temporary files left
+    capfd.readouterr()  # (pytest allows capfd or capsys in one test, not both; cli_error reads either)
     err = cli_error(["annotate", "--reference", str(tmp_path / "nothing"), "--data-file", str(tmp_path / "q.h5ad")],
-                    capsys)
+                    capfd)
     assert "not a GsRCL reference" in err
 
 
-def test_sigkill_during_train_reference_then_resume_gives_the_same_reference(tmp_path):
+def test_sigkill_during_train_reference_then_resume_gives_the_same_reference(tmp_path, capfd):
     import json
     import signal
     import subprocess
@@ -140,7 +150,7 @@ def test_sigkill_during_train_reference_then_resume_gives_the_same_reference(tmp
     toml.write_text("[gsrcl]\nencoder = [16, 8]\nhead = [8, 4]\nepochs = 400\neval_every = 20\nsvm_cv = 2\n"
                     "svm_gamma = ['scale']\nsvm_c = [1.0]\nlr = 1e-3\n")
     common = ["train-reference", "--data-file", data, "--config", str(toml)]
-    r = run_cli([*common, "--out", str(tmp_path / "ref")])
+    r = cli_here([*common, "--out", str(tmp_path / "ref")], capfd)
     assert r.returncode == 0, r.stderr[-3000:]
 
     out = tmp_path / "killed"
@@ -155,9 +165,9 @@ def test_sigkill_during_train_reference_then_resume_gives_the_same_reference(tmp
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert 20 <= checkpoint.latest_step(str(ckpt)) < 400 and not (out / "reference.json").exists()
-    changed = run_cli([*common, "--out", str(out), "--resume", "--lr", "0.01"])
+    changed = cli_here([*common, "--out", str(out), "--resume", "--lr", "0.01"], capfd)
     assert changed.returncode == 2 and "different configuration" in changed.stderr
-    r = run_cli([*common, "--out", str(out), "--resume"])
+    r = cli_here([*common, "--out", str(out), "--resume"], capfd)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "from its checkpoint at epoch" in r.stdout and not (out / ".partial").exists()
     metas = [json.loads((d / "reference.json").read_text()) for d in (tmp_path / "ref", out)]
