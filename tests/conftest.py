@@ -37,7 +37,7 @@ def pytest_unconfigure(config):
 # The longest tests (each a minute or more on a 2-core machine), started first so that with
 # pytest-xdist (the README's test command) no worker is left running one of them alone at the end.
 # Only the order changes; without xdist the suite runs as before, in this order.
-SLOW_FIRST = ("test_resume.py::", "test_gsrcl.py::test_sigkill_inside_a_fold", "test_cluster_devices.py::",
+SLOW_FIRST = ("test_multihost.py::", "test_resume.py::", "test_gsrcl.py::test_sigkill_inside_a_fold", "test_cluster_devices.py::",
               "test_gsrcl.py::test_four_devices_match_one_device", "test_gsrcl.py::test_cli_four_devices",
               "test_cli.py::test_small_run_writes_outputs", "test_cluster.py::test_batch_variant",
               "test_cluster.py::test_louvain", "test_gsrcl.py::test_bf16_selects_as_f32")
@@ -46,7 +46,8 @@ SLOW_FIRST = ("test_resume.py::", "test_gsrcl.py::test_sigkill_inside_a_fold", "
 # Modules whose tests share an expensive module fixture: pytest-xdist sends each of them to one
 # worker whole, so that the fixture is built once.  (xdist's own --dist loadgroup marks do not
 # take effect with pytest 9.2, which no longer reads the node id xdist rewrites.)
-SHARED_FIXTURE_MODULES = ("test_bad_input.py", "test_model_api.py", "test_gsrcl_annotate.py")
+SHARED_FIXTURE_MODULES = ("test_bad_input.py", "test_model_api.py", "test_gsrcl_annotate.py", "test_multihost.py",
+                          "test_store.py", "test_stream.py")
 
 
 @pytest.hookimpl(optionalhook=True)
