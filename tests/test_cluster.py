@@ -86,21 +86,21 @@ def test_run_recovers_groups_with_given_k(tmp_path):
 
 
 def test_same_seed_same_labels_and_ae_weights_skip_pretraining(tmp_path, monkeypatch):
-    from scdc_jax.cluster import pipeline
+    from scdc_jax.cluster import source  # where the stages' epochs are built
 
     cfg = ClusterConfig(n_clusters=3, seed=5, **FAST)
     a = run(small_data(1), cfg, save_dir=str(tmp_path / "a"), progress=False)
     b = run(small_data(1), cfg, progress=False)
     np.testing.assert_array_equal(a.labels, b.labels)
 
-    real = pipeline.make_epoch
+    real = source.make_epoch
 
     def no_pretraining(*args, shuffle, **kwargs):
         if shuffle:  # the pretraining epoch (the clustering stage goes through the cells in order)
             raise AssertionError("pretraining ran although ae_weights were given")
         return real(*args, shuffle=shuffle, **kwargs)
 
-    monkeypatch.setattr(pipeline, "make_epoch", no_pretraining)
+    monkeypatch.setattr(source, "make_epoch", no_pretraining)
     c = run(small_data(1), cfg, ae_weights=str(tmp_path / "a"), progress=False)
     assert c.history["pretrain_loss"] == a.history["pretrain_loss"]  # carried over from the checkpoint
     np.testing.assert_array_equal(a.labels, c.labels)
@@ -213,7 +213,7 @@ def test_predict_without_gene_names_takes_the_training_columns_by_position(tmp_p
 def test_interrupted_overwrite_leaves_the_old_run_whole_and_resume_finishes_it(tmp_path, monkeypatch):
     import os
 
-    from scdc_jax.cluster import pipeline
+    from scdc_jax.cluster import source  # where the stages' epochs are built
     from scdc_jax.errors import InputError
 
     cfg = ClusterConfig(n_clusters=3, **{**FAST, "pretrain_epochs": 20, "maxiter": 5, "checkpoint_every": 5})
@@ -224,7 +224,7 @@ def test_interrupted_overwrite_leaves_the_old_run_whole_and_resume_finishes_it(t
                                          r"resume=True to continue it, or choose another save_dir.$"):
         run(small_data(1), cfg, save_dir=str(save), progress=False)
 
-    real = pipeline.make_epoch
+    real = source.make_epoch
 
     def interrupted_at_epoch_12(*a, **kw):
         epoch, calls = real(*a, **kw), []
@@ -239,7 +239,7 @@ def test_interrupted_overwrite_leaves_the_old_run_whole_and_resume_finishes_it(t
 
         return wrapped
 
-    monkeypatch.setattr(pipeline, "make_epoch", interrupted_at_epoch_12)
+    monkeypatch.setattr(source, "make_epoch", interrupted_at_epoch_12)
     with pytest.raises(KeyboardInterrupt):
         run(small_data(1), cfg, save_dir=str(save), overwrite=True, progress=False)
     monkeypatch.undo()
@@ -273,10 +273,10 @@ def test_batch_variant_follows_groups_not_batches():
 def test_non_finite_loss_stops_with_stage_epoch_and_checkpoint(tmp_path, monkeypatch):
     import jax.numpy as jnp
 
-    from scdc_jax.cluster import pipeline
+    from scdc_jax.cluster import source  # where the stages' epochs are built
     from scdc_jax.errors import TrainingDiverged
 
-    real = pipeline.make_epoch
+    real = source.make_epoch
 
     def poisoned(*a, **kw):
         epoch = real(*a, **kw)
@@ -284,14 +284,14 @@ def test_non_finite_loss_stops_with_stage_epoch_and_checkpoint(tmp_path, monkeyp
         if not kw["shuffle"]:  # the pretraining epochs only
             return epoch
 
-        def wrapped(params, opt, data, key):
+        def wrapped(params, opt, data, key, *per_cell):
             calls["n"] += 1
-            params, opt, means = epoch(params, opt, data, key)
+            params, opt, means = epoch(params, opt, data, key, *per_cell)
             return params, opt, ({**means, "loss": jnp.nan} if calls["n"] == 14 else means)
 
         return wrapped
 
-    monkeypatch.setattr(pipeline, "make_epoch", poisoned)
+    monkeypatch.setattr(source, "make_epoch", poisoned)
     with pytest.raises(TrainingDiverged, match=r"pretraining loss became non-finite at epoch 14; the last good "
                                                r"checkpoint is epoch 10 in .*pretrain"):
         run(small_data(), ClusterConfig(n_clusters=3, **FAST), save_dir=str(tmp_path), progress=False)

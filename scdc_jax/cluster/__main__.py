@@ -161,7 +161,12 @@ def _open_stream(args):
 
     if args.stream is None and sniff_format(args.data_file) not in ("h5ad", "zarr", "h5"):
         return None
-    store = CellStore(args.data_file, layer=args.layer, label_key=args.label_key, batch_key=args.batch_key)
+    try:
+        store = CellStore(args.data_file, layer=args.layer, label_key=args.label_key, batch_key=args.batch_key)
+    except InputError:
+        if args.stream:
+            raise
+        return None  # read whole, which says what is wrong with the file in its own words
     if args.stream is None:
         need, budget = store.nbytes_in_memory(), memory_budget_bytes()
         if need <= budget:
