@@ -97,12 +97,17 @@ class Streamed:
             if shuffle:
                 order = np.asarray(jax.random.permutation(jax.random.fold_in(key, 0), order))
             block_key = jax.random.fold_in(key, 1)
-            sums = None
+            sums = previous = None
             for i, data in self._blocks(order.tolist()):
                 a, b = self.spans[i]
                 extra = None if per_cell is None else {k: v[a:b] for k, v in per_cell.items()}
                 params, opt_state, means = compiled(b - a)(params, opt_state, data,
                                                            jax.random.fold_in(block_key, i), extra)
+                # Dispatch is asynchronous: without waiting, the loop would queue every block of the
+                # epoch (and hold them all in memory); waiting for the block before this one keeps
+                # one block training while the next is read.
+                jax.block_until_ready(previous)
+                previous = means
                 weighted = {k: v * (b - a) for k, v in means.items()}
                 sums = weighted if sums is None else {k: sums[k] + weighted[k] for k in sums}
             return params, opt_state, {k: v / self.n_cells for k, v in sums.items()}
