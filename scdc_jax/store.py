@@ -124,30 +124,32 @@ class CellStore:
                          source=self.path)
 
     def _h5_annotations(self, empty, label_key, batch_key) -> CountData:
-        f, n = self._root, self.n_cells
+        f = self._root
         labels = names = batch = batch_names = None
-        key = label_key or ("Y" if "Y" in f else None)
-        if key is not None:
-            if key not in f:
-                raise InputError(f"{self.path} has no dataset '{key}' to use as labels.")
-            y = f[key][()]
-            if len(y) != n:
-                raise InputError(f"labels '{key}' in {self.path} have {len(y)} entries for {n} cells.")
+        y = self._per_cell(label_key or ("Y" if "Y" in f else None), "labels")
+        if y is not None:
             labels, names = encode_labels(y, f["cell_types"][()] if "cell_types" in f else None,
-                                          what=f"labels '{key}'")
+                                          what=f"labels '{label_key or 'Y'}'")
         bkey = batch_key or ("B" if "B" in f else None)
-        if bkey is not None:
-            if bkey not in f:
-                raise InputError(f"{self.path} has no dataset '{bkey}' to use as batches.")
-            b = f[bkey][()]
-            if len(b) != n:
-                raise InputError(f"batches '{bkey}' in {self.path} have {len(b)} entries for {n} cells.")
+        b = self._per_cell(bkey, "batches")
+        if b is not None:
             if np.ndim(b) == 2:
                 batch, batch_names = check_one_hot(b), [str(i) for i in range(b.shape[1])]
             else:
                 batch, batch_names = one_hot_from_labels(b, what=f"batch '{bkey}'")
         return CountData(X=empty, labels=labels, label_names=names, batch=batch, batch_names=batch_names,
                          source=self.path)
+
+    def _per_cell(self, key: str | None, what: str):
+        """The .h5 dataset ``key`` (one entry a cell), or None without a key."""
+        if key is None:
+            return None
+        if key not in self._root:
+            raise InputError(f"{self.path} has no dataset '{key}' to use as {what}.")
+        v = self._root[key][()]
+        if len(v) != self.n_cells:
+            raise InputError(f"{what} '{key}' in {self.path} have {len(v)} entries for {self.n_cells} cells.")
+        return v
 
     def rows(self, start: int, stop: int):
         """The counts of cells ``start .. stop - 1``: CSR float32 (sparse store) or dense float32."""
