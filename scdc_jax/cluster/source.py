@@ -86,7 +86,7 @@ class Streamed:
 
     def epoch(self, loss_fn, tx, *, shuffle: bool):
         def compiled(n):
-            key = (id(loss_fn), shuffle, n)
+            key = (loss_fn, shuffle, n)  # the cache keeps the loss alive: its identity stays its own
             if key not in self._epochs:
                 self._epochs[key] = make_epoch(loss_fn, tx, n=n, batch_size=self.batch_size, shuffle=shuffle,
                                                batch_sharding=self.batch_sharding)
