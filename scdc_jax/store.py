@@ -10,6 +10,7 @@ size factors, the normalisation statistics), so a streamed run trains on the sam
 """
 from __future__ import annotations
 
+import functools
 import os
 import queue
 import threading
@@ -76,7 +77,13 @@ class CellStore:
             self.sparse = False
         if len(self.shape) != 2:
             raise InputError(f"the counts in {path} must be a 2-D cells x genes matrix, got shape {self.shape}.")
-        self.annotations = self._annotations(label_key, batch_key, layer)
+        self._keys = (label_key, batch_key, layer)
+
+    @functools.cached_property
+    def annotations(self) -> CountData:
+        """The labels, batches and names (read on first use: deciding whether to stream needs only
+        the matrix's size)."""
+        return self._annotations(*self._keys)
 
     @property
     def n_cells(self) -> int:
@@ -212,6 +219,7 @@ def stream_prepare(store: CellStore, *, select_genes_n: int = 0, block: int = BL
     (optional) is told when each pass starts.
     """
     say = progress or (lambda msg: None)
+    store.annotations  # a wrong label or batch key is refused before the passes
     n, g = store.shape
     spans = store.blocks(block)
     genes = np.arange(g)

@@ -174,6 +174,7 @@ def _open_stream(args):
             return None
         print(f"the counts would take {need / 2 ** 30:.1f} GiB, more than the budget of {budget / 2 ** 30:.1f} GiB: "
               "streaming them from disk (--no-stream holds them in memory)", file=sys.stderr)
+    store.annotations  # read now, so that a wrong key is refused before any work
     if args.transpose is not None:
         raise InputError("--transpose applies to CSV data files, which are not streamed.")
     return store
