@@ -3,6 +3,7 @@
     python benchmarks/accuracy.py --seeds 0 1 2 3 4 --datasets bladder worm pbmc
     python benchmarks/accuracy.py --impl scdc_jax torch_f32 --mode given estimated --seeds 0 1 2 3 4 --jobs 6 --device cuda
     python benchmarks/accuracy.py --precision f32 bf16 --seeds 0 1 2 3 4 --datasets bladder worm pbmc --tag _bf16
+    python benchmarks/accuracy.py --ensemble 5 --seeds 0 5 10 15 20 --mode given estimated --k-estimate stability
 
 Every run uses the published defaults (300 pretraining epochs, batch 256, sigma 2.5, gamma 1,
 tol 0.001, Adadelta clustering); ``given`` uses the true number of types (k-means, 20 restarts),
@@ -13,6 +14,13 @@ mode) runs in its own process, ``--jobs`` at a time; ``--precision f32 bf16`` ru
 both precisions (the bf16 runs named ``scdc_jax_bf16``).  Writes, per implementation and mode,
 ``benchmarks/results/accuracy_<impl>_<mode><tag>.json`` (per-seed ARI/NMI/ACC/k, times, machine,
 versions, command) and ``.md``, and ``accuracy_compare<tag>.md`` (mean and sd side by side).
+
+``--ensemble N`` runs scdc_jax as seed ensembles (``scdc_jax_ens<N>``): each seed ``s`` trains the
+members ``s .. s+N-1`` as one program (give seeds N apart so that no member repeats); a row's
+ARI/NMI/ACC are its consensus's, and it carries every member's scores and label-free criteria.
+``accuracy_ensemble<tag>.md`` then compares the consensus with the single models (the members,
+each an exact single run), the best member by each criterion, how each criterion ranks the
+members against their ARI (Spearman), and in ``estimated`` mode the number of clusters found.
 """
 from __future__ import annotations
 
@@ -41,7 +49,18 @@ METRICS = ("ari", "nmi", "acc", "k")
 SCDC_JAX = {"scdc_jax": "f32", "scdc_jax_bf16": "bf16"}  # implementation name: --precision
 
 
-def one_run(impl: str, dataset: str, seed: int, mode: str, data_dir: str, device: str, overrides: dict) -> dict:
+def _ensemble_row(res) -> dict:
+    from scdc_jax.cluster.ensemble import best_member
+
+    e = res.ensemble
+    members = [{k: c[k] for k in ("seed", "ari", "nmi", "acc", "agreement", "silhouette", "zinb", "cluster_epochs")}
+               for c in e["criteria"]]
+    return {"members": members, "agreement": e["agreement"], "k_estimate": e["k_estimate"],
+            "best_by": {c: members[best_member(e["criteria"], c)]["ari"] for c in ("agreement", "silhouette", "zinb")}}
+
+
+def one_run(impl: str, dataset: str, seed: int, mode: str, data_dir: str, device: str, overrides: dict,
+            ensemble_overrides: dict | None = None) -> dict:
     """One fit of one implementation; returns its scores and times."""
     from scdc_jax.cluster import ClusterConfig, run
     from scdc_jax.io import read_counts
@@ -59,6 +78,14 @@ def one_run(impl: str, dataset: str, seed: int, mode: str, data_dir: str, device
         return {**res.scores, "k": int(res.centers.shape[0]), "wall_s": time.perf_counter() - t0,
                 "pretrain_s": res.timings["pretrain_s"], "cluster_epochs": res.timings["cluster_epochs"],
                 "device": jax.devices()[0].device_kind}
+    if impl.startswith("scdc_jax_ens"):
+        import jax
+
+        cfg = dataclasses.replace(cfg, ensemble=int(impl[len("scdc_jax_ens"):]), **(ensemble_overrides or {}))
+        res = run(data, cfg, progress=False)
+        return {**res.scores, "k": int(res.centers.shape[0]), "wall_s": time.perf_counter() - t0,
+                "pretrain_s": res.timings["pretrain_s"], "cluster_s": res.timings["cluster_s"],
+                "device": jax.devices()[0].device_kind, **_ensemble_row(res)}
     import torch
 
     from benchmarks.baselines.torch_scdeepcluster import fit
@@ -135,6 +162,67 @@ def write_results(rows, args, out_dir):
         print("\n".join(lines))
 
 
+def _ms(v) -> str:
+    v = [x for x in v if x is not None and np.isfinite(x)]
+    if not v:
+        return "–"
+    return f"{np.mean(v):.3f} ± {np.std(v, ddof=1) if len(v) > 1 else 0.0:.3f}"
+
+
+def write_ensemble_summary(rows, args, out_dir):
+    """``accuracy_ensemble<tag>.{md,json}``: consensus vs single members, criteria vs ARI, k."""
+    from scipy.stats import spearmanr
+
+    cmd = "python benchmarks/accuracy.py " + " ".join(sys.argv[1:])
+    lines = [f"# Seed ensembles of scDeepCluster ({rows[0]['impl']}): consensus against single models", "",
+             f"`{cmd}` ({rows[0]['device']}, {time.strftime('%Y-%m-%d')}).  Single model: the ensembles' members, each "
+             "an exact single run of its seed.  Best by X: the member an ensemble would keep by criterion X "
+             "(agreement: mean ARI with the other members; silhouette: of its labels in its latent; zinb: its "
+             "final ZINB NLL, lower kept).  Spearman: rank correlation of the criterion with the members' ARI, "
+             "within each ensemble, averaged.  Time: an ensemble's wall time and its time per member.", "",
+             "| dataset | clusters | ensembles | single model ARI | consensus ARI | consensus - single (in single sd) "
+             "| best by agreement | best by silhouette | best by zinb | member agreement | k | s / ensemble "
+             "| s / member |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    corr_lines = ["", "| dataset | clusters | Spearman agreement-ARI | silhouette-ARI | -zinb-ARI |", "|---|---|---|---|---|"]
+    summary = {}
+    for mode in args.mode:
+        for d in args.datasets:
+            rs = [r for r in rows if r["dataset"] == d and r["mode"] == mode]
+            if not rs:
+                continue
+            single = [m["ari"] for r in rs for m in r["members"]]
+            cons = [r["ari"] for r in rs]
+            sd = np.std(single, ddof=1) if len(single) > 1 else float("nan")
+            gap = (np.mean(cons) - np.mean(single)) / sd if sd > 0 else float("nan")
+            corr = {}
+            for c, sign in (("agreement", 1), ("silhouette", 1), ("zinb", -1)):
+                rho = [spearmanr([sign * m[c] for m in r["members"]], [m["ari"] for m in r["members"]])[0]
+                       for r in rs]
+                corr[c] = float(np.nanmean(rho)) if np.isfinite(rho).any() else float("nan")
+            ks = [r["k"] for r in rs]
+            n_mem = len(rs[0]["members"])
+            summary[f"{d}/{mode}"] = {"single_ari": single, "consensus_ari": cons, "gap_in_single_sd": gap,
+                                      "spearman": corr, "k": ks, "k_estimates": [r.get("k_estimate") for r in rs],
+                                      "best_by": [r["best_by"] for r in rs]}
+            lines.append(f"| {d} | {mode} | {len(rs)} x {n_mem} | {_ms(single)} | {_ms(cons)} | {gap:+.2f} | "
+                         + " | ".join(_ms([r['best_by'][c] for r in rs]) for c in ("agreement", "silhouette", "zinb"))
+                         + f" | {_ms([r['agreement'] for r in rs])} | {_ms(ks)} | {np.mean([r['wall_s'] for r in rs]):.0f} "
+                         f"| {np.mean([r['wall_s'] for r in rs]) / n_mem:.0f} |")
+            corr_lines.append(f"| {d} | {mode} | " + " | ".join(f"{corr[c]:+.2f}" for c in ("agreement", "silhouette", "zinb"))
+                              + " |")
+    ks_lines = ["", "Numbers of clusters (estimated mode): the members' Louvain counts at resolution 0.8 and the "
+                "ensemble's estimate.", "", "| dataset | ensemble seed | Louvain k of the members | estimate | k | consensus ARI |",
+                "|---|---|---|---|---|---|"]
+    ks_lines += [f"| {r['dataset']} | {r['seed']} | {r['k_estimate']['louvain_k']} | {r['k_estimate']['method']} | "
+                 f"{r['k']} | {r['ari']:.3f} |" for r in rows if r.get("k_estimate")]
+    text = "\n".join(lines + corr_lines + (ks_lines if len(ks_lines) > 5 else [])) + "\n"
+    with open(os.path.join(out_dir, f"accuracy_ensemble{args.tag}.md"), "w") as fh:
+        fh.write(text)
+    with open(os.path.join(out_dir, f"accuracy_ensemble{args.tag}.json"), "w") as fh:
+        json.dump({"command": cmd, "summary": summary, "rows": rows}, fh, indent=2)
+    print(text)
+
+
 def load_rows(path: str, runs: list) -> dict:
     """Finished rows (the JSON lines this script prints) of an earlier run, keyed like ``runs``."""
     if not os.path.isfile(path):
@@ -174,6 +262,10 @@ def main():
     ap.add_argument("--maxiter", type=int, help="override (smoke tests only: not the published setting)")
     ap.add_argument("--resume", metavar="LOG",
                     help="a saved stdout of an earlier, interrupted run: its finished rows are kept, only the rest run")
+    ap.add_argument("--ensemble", type=int, default=0, metavar="N",
+                    help="run scdc_jax as seed ensembles of N members (scdc_jax_ens<N>) instead of single models")
+    ap.add_argument("--k-estimate", choices=["louvain", "stability"], default="stability",
+                    help="the ensembles' estimate of the number of clusters in 'estimated' mode (default %(default)s)")
     ap.add_argument("--worker", nargs=4, metavar=("IMPL", "DATASET", "SEED", "MODE"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -182,8 +274,9 @@ def main():
 
         set_matmul_precision(args.matmul)
         overrides = {k: v for k, v in (("pretrain_epochs", args.pretrain_epochs), ("maxiter", args.maxiter)) if v}
-        print("RESULT " + json.dumps(one_run(impl, dataset, int(seed), mode, args.data_dir, args.device, overrides)),
-              flush=True)
+        row = one_run(impl, dataset, int(seed), mode, args.data_dir, args.device, overrides,
+                      {"k_estimate": args.k_estimate})
+        print("RESULT " + json.dumps(row), flush=True)
         return
     if not os.path.isdir(args.data_dir):
         sys.exit(f"skipped: {args.data_dir} is absent (real data lives only on developer machines and CI)")
@@ -193,6 +286,8 @@ def main():
         env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // args.jobs)))
     impls = [n for i in args.impl for n in ([n for n, p in SCDC_JAX.items() if p in args.precision]
                                             if i == "scdc_jax" else [i])]
+    if args.ensemble > 1:
+        impls = [f"scdc_jax_ens{args.ensemble}" if i == "scdc_jax" else i for i in impls]
     runs = [(i, d, s, m) for m in args.mode for d in args.datasets for i in impls for s in args.seeds]
     done = load_rows(args.resume, runs) if args.resume else {}
     if done:
@@ -204,7 +299,8 @@ def main():
             return done[spec]
         impl, d, s, m = spec
         cmd = [sys.executable, os.path.abspath(__file__), "--worker", impl, d, str(s), m,
-               "--data-dir", args.data_dir, "--device", args.device, "--matmul", args.matmul]
+               "--data-dir", args.data_dir, "--device", args.device, "--matmul", args.matmul,
+               "--k-estimate", args.k_estimate]
         cmd += [a for k, v in (("--pretrain-epochs", args.pretrain_epochs), ("--maxiter", args.maxiter)) if v
                 for a in (k, str(v))]
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -219,6 +315,8 @@ def main():
         rows = list(pool.map(launch, runs))
     os.makedirs(args.out, exist_ok=True)
     write_results(rows, args, args.out)
+    if any("members" in r for r in rows):
+        write_ensemble_summary([r for r in rows if "members" in r], args, args.out)
 
 
 if __name__ == "__main__":

@@ -68,3 +68,27 @@ def test_upstream_pretraining_epoch_runs_on_its_own_model():
     before = [p.detach().clone() for p in model.parameters()]
     run()
     assert all(not (a == b.detach()).all() for a, b in zip(before, model.parameters()))  # it trained
+
+
+def test_ensemble_summary_compares_the_consensus_with_its_members(tmp_path):
+    import argparse
+
+    def members(aris):
+        return [{"seed": i, "ari": a, "nmi": a, "acc": a, "agreement": a, "silhouette": -a, "zinb": -a,
+                 "cluster_epochs": 5} for i, a in enumerate(aris)]
+
+    rows = [_row("scdc_jax_ens3", "worm", s, mode="given", members=members(aris), agreement=0.5, k_estimate=None,
+                 best_by={"agreement": max(aris), "silhouette": min(aris), "zinb": max(aris)}, ari=cons, device="cpu")
+            for s, aris, cons in ((0, [0.4, 0.5, 0.6], 0.7), (3, [0.45, 0.5, 0.55], 0.8))]
+    args = argparse.Namespace(mode=["given"], datasets=["worm", "pbmc"], tag="_t")
+    accuracy.write_ensemble_summary(rows, args, str(tmp_path))
+    out = json.load(open(tmp_path / "accuracy_ensemble_t.json"))["summary"]["worm/given"]
+    single = [0.4, 0.5, 0.6, 0.45, 0.5, 0.55]
+    import numpy as np
+
+    assert out["single_ari"] == single and out["consensus_ari"] == [0.7, 0.8]
+    assert out["gap_in_single_sd"] == pytest.approx((0.75 - np.mean(single)) / np.std(single, ddof=1))
+    # agreement and -zinb rise with ARI in these members, silhouette falls
+    assert out["spearman"] == pytest.approx({"agreement": 1.0, "silhouette": -1.0, "zinb": 1.0})
+    md = (tmp_path / "accuracy_ensemble_t.md").read_text()
+    assert "| worm | given | 2 x 3 |" in md and "pbmc" not in md

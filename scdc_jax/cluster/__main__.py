@@ -85,6 +85,21 @@ def build_parser() -> argparse.ArgumentParser:
                    "many random cells and put every other cell in its nearest centre's cluster: for millions of "
                    "cells (default 0 = all cells)")
     m.add_argument("--seed", type=int, help="seed of every random choice (default 0)")
+    e = p.add_argument_group("seed ensembles")
+    e.add_argument("--ensemble", type=int, metavar="N", help="train N models (seeds SEED, SEED+1, ...) side by side as "
+                   "one vmapped program (about N times one model's work on a CPU) and return their consensus: "
+                   "k-means on the co-association of the members' labels; writes every member's labels to "
+                   "SAVE_DIR/ensemble_labels.csv and its label-free criteria to run.json (default 1: one model)")
+    e.add_argument("--ensemble-select", choices=["consensus", "agreement", "silhouette", "zinb"],
+                   help="the labels returned: the consensus (default), or the member with the highest mean ARI "
+                        "with the others (agreement), the highest silhouette in its latent space, or the lowest "
+                        "final ZINB loss; the latent and model are those of that member (for the consensus: the "
+                        "member closest to it)")
+    e.add_argument("--k-estimate", choices=["louvain", "stability"],
+                   help="with --n-clusters 0 and --ensemble: one number of clusters for all members, the median "
+                        "of the members' Louvain counts (louvain, default) or the k from 2 to the largest "
+                        "Louvain count whose k-means labelings agree most between the members' latent spaces "
+                        "(stability)")
     m.add_argument("--devices", type=int, help="split each minibatch over this many devices (default 1)")
     m.add_argument("--checkpoint-every", type=int, help="epochs between periodic checkpoints (default 25)")
     m.add_argument("--precision", choices=["f32", "bf16"], help="bf16 computes the autoencoder's Dense layers in "
@@ -195,12 +210,12 @@ def main(argv: list[str] | None = None) -> int:
     from ..outputs import (check_writable_dir, check_writable_file, provenance, write_h5ad, write_json,
                            write_labels, write_matrix_csv)
     from .config import load_config
-    from .layout import LABEL_FILE, LATENT_FILE, RUN_FILE, run_folder
+    from .layout import ENSEMBLE_FILE, LABEL_FILE, LATENT_FILE, RUN_FILE, run_folder
 
     overrides = {k: getattr(args, k) for k in (
         "n_clusters", "knn", "resolution", "community", "select_genes", "batch_size", "maxiter",
         "pretrain_epochs", "gamma", "sigma", "update_interval", "tol", "seed", "devices", "checkpoint_every",
-        "precision", "init_cells")}
+        "precision", "init_cells", "ensemble", "ensemble_select", "k_estimate")}
     cfg = load_config(args.config, **overrides)
     save_dir = args.save_dir
     run_folder(save_dir, resume=args.resume, overwrite=args.overwrite)  # refuses a folder before any data is read
@@ -252,10 +267,16 @@ def main(argv: list[str] | None = None) -> int:
     prov["data"] = data.source
     write_matrix_csv(latent_file, result.full_latent())
     write_labels(label_file, result.full_labels())
+    ensemble_file = None
+    if result.ensemble is not None:
+        ensemble_file = os.path.join(save_dir, ENSEMBLE_FILE)
+        write_matrix_csv(ensemble_file, result.full_member_labels(), fmt="%d")
     summary = {**prov, "n_clusters": int(result.centers.shape[0]), "scores": result.scores,
                "timings": result.timings, "stop_reason": result.stop_reason,
                "n_cells_kept": int(len(result.cells)), "n_genes_kept": int(len(result.genes)),
-               "outputs": {"latent": latent_file, "labels": label_file, "h5ad": args.out},
+               "outputs": {"latent": latent_file, "labels": label_file, "h5ad": args.out,
+                           **({"ensemble_labels": ensemble_file} if ensemble_file else {})},
+               "ensemble": result.ensemble_summary(),
                "streamed": {"block_cells": args.block_cells} if streamed else None}
     write_json(os.path.join(save_dir, RUN_FILE), summary)
     if args.out:
@@ -273,6 +294,12 @@ def main(argv: list[str] | None = None) -> int:
     msg = f"{k} clusters ({result.stop_reason} after {result.timings['cluster_epochs']} clustering epochs); " \
           f"time: pretrain {result.timings['pretrain_s']:.1f} s, total {result.timings['total_s']:.1f} s"
     print(msg)
+    if result.ensemble is not None:
+        e = result.ensemble
+        print(f"ensemble of {e['members']}: member agreement (mean ARI) {e['agreement']:.3f}; labels: {e['select']}"
+              + (f" (member {e['representative']})" if e["select"] != "consensus" else ""))
+        if result.scores:
+            print("members' ARI " + " ".join(f"{c['ari']:.3f}" for c in e["criteria"]))
     if result.scores:
         s = result.scores
         print(f"ARI {s['ari']:.4f}  NMI {s['nmi']:.4f}  ACC {s['acc']:.4f}")

@@ -26,6 +26,16 @@ def _uns_record(result: ClusterResult, extra: dict | None = None) -> dict:
                                 for k in ("epoch", "ari", "nmi", "acc", "delta")}
     if result.scores:
         rec["scores"] = dict(result.scores)
+    ens = result.ensemble_summary()
+    if ens is not None:
+        crit = ens["criteria"]
+        rec["ensemble"] = {"seeds": np.asarray(ens["seeds"]), "select": ens["select"],
+                           "representative": ens["representative"], "agreement": ens["agreement"],
+                           "pairwise_ari": np.asarray(ens["pairwise_ari"]),
+                           "criteria": {k: np.asarray([c[k] for c in crit]) for k in crit[0]
+                                        if not isinstance(crit[0][k], str) and crit[0][k] is not None}}
+        if ens.get("k_estimate"):
+            rec["ensemble"]["louvain_k"] = np.asarray(ens["k_estimate"]["louvain_k"])
     for k, v in (extra or {}).items():
         if v is not None:
             rec[k] = v
@@ -36,7 +46,8 @@ def write_to_adata(adata, result: ClusterResult, key_added: str = "scdc", extra:
                    obs_key: str | None = None) -> None:
     """``.obs[obs_key]`` (default ``key + '_cluster'``; categorical, NaN for filtered cells),
     ``.obsm['X_'+key]`` (latent), ``.obsm[key+'_q']`` (soft assignments) and ``.uns[key]``
-    (parameters, losses, scores)."""
+    (parameters, losses, scores); of an ensemble run also ``.obsm[key+'_members']`` (each member's
+    labels, -1 for filtered cells) and ``.uns[key]['ensemble']`` (seeds, criteria, agreement)."""
     import pandas as pd
 
     labels = result.full_labels()
@@ -47,6 +58,8 @@ def write_to_adata(adata, result: ClusterResult, key_added: str = "scdc", extra:
     q = np.full((result.n_cells_input, k), np.nan, np.float32)
     q[result.cells] = result.q
     adata.obsm[f"{key_added}_q"] = q
+    if result.ensemble is not None:
+        adata.obsm[f"{key_added}_members"] = result.full_member_labels()
     adata.uns[key_added] = _uns_record(result, extra)
 
 

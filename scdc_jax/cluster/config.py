@@ -25,6 +25,13 @@ class ClusterConfig:
     ``init_cells``: the initial clusters (k-means, or Louvain/Leiden) are found on this many cells
     drawn at random (``seed``), and every other cell starts in its nearest centre's cluster; 0
     (default) uses every cell, as the reference does.  For millions of cells.
+
+    ``ensemble``: train this many models (seeds ``seed``, ``seed + 1``, ...) side by side as one
+    vmapped program and return their consensus (``ensemble_select = "consensus"``) or the best
+    member by a label-free criterion (``"agreement"``, ``"silhouette"``, ``"zinb"``); with
+    ``n_clusters = 0`` the members share one estimated number of clusters, ``k_estimate``
+    ``"louvain"`` (median of the members' Louvain counts) or ``"stability"`` (the k whose k-means
+    labelings agree most between the members).  See :mod:`scdc_jax.cluster.ensemble`.
     """
 
     n_clusters: int = 0
@@ -52,11 +59,14 @@ class ClusterConfig:
     devices: int = 1
     precision: str = "f32"
     init_cells: int = 0
+    ensemble: int = 1
+    ensemble_select: str = "consensus"
+    k_estimate: str = "louvain"
 
     def validate(self) -> "ClusterConfig":
         positive = ("batch_size", "maxiter", "pretrain_epochs", "sigma", "tol", "update_interval",
                     "knn", "resolution", "lr_pretrain", "lr_cluster", "alpha", "kmeans_n_init",
-                    "latent", "checkpoint_every", "devices")
+                    "latent", "checkpoint_every", "devices", "ensemble")
         for name in positive:
             value = getattr(self, name)
             if not value > 0:
@@ -70,6 +80,14 @@ class ClusterConfig:
             raise InputError(f"{option('community')} must be 'louvain' or 'leiden', got '{self.community}'.")
         if self.precision not in ("f32", "bf16"):
             raise InputError(f"{option('precision')} must be 'f32' or 'bf16', got '{self.precision}'.")
+        if self.ensemble_select not in ("consensus", "agreement", "silhouette", "zinb"):
+            raise InputError(f"{option('ensemble_select')} must be 'consensus', 'agreement', 'silhouette' or 'zinb', "
+                             f"got '{self.ensemble_select}'.")
+        if self.k_estimate not in ("louvain", "stability"):
+            raise InputError(f"{option('k_estimate')} must be 'louvain' or 'stability', got '{self.k_estimate}'.")
+        if self.k_estimate == "stability" and self.ensemble < 2:
+            raise InputError(f"{option('k_estimate', 'stability')} compares the members of an ensemble; give "
+                             f"{option('ensemble')} 2 or more.")
         return self
 
     def to_dict(self) -> dict:

@@ -33,6 +33,7 @@ from ..optim import adadelta_torch, amsgrad_torch
 from ..parallel import data_sharded, make_mesh, replicated
 from ..preprocess import prepare
 from ..store import BLOCK_CELLS, CellStore, stream_prepare
+from . import ensemble
 from .config import ClusterConfig
 from .init import centres_of, community_labels, kmeans, nearest_centre, subsample
 from .layout import CLUSTER, MODEL, PRETRAIN, run_folder
@@ -55,6 +56,8 @@ class ClusterResult:
     history : ``pretrain_loss`` (per epoch), ``cluster`` (per epoch: loss, kl, zinb) and, with
         labels, ``scores`` (per target update: epoch, ari, nmi, acc, delta).
     scores : final ARI/NMI/ACC when labels were given.
+    ensemble : of an ensemble run (:mod:`.ensemble`), its members' labels and criteria, the
+        consensus and the agreement; see :meth:`ensemble_summary` and :meth:`full_member_labels`.
     """
 
     labels: np.ndarray
@@ -70,12 +73,28 @@ class ClusterResult:
     timings: dict = field(default_factory=dict)
     stop_reason: str = ""
     gene_names: list | None = None
+    ensemble: dict | None = None
 
     def full_labels(self) -> np.ndarray:
         """Labels for every input cell; -1 for cells removed by filtering."""
         out = np.full(self.n_cells_input, -1, np.int64)
         out[self.cells] = self.labels
         return out
+
+    def full_member_labels(self) -> np.ndarray | None:
+        """(input cells, members) labels of each ensemble member; -1 for filtered cells."""
+        if self.ensemble is None:
+            return None
+        out = np.full((self.n_cells_input, self.ensemble["members"]), -1, np.int64)
+        out[self.cells] = np.asarray(self.ensemble["member_labels"]).T
+        return out
+
+    def ensemble_summary(self) -> dict | None:
+        """The ensemble's record without per-cell arrays (JSON-ready): seeds, per-member criteria
+        (and scores with labels), pairwise ARI, agreement, how the labels were chosen, the k estimate."""
+        if self.ensemble is None:
+            return None
+        return {k: v for k, v in self.ensemble.items() if k not in ("member_labels", "consensus")}
 
     def full_latent(self) -> np.ndarray:
         out = np.full((self.n_cells_input, self.latent.shape[1]), np.nan, np.float32)
@@ -218,6 +237,15 @@ def _restore(setup: _Setup, where: str, template):
     return checkpoint.restore(where, template(meta))
 
 
+def _claim(setup: _Setup, folder, fingerprint: dict) -> None:
+    """The run's folder claimed (``setup.work``): the first process writes the fingerprint, the others check it."""
+    setup.work = None
+    if folder is not None:
+        setup.work = folder.claim(fingerprint) if distributed.is_primary() else None
+        distributed.barrier("run folder claimed")
+        setup.work = setup.work or folder.claim(fingerprint, write=False)
+
+
 def restore_or_init(setup: _Setup, folder, fingerprint: dict, *, ae_dir: str | None, resume: bool) -> dict:
     """The train state the run starts from, and the run's folder claimed (``setup.work``).
 
@@ -245,11 +273,7 @@ def restore_or_init(setup: _Setup, folder, fingerprint: dict, *, ae_dir: str | N
         setup.say(f"pretrained autoencoder restored from {ae_dir} (epoch {meta.get('epoch')}); pretraining skipped")
         state = {"stage": INIT, "params": restored["ae"], "opt": None, "epoch": 0,
                  "history": {**_new_history(), "pretrain_loss": list(meta.get("pretrain_loss", []))}}
-    setup.work = None
-    if folder is not None:  # the first process writes the fingerprint, the others check it
-        setup.work = folder.claim(fingerprint) if distributed.is_primary() else None
-        distributed.barrier("run folder claimed")
-        setup.work = setup.work or folder.claim(fingerprint, write=False)
+    _claim(setup, folder, fingerprint)
     cluster_dir, pretrain_dir = setup.sub(CLUSTER), setup.sub(PRETRAIN)
     if resume and cluster_dir and checkpoint.latest_step(cluster_dir) is not None:
         restored, meta = _restore(setup, cluster_dir, clustering)
@@ -405,10 +429,11 @@ def run(data: CountData | CellStore, cfg: ClusterConfig, *, save_dir: str | None
     """
     cfg.validate()
     progress = progress and distributed.is_primary()  # one process of a multi-process run reports
+    streamed = isinstance(data, CellStore)
+    ensemble.check(cfg, streamed=streamed, resume=resume, ae_weights=ae_weights)
     ae_dir = _resolve_ae_weights(ae_weights) if ae_weights is not None else None  # checked before any work
     folder = run_folder(save_dir, resume=resume, overwrite=overwrite) if save_dir else None
     t_start = time.perf_counter()
-    streamed = isinstance(data, CellStore)
     prep = (stream_prepare(data, select_genes_n=cfg.select_genes, block=block_cells, progress=_say(progress))
             if streamed else prepare(data, select_genes_n=cfg.select_genes))
     n, g = prep.shape
@@ -431,14 +456,18 @@ def run(data: CountData | CellStore, cfg: ClusterConfig, *, save_dir: str | None
     setup = _Setup(cfg, source, abstract_model(cfg, g, n_batches=nb)[0], g, nb, labels, rep, progress)
 
     fingerprint = _fingerprint(cfg, prep, block_cells if streamed else 0)
-    state = restore_or_init(setup, folder, fingerprint, ae_dir=ae_dir, resume=resume)
     timings: dict[str, float] = {}
-    for name, stage, step in (("pretrain_s", PRETRAIN, pretrain), ("init_s", INIT, init_clusters),
-                              ("cluster_s", CLUSTER, cluster)):
-        t0 = time.perf_counter()
-        if state["stage"] == stage:
-            state = step(setup, state)
-        timings[name] = time.perf_counter() - t0
+    if cfg.ensemble > 1:
+        _claim(setup, folder, fingerprint)
+        state = ensemble.train(setup, _Progress, timings)
+    else:
+        state = restore_or_init(setup, folder, fingerprint, ae_dir=ae_dir, resume=resume)
+        for name, stage, step in (("pretrain_s", PRETRAIN, pretrain), ("init_s", INIT, init_clusters),
+                                  ("cluster_s", CLUSTER, cluster)):
+            t0 = time.perf_counter()
+            if state["stage"] == stage:
+                state = step(setup, state)
+            timings[name] = time.perf_counter() - t0
     history = state["history"]
     timings["total_s"] = time.perf_counter() - t_start
     timings["cluster_epochs"] = len(history["cluster"])
@@ -453,4 +482,5 @@ def run(data: CountData | CellStore, cfg: ClusterConfig, *, save_dir: str | None
     return ClusterResult(labels=last, latent=z0, q=q, centers=centers, cells=prep.cells, genes=prep.genes,
                          n_cells_input=data.n_cells, config=cfg.to_dict(), history=history,
                          scores=clustering_scores(labels, last) if labels is not None else None,
-                         timings=timings, stop_reason=state["stop_reason"], gene_names=gene_names)
+                         timings=timings, stop_reason=state["stop_reason"], gene_names=gene_names,
+                         ensemble=state.get("ensemble"))

@@ -34,20 +34,22 @@ class InMemory:
         self.data, self.batch_size, self.batch_sharding = data, batch_size, batch_sharding
         self.n_cells = data.n_cells
 
-    def epoch(self, loss_fn, tx, *, shuffle: bool):
-        """``epoch(params, opt_state, key, per_cell=None) -> (params, opt_state, means)``."""
+    def epoch(self, loss_fn, tx, *, shuffle: bool, members: bool = False):
+        """``epoch(params, opt_state, key, per_cell=None) -> (params, opt_state, means)``;
+        ``members``: of stacked ensemble members (:func:`~scdc_jax.cluster.train.make_epoch`)."""
         fn = make_epoch(loss_fn, tx, n=self.n_cells, batch_size=self.batch_size, shuffle=shuffle,
-                        batch_sharding=self.batch_sharding)
+                        batch_sharding=self.batch_sharding, members=members)
         return lambda params, opt_state, key, per_cell=None: fn(params, opt_state, self.data, key, per_cell)
 
-    def encoder(self, graphdef):
-        """``encode(ae) -> z0`` (n, latent) NumPy."""
-        fn = make_encoder(graphdef)
+    def encoder(self, graphdef, *, members: bool = False):
+        """``encode(ae) -> z0`` (n, latent) NumPy ((members, n, latent) with ``members``)."""
+        fn = make_encoder(graphdef, members=members)
         return lambda ae: checkpoint.to_host(fn(ae, self.data))
 
-    def assigner(self, graphdef, alpha: float):
-        """``assign(params) -> (z0, q, p, labels)``: z0, q host arrays, p on the device, labels host."""
-        fn = make_assign(graphdef, alpha)
+    def assigner(self, graphdef, alpha: float, *, members: bool = False):
+        """``assign(params) -> (z0, q, p, labels)``: z0, q host arrays, p on the device, labels host
+        (each with a leading members axis with ``members``)."""
+        fn = make_assign(graphdef, alpha, members=members)
 
         def assign(params):
             z0, q, p, labels = fn(params, self.data)

@@ -223,7 +223,7 @@ def _take(data: ClusterData, idx) -> dict:
 
 
 def make_epoch(loss_fn, tx: optax.GradientTransformation, *, n: int, batch_size: int, shuffle: bool,
-               batch_sharding=None):
+               batch_sharding=None, members: bool = False):
     """``epoch(params, opt_state, data, key, per_cell=None) -> (params, opt_state, means)``, jitted.
 
     One pass over the ``n`` cells of ``data`` in minibatches of ``batch_size``: in a fresh random
@@ -232,12 +232,13 @@ def make_epoch(loss_fn, tx: optax.GradientTransformation, *, n: int, batch_size:
     arrays (the DEC target ``p``), gathered into each batch under their names.  ``means`` are the
     measurements of ``loss_fn``, each averaged over all cells of the epoch (a batch weighs as its
     valid cells).  ``params`` and ``opt_state`` are donated.  ``batch_sharding`` (optional)
-    spreads each minibatch over a device mesh.
+    spreads each minibatch over a device mesh.  ``members``: ``params``, ``opt_state``, ``key``
+    and ``per_cell`` carry a leading axis of ensemble members (seeds) trained side by side as one
+    vmapped program over the same cells, each in its own cell order; ``means`` are then (members,).
     """
     n_dev = 1 if batch_sharding is None else batch_sharding.mesh.size
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
-    @partial(jax.jit, donate_argnums=(0, 1))
     def epoch(params, opt_state, data: ClusterData, key, per_cell=None):
         if shuffle:
             perm_key, key = jax.random.split(key)
@@ -265,16 +266,22 @@ def make_epoch(loss_fn, tx: optax.GradientTransformation, *, n: int, batch_size:
         means = {k: jnp.concatenate([o[k] for o in outs]).sum() / n for k in outs[0]}
         return params, opt_state, means
 
-    return epoch
+    if members:
+        one = jax.vmap(epoch, in_axes=(0, 0, None, 0, 0))
+
+        def epoch(params, opt_state, data: ClusterData, key, per_cell=None):
+            return one(params, opt_state, data, key, per_cell)
+
+    return jax.jit(epoch, donate_argnums=(0, 1))
 
 
 # ---- inference ------------------------------------------------------------------------------------
 
-def make_encoder(graphdef, chunk: int = 65536):
+def make_encoder(graphdef, chunk: int = 65536, *, members: bool = False):
     """``encode(ae_params, data) -> z0`` (n, latent): the clean encoder pass over all cells of a
-    :class:`ClusterData`, ``chunk`` cells at a time."""
+    :class:`ClusterData`, ``chunk`` cells at a time; with ``members``, of each member of stacked
+    ``ae_params`` (members, n, latent)."""
 
-    @jax.jit
     def encode(params, data: ClusterData):
         model = nnx.merge(graphdef, params)
         n = data.n_cells
@@ -289,17 +296,17 @@ def make_encoder(graphdef, chunk: int = 65536):
         idx = jnp.minimum(jnp.arange(steps * chunk), n - 1).reshape(steps, chunk)
         return jax.lax.map(block, idx).reshape(steps * chunk, -1)[:n]
 
-    return encode
+    return jax.jit(jax.vmap(encode, in_axes=(0, None)) if members else encode)
 
 
-def make_assign(graphdef, alpha: float = 1.0):
-    """``assign(params, data) -> (z0, q, p, labels)`` over all cells, jit-compiled."""
+def make_assign(graphdef, alpha: float = 1.0, *, members: bool = False):
+    """``assign(params, data) -> (z0, q, p, labels)`` over all cells, jit-compiled (each with a
+    leading members axis with ``members``)."""
     encode = make_encoder(graphdef)
 
-    @jax.jit
     def assign(params, data: ClusterData):
         z0 = encode(params["ae"], data)
         q = jnp.exp(log_soft_assign(z0, params["mu"], alpha))
         return z0, q, target_distribution(q), jnp.argmax(q, axis=1)
 
-    return assign
+    return jax.jit(jax.vmap(assign, in_axes=(0, None)) if members else assign)

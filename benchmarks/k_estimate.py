@@ -1,0 +1,117 @@
+"""Estimates of the number of clusters on the pretrained latent spaces of a seed ensemble.
+
+    python benchmarks/k_estimate.py --members 4 --datasets pbmc worm bladder
+
+For each shared dataset: N autoencoders (seeds 0..N-1, the published pretraining) are trained as
+one ensemble, exactly as ``python -m scdc_jax.cluster --ensemble N`` does; then, on their latent
+spaces, Louvain at resolution 0.8 on the 20-NN graph (the reference's estimate, per member) and
+the ensemble's ``stability`` estimate (:func:`scdc_jax.cluster.ensemble.estimate_k`), with the
+whole stability curve.  ARI here is of the initial partition (Louvain's communities, or k-means
+with the estimated k) against the true types: the starting point of the DEC stage, not its end.
+Writes ``benchmarks/results/k_estimate.{json,md}``.  ``--cache DIR`` keeps the latents, so a
+rerun with other estimates skips the pretraining.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, ROOT)
+DATA = os.path.join(os.path.dirname(ROOT), "shared", "data")
+DATASETS = {"bladder": ("mouse_bladder_cell_select_2100.h5", 16, 2000),
+            "worm": ("worm_neuron_cell_select_2100.h5", 10, 2000),
+            "pbmc": ("10X_PBMC_select_2100_top2000.h5", 8, 0)}
+
+
+def member_latents(name: str, members: int, cache: str | None):
+    """(latents (members, n, 32), true labels, pretraining seconds) of the dataset ``name``."""
+    path = os.path.join(cache, f"latents_{name}_{members}.npz") if cache else None
+    if path and os.path.isfile(path):
+        d = np.load(path)
+        return d["z"], d["labels"], float(d["seconds"])
+    from scdc_jax.cluster import ClusterConfig, ensemble, pipeline
+    from scdc_jax.cluster.source import InMemory
+    from scdc_jax.cluster.train import abstract_model, device_data
+    from scdc_jax.io import read_counts
+    from scdc_jax.preprocess import prepare
+
+    fname, _, sel = DATASETS[name]
+    prep = prepare(read_counts(os.path.join(DATA, fname)), select_genes_n=sel)
+    cfg = ClusterConfig(select_genes=sel, ensemble=members)
+    g = prep.shape[1]
+    setup = pipeline._Setup(cfg, InMemory(device_data(prep), batch_size=cfg.batch_size), abstract_model(cfg, g)[0],
+                            g, 0, prep.data.labels, None, False)
+    t0 = time.perf_counter()
+    ae, _ = ensemble._pretrain(setup, list(range(members)), pipeline._Progress)
+    z = setup.source.encoder(setup.graphdef, members=True)(ae)
+    seconds = time.perf_counter() - t0
+    if path:
+        os.makedirs(cache, exist_ok=True)
+        np.savez(path, z=z, labels=prep.data.labels, seconds=seconds)
+    return z, prep.data.labels, seconds
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--datasets", nargs="+", default=["pbmc", "worm", "bladder"], choices=list(DATASETS))
+    ap.add_argument("--members", type=int, default=4)
+    ap.add_argument("--cache", help="folder keeping the members' latents between runs")
+    ap.add_argument("--out", default=os.path.join(HERE, "results"))
+    args = ap.parse_args()
+    if not os.path.isdir(DATA):
+        sys.exit(f"skipped: {DATA} is absent (real data lives only on developer machines and CI)")
+    from sklearn.metrics import adjusted_rand_score
+
+    from scdc_jax.cluster import ClusterConfig
+    from scdc_jax.cluster.ensemble import estimate_k
+    from scdc_jax.cluster.init import community_labels, kmeans
+
+    rows = []
+    for name in args.datasets:
+        z, labels, seconds = member_latents(name, args.members, args.cache)
+        seeds = list(range(args.members))
+        louvain = [community_labels(zz, knn=20, resolution=0.8, seed=s) for s, zz in zip(seeds, z)]
+        cfg = ClusterConfig(ensemble=args.members, k_estimate="stability")
+        k, info = estimate_k(z, cfg, seeds)
+        km_ari = [adjusted_rand_score(labels, kmeans(zz, k, seed=s)[1]) for s, zz in zip(seeds, z)]
+        true_k = DATASETS[name][1]
+        km_true = [adjusted_rand_score(labels, kmeans(zz, true_k, seed=s)[1]) for s, zz in zip(seeds, z)]
+        row = {"dataset": name, "true_k": true_k, "members": args.members, "pretrain_s": seconds,
+               "louvain_k": [int(x.max()) + 1 for x in louvain],
+               "louvain_ari": [adjusted_rand_score(labels, x) for x in louvain],
+               "louvain_median_k": int(np.round(np.median([x.max() + 1 for x in louvain]))),
+               "stability_k": k, "stability_kmeans_ari": km_ari, "true_k_kmeans_ari": km_true,
+               "stability_curve": info["stability"]}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    cmd = "python benchmarks/k_estimate.py " + " ".join(sys.argv[1:])
+    lines = ["# Estimates of the number of clusters on a seed ensemble's pretrained latent spaces", "",
+             f"`{cmd}` ({time.strftime('%Y-%m-%d')}); {args.members} members (seeds 0..{args.members - 1}), published "
+             "pretraining.  ARI: of the initial partition (before the DEC stage) against the true types, mean ± sd "
+             "over the members.", "",
+             "| dataset | true k | Louvain k (members) | Louvain ARI | stability k | k-means ARI at stability k "
+             "| k-means ARI at true k |", "|---|---|---|---|---|---|---|"]
+    ms = lambda v: f"{np.mean(v):.3f} ± {np.std(v, ddof=1) if len(v) > 1 else 0:.3f}"
+    for r in rows:
+        lines.append(f"| {r['dataset']} | {r['true_k']} | {r['louvain_k']} | {ms(r['louvain_ari'])} | {r['stability_k']} "
+                     f"| {ms(r['stability_kmeans_ari'])} | {ms(r['true_k_kmeans_ari'])} |")
+    lines += ["", "Stability curves (mean ARI between the members' k-means labelings):", ""]
+    for r in rows:
+        lines.append(f"- {r['dataset']}: " + ", ".join(f"{k}: {v:.2f}" for k, v in r["stability_curve"].items()))
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "k_estimate.md"), "w") as fh:
+        fh.write("\n".join(lines) + "\n")
+    with open(os.path.join(args.out, "k_estimate.json"), "w") as fh:
+        json.dump({"command": cmd, "rows": rows}, fh, indent=2)
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,314 @@
+"""Seed ensembles: N scDeepCluster models trained side by side as one vmapped program.
+
+Member ``m`` is the run with seed ``cfg.seed + m`` (its own initial weights, noise, cell orders
+and k-means restarts); all members share the cells on the device(s), and every compiled epoch
+advances all of them (:func:`~scdc_jax.cluster.train.make_epoch` with ``members``).  The stages:
+
+1. pretraining of the N autoencoders together;
+2. the number of clusters: given, or estimated once for all members (:func:`estimate_k`);
+3. k-means on each member's pretrained latent space (its seed), then the DEC stage of all members
+   together; a member stops as a single run does (fewer than ``tol`` of its labels changed), is
+   kept as it was then, and the others go on;
+4. a consensus of the members' labelings (:func:`consensus_labels`), the agreement between the
+   members, and per member the label-free criteria (:func:`member_criteria`); the labels the run
+   returns are the consensus or the best member by one criterion (``ensemble_select``).
+
+Per-member results are exact single runs of the given number of clusters (up to the rounding of
+batched matrix products); the network saved as the run's model is the member that agrees best
+with the returned labels, so ``predict`` works as for a single run.  An ensemble run writes no
+periodic checkpoints (``--resume`` is refused for it).
+"""
+from __future__ import annotations
+
+import time
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .. import checkpoint
+from ..errors import InputError, option
+from ..metrics import clustering_scores
+from ..optim import adadelta_torch, amsgrad_torch
+from .init import community_labels, kmeans, nearest_centre, subsample
+from .train import build_model, cluster_loss, pretrain_loss, stage_key
+
+SELECT = ("consensus", "agreement", "silhouette", "zinb")
+K_ESTIMATES = ("louvain", "stability")
+STABILITY_TIE = 0.02
+
+
+def stack(trees: list):
+    """One tree whose leaves stack the leaves of ``trees`` on a new leading (members) axis."""
+    return jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)
+
+
+def member(tree, m: int):
+    """Member ``m`` of a stacked tree, on the host."""
+    return checkpoint.to_host(jax.tree.map(lambda a: a[m], tree))
+
+
+def _keys(seeds: list[int], stage: int, epoch: int) -> jax.Array:
+    return jnp.stack([stage_key(s, stage, epoch) for s in seeds])
+
+
+# ---- consensus, agreement, criteria (host, NumPy / scikit-learn) ----------------------------------
+
+def membership(member_labels: np.ndarray) -> np.ndarray:
+    """(n, sum of k_m) float32: each member's one-hot labels side by side, scaled by 1/sqrt(N), so
+    that ``H @ H.T`` is the co-association matrix (the fraction of members that put two cells in
+    one cluster) and squared distances between rows are ``2 (1 - co-association)``."""
+    labels = np.asarray(member_labels)
+    blocks = [np.eye(int(lab.max()) + 1, dtype=np.float32)[lab] for lab in labels]
+    return np.concatenate(blocks, axis=1) / np.sqrt(len(labels))
+
+
+def consensus_labels(member_labels: np.ndarray, k: int, *, n_init: int = 20, seed: int = 0) -> np.ndarray:
+    """(n,) consensus of N labelings (N, n): ``k`` clusters of the co-association matrix, found by
+    k-means on the rows of :func:`membership` (which minimises the within-cluster sum of
+    ``1 - co-association``) without forming the n x n matrix."""
+    return kmeans(membership(member_labels), k, n_init=n_init, seed=seed)[1]
+
+
+def pairwise_ari(member_labels: np.ndarray) -> np.ndarray:
+    """(N, N) adjusted Rand index between every two labelings (ones on the diagonal)."""
+    from sklearn.metrics import adjusted_rand_score
+
+    n = len(member_labels)
+    out = np.ones((n, n))
+    for i in range(n):
+        for j in range(i + 1, n):
+            out[i, j] = out[j, i] = adjusted_rand_score(member_labels[i], member_labels[j])
+    return out
+
+
+def member_criteria(member_labels: np.ndarray, latents: np.ndarray, zinb: np.ndarray, *,
+                    max_cells: int = 5000, seed: int = 0) -> list[dict]:
+    """Label-free criteria of each member: ``agreement`` (mean ARI with the other members; higher
+    is better), ``silhouette`` (of its labels in its own latent space, on at most ``max_cells``
+    cells; higher is better) and ``zinb`` (the ZINB NLL of its last clustering epoch; lower is
+    better)."""
+    from sklearn.metrics import silhouette_score
+
+    ari = pairwise_ari(member_labels)
+    n_members, n = np.shape(member_labels)
+    some = subsample(n, max_cells, seed)
+    out = []
+    for m in range(n_members):
+        lab = member_labels[m][some]
+        sil = float(silhouette_score(latents[m][some], lab)) if len(np.unique(lab)) > 1 else float("nan")
+        others = np.delete(ari[m], m)
+        out.append({"agreement": float(others.mean()) if len(others) else float("nan"), "silhouette": sil,
+                    "zinb": float(zinb[m])})
+    return out
+
+
+def best_member(criteria: list[dict], by: str) -> int:
+    """Index of the best member by the criterion ``by`` (``zinb`` lowest, the others highest)."""
+    values = np.array([c[by] for c in criteria], np.float64)
+    values = np.where(np.isnan(values), np.inf if by == "zinb" else -np.inf, values)
+    return int(np.argmin(values) if by == "zinb" else np.argmax(values))
+
+
+def stability_curve(latents: np.ndarray, ks, *, n_init: int = 5, seed: int = 0,
+                    max_cells: int = 3000) -> dict[int, float]:
+    """For each k: the mean ARI between the k-means labelings of the members' latent spaces (each
+    with its own seed) on the same ``max_cells`` random cells.  A k that splits the data where
+    the data has structure is found by every member; one that cuts a population arbitrarily is
+    cut differently in each member's space and scores lower."""
+    some = subsample(latents.shape[1], max_cells, seed)
+    curve = {}
+    for k in ks:
+        labels = np.stack([kmeans(z[some], k, n_init=n_init, seed=seed + m)[1] for m, z in enumerate(latents)])
+        a = pairwise_ari(labels)
+        curve[int(k)] = float(a[np.triu_indices(len(a), 1)].mean())
+    return curve
+
+
+def estimate_k(latents: np.ndarray, cfg, seeds: list[int], say=None) -> tuple[int, dict]:
+    """The number of clusters of all members from their pretrained latents (N, n, d).
+
+    ``louvain``: Louvain/Leiden (``knn``, ``resolution``) on each member's latent, the median of
+    the members' counts.  ``stability``: the k of 2..K with the highest :func:`stability_curve`,
+    K the largest count Louvain finds in a member; stabilities within ``STABILITY_TIE`` of the
+    highest count as ties and go to the larger k (merging well separated populations is as
+    stable as finding them).
+    Returns (k, what was measured).
+    """
+    some = subsample(latents.shape[1], cfg.init_cells, cfg.seed)
+    found = [int(community_labels(z[some], knn=cfg.knn, resolution=cfg.resolution, method=cfg.community,
+                                  seed=s).max()) + 1 for z, s in zip(latents, seeds)]
+    info = {"method": cfg.k_estimate, "louvain_k": found}
+    if cfg.k_estimate == "louvain":
+        k = int(np.round(np.median(found)))
+    else:
+        curve = stability_curve(latents, range(2, max(max(found), 2) + 1), seed=cfg.seed)
+        best = max(curve.values())
+        k = max(kk for kk, v in curve.items() if v >= best - STABILITY_TIE)
+        info["stability"] = curve
+    if say:
+        say(f"{cfg.community} at resolution {cfg.resolution} found {found} clusters in the members' latent "
+            f"spaces; {cfg.k_estimate} estimate: {k} clusters")
+    info["k"] = k
+    return max(k, 2), info
+
+
+# ---- training -------------------------------------------------------------------------------------
+
+def _pretrain(setup, seeds: list[int], progress_cls):
+    cfg = setup.cfg
+    tx = amsgrad_torch(cfg.lr_pretrain)
+    ae = stack([build_model(cfg, setup.n_genes, s, n_batches=setup.n_batches)[1] for s in seeds])
+    opt = jax.vmap(tx.init)(ae)
+    ae, opt = setup.put((ae, opt))
+    epoch_fn = setup.source.epoch(partial(pretrain_loss, graphdef=setup.graphdef, sigma=cfg.sigma,
+                                          ridge_lambda=cfg.ridge_lambda), tx, shuffle=True, members=True)
+    losses = []
+    bar = progress_cls(cfg.pretrain_epochs, f"pretrain x{len(seeds)}", setup.progress)
+    try:
+        for epoch in range(cfg.pretrain_epochs):
+            ae, opt, means = epoch_fn(ae, opt, _keys(seeds, 1, epoch))
+            loss = np.asarray(means["loss"], np.float64)
+            if not np.all(np.isfinite(loss)):
+                raise _diverged("pretraining", epoch + 1, int(np.flatnonzero(~np.isfinite(loss))[0]), seeds)
+            losses.append(loss)
+            bar.update(zinb=float(loss.mean()))
+    finally:
+        bar.close()
+    return ae, np.asarray(losses).T  # (members, epochs)
+
+
+def _diverged(stage: str, epoch: int, m: int, seeds: list[int]):
+    from ..errors import TrainingDiverged
+
+    return TrainingDiverged(f"the {stage} loss of ensemble member {m} (seed {seeds[m]}) became non-finite at "
+                            f"epoch {epoch}. Try a smaller {option('sigma')} or learning rate, or check the input counts.")
+
+
+def _cluster(setup, ae, centres: np.ndarray, last: np.ndarray, seeds: list[int], progress_cls) -> list[dict]:
+    """The DEC stage of all members; per member its final state as a single run would end."""
+    cfg = setup.cfg
+    tx = adadelta_torch(cfg.lr_cluster)
+    params = {"ae": ae, "mu": jnp.asarray(centres)}
+    opt = jax.vmap(tx.init)(params)
+    params, opt = setup.put((params, opt))
+    assign = setup.source.assigner(setup.graphdef, cfg.alpha, members=True)
+    epoch_fn = setup.source.epoch(partial(cluster_loss, graphdef=setup.graphdef, sigma=cfg.sigma, gamma=cfg.gamma,
+                                          alpha=cfg.alpha, ridge_lambda=cfg.ridge_lambda), tx, shuffle=False,
+                                  members=True)
+    n_members = len(seeds)
+    done: list[dict | None] = [None] * n_members
+    history = [{"cluster": [], "scores": []} for _ in seeds]
+    zinb = np.full(n_members, np.nan)
+    bar = progress_cls(cfg.maxiter, f"cluster x{n_members}", setup.progress)
+
+    def finish(m, reason, epoch, z0, q, pred):
+        done[m] = {"labels": pred[m].astype(np.int64), "z0": z0[m], "q": q[m], "params": member(params, m),
+                   "stop_reason": reason, "epochs": epoch, "zinb": float(zinb[m]), "history": history[m]}
+        if reason == "tol":
+            bar.write(f"member {m} (seed {seeds[m]}) stopped at clustering epoch {epoch}")
+
+    try:
+        for epoch in range(cfg.maxiter + 1):
+            active = [m for m in range(n_members) if done[m] is None]
+            if epoch % cfg.update_interval == 0 or epoch == cfg.maxiter:
+                z0, q, p, pred = assign(params)
+                for m in active:
+                    delta = float(np.mean(pred[m] != last[m]))
+                    if setup.labels is not None:
+                        history[m]["scores"].append({"epoch": epoch, **clustering_scores(setup.labels, pred[m]),
+                                                     "delta": delta})
+                    last[m] = pred[m]
+                    if epoch > 0 and delta < cfg.tol:
+                        finish(m, "tol", epoch, z0, q, pred)
+                active = [m for m in active if done[m] is None]
+                if epoch == cfg.maxiter:
+                    for m in active:
+                        finish(m, "maxiter", epoch, z0, q, pred)
+                    active = []
+            if not active:
+                break
+            params, opt, means = epoch_fn(params, opt, _keys(seeds, 2, epoch), {"p": p})
+            measured = {k: np.asarray(v, np.float64) for k, v in means.items()}
+            for m in active:
+                if not np.isfinite(measured["loss"][m]):
+                    raise _diverged("clustering", epoch + 1, m, seeds)
+                history[m]["cluster"].append({"epoch": epoch + 1, **{k: float(v[m]) for k, v in measured.items()}})
+                zinb[m] = measured["zinb"][m]
+            bar.update(loss=float(measured["loss"][active].mean()), running=len(active))
+    finally:
+        bar.close()
+    return done
+
+
+def train(setup, progress_cls, timings: dict) -> dict:
+    """Run the ensemble of ``setup.cfg.ensemble`` members (see the module docstring); returns the
+    pipeline's final train state (the representative member's network, centres, latent and soft
+    assignments, the returned labels) with ``"ensemble"``: what a user needs to judge the members.
+    ``timings`` receives the stages' seconds (``pretrain_s``, ``init_s``, ``cluster_s``)."""
+    cfg = setup.cfg
+    seeds = [cfg.seed + m for m in range(cfg.ensemble)]
+    t0 = time.perf_counter()
+    ae, pre_losses = _pretrain(setup, seeds, progress_cls)
+    timings["pretrain_s"] = time.perf_counter() - t0
+    z = setup.source.encoder(setup.graphdef, members=True)(ae)
+    k_info = None
+    if cfg.n_clusters > 0:
+        k = cfg.n_clusters
+    else:
+        k, k_info = estimate_k(z, cfg, seeds, setup.say)
+    centres, last = [], []
+    some = subsample(z.shape[1], cfg.init_cells, cfg.seed)
+    for m, s in enumerate(seeds):
+        c, lab = kmeans(z[m][some], k, n_init=cfg.kmeans_n_init, seed=s)
+        if len(some) < z.shape[1]:
+            lab = nearest_centre(z[m], c)
+        centres.append(c)
+        last.append(lab)
+    init_scores = [clustering_scores(setup.labels, lab) for lab in last] if setup.labels is not None else None
+    timings["init_s"] = time.perf_counter() - t0 - timings["pretrain_s"]
+    t1 = time.perf_counter()
+    members = _cluster(setup, ae, np.stack(centres), np.stack(last), seeds, progress_cls)
+    timings["cluster_s"] = time.perf_counter() - t1
+
+    member_labels = np.stack([mem["labels"] for mem in members])
+    latents = np.stack([mem["z0"] for mem in members])
+    criteria = member_criteria(member_labels, latents, np.array([mem["zinb"] for mem in members]), seed=cfg.seed)
+    consensus = consensus_labels(member_labels, k, n_init=cfg.kmeans_n_init, seed=cfg.seed)
+    if cfg.ensemble_select == "consensus":
+        labels = consensus
+        to_labels = [clustering_scores(labels, lab)["ari"] for lab in member_labels]
+        rep = int(np.argmax(to_labels))
+    else:
+        rep = best_member(criteria, cfg.ensemble_select)
+        labels = member_labels[rep]
+    ari = pairwise_ari(member_labels)
+    for m, mem in enumerate(members):
+        criteria[m].update({"seed": seeds[m], "stop_reason": mem["stop_reason"], "cluster_epochs": mem["epochs"],
+                            "final_pretrain_loss": float(pre_losses[m, -1]) if pre_losses.size else None})
+        if setup.labels is not None:
+            criteria[m].update(clustering_scores(setup.labels, mem["labels"]))
+    info = {"members": len(seeds), "seeds": seeds, "select": cfg.ensemble_select, "representative": rep,
+            "agreement": float(ari[np.triu_indices(len(seeds), 1)].mean()), "pairwise_ari": ari.tolist(),
+            "criteria": criteria, "member_labels": member_labels, "consensus": consensus, "k": int(k),
+            "k_estimate": k_info}
+    if setup.labels is not None:
+        info["consensus_scores"] = clustering_scores(setup.labels, consensus)
+    chosen = members[rep]
+    history = {"pretrain_loss": pre_losses[rep].tolist(), **chosen["history"]}
+    if init_scores is not None:
+        history["init_scores"] = init_scores[rep]
+    return {"stage": "done", "params": chosen["params"], "opt": None, "history": history, "last": labels,
+            "z0": chosen["z0"], "q": chosen["q"], "stop_reason": chosen["stop_reason"], "ensemble": info}
+
+
+def check(cfg, *, streamed: bool, resume: bool, ae_weights) -> None:
+    """Refuse, in one sentence, what an ensemble run does not do."""
+    if cfg.ensemble < 2:
+        return
+    for bad, what in ((streamed, "a streamed input (use --no-stream)"), (resume, "--resume (an ensemble run keeps "
+                      "no periodic checkpoints)"), (ae_weights is not None, "--ae-weights (each member pretrains "
+                      "its own autoencoder)")):
+        if bad:
+            raise InputError(f"{option('ensemble', cfg.ensemble)} cannot be combined with {what}.")

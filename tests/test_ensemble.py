@@ -1,0 +1,213 @@
+"""Seed ensembles: the vmapped epochs, the consensus and criteria, the estimate of k, the run and the CLI."""
+from __future__ import annotations
+
+import json
+import os
+from functools import partial
+
+import h5py
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import run_module, synthetic_counts
+from sklearn.metrics import adjusted_rand_score
+
+from scdc_jax.cluster import ClusterConfig, run
+from scdc_jax.cluster.ensemble import (best_member, consensus_labels, estimate_k, membership, pairwise_ari, stack,
+                                       stability_curve)
+from scdc_jax.cluster.train import build_model, device_data, make_epoch, pretrain_loss, stage_key
+from scdc_jax.io import CountData
+from scdc_jax.optim import amsgrad_torch
+from scdc_jax.preprocess import prepare
+
+
+def _noisy_labelings(truth, n_members, flip, rng):
+    """Labelings of ``truth``, each with its own label names and ``flip`` of the cells relabelled at random."""
+    k = truth.max() + 1
+    out = []
+    for _ in range(n_members):
+        lab = rng.permutation(k)[truth]
+        wrong = rng.random(len(truth)) < flip
+        lab[wrong] = rng.integers(0, k, wrong.sum())
+        out.append(lab)
+    return np.stack(out)
+
+
+def test_membership_rows_give_the_coassociation_matrix():
+    labels = np.array([[0, 0, 1, 1, 2], [1, 1, 1, 0, 0], [0, 1, 0, 1, 0]])
+    h = membership(labels)
+    co = (labels[:, :, None] == labels[:, None, :]).mean(0)
+    np.testing.assert_allclose(h @ h.T, co, atol=1e-6)
+
+
+def test_consensus_recovers_a_partition_better_than_any_noisy_member():
+    rng = np.random.default_rng(0)
+    truth = np.repeat(np.arange(5), 60)
+    members = _noisy_labelings(truth, 7, 0.3, rng)
+    cons = consensus_labels(members, 5, seed=0)
+    member_ari = [adjusted_rand_score(truth, m) for m in members]
+    assert adjusted_rand_score(truth, cons) > max(member_ari) + 0.1, (member_ari, adjusted_rand_score(truth, cons))
+
+
+def test_pairwise_ari_and_best_member_directions():
+    rng = np.random.default_rng(1)
+    truth = np.repeat(np.arange(3), 50)
+    members = np.stack([truth, truth, rng.integers(0, 3, 150)])
+    ari = pairwise_ari(members)
+    assert ari.shape == (3, 3) and np.allclose(np.diag(ari), 1) and np.allclose(ari, ari.T)
+    assert ari[0, 1] == pytest.approx(1.0) and abs(ari[0, 2]) < 0.1
+    crit = [{"agreement": 0.5, "silhouette": 0.1, "zinb": 2.0}, {"agreement": 0.7, "silhouette": float("nan"), "zinb": 1.0},
+            {"agreement": 0.2, "silhouette": 0.3, "zinb": 3.0}]
+    assert best_member(crit, "agreement") == 1
+    assert best_member(crit, "silhouette") == 2  # nan never wins
+    assert best_member(crit, "zinb") == 1  # the lowest loss
+
+
+def _member_latents(k_true, n_members=3, n=400, seed=0):
+    """Latent spaces of ``n_members`` "models" of the same ``k_true`` well separated groups: each its
+    own random rotation, scale and noise of the group centres."""
+    rng = np.random.default_rng(seed)
+    groups = np.arange(n) % k_true
+    centres = rng.normal(0, 6, (k_true, 8))
+    out = []
+    for _ in range(n_members):
+        rot = np.linalg.qr(rng.normal(size=(8, 8)))[0]
+        out.append(((centres[groups] + rng.normal(0, 1, (n, 8))) @ rot * rng.uniform(0.5, 2)).astype(np.float32))
+    return np.stack(out), groups
+
+
+def test_stability_peaks_at_the_number_of_separated_groups_and_estimate_k_finds_it():
+    z, groups = _member_latents(6)
+    curve = stability_curve(z, range(2, 11), seed=0)
+    # merging separated groups is as stable as finding them; cutting a group is not
+    assert curve[6] > 0.95 and max(curve[k] for k in range(7, 11)) < curve[6] - 0.05, curve
+    cfg = ClusterConfig(ensemble=3, k_estimate="stability", knn=15)
+    k, info = estimate_k(z, cfg, [0, 1, 2])
+    assert k == 6 and info["stability"][6] == curve[6] and len(info["louvain_k"]) == 3
+    k_l, info_l = estimate_k(z, ClusterConfig(ensemble=3, knn=15), [0, 1, 2])
+    assert k_l == int(np.round(np.median(info_l["louvain_k"]))) and "stability" not in info_l
+
+
+SMALL = dict(pretrain_epochs=8, maxiter=15, batch_size=64)
+
+
+@pytest.fixture(scope="module")
+def small_data():
+    counts, groups, _ = synthetic_counts(240, 80, n_groups=3)
+    return CountData(X=counts, labels=groups)
+
+
+def test_a_vmapped_epoch_trains_each_member_as_it_trains_alone(small_data):
+    # the shapes and settings of the pipeline's pretraining in the runs below (one compilation)
+    prep = prepare(small_data)
+    data = device_data(prep)
+    cfg = ClusterConfig(**SMALL)
+    tx = amsgrad_torch(cfg.lr_pretrain)
+    graphdef, _ = build_model(cfg, prep.shape[1], 0)
+    loss = partial(pretrain_loss, graphdef=graphdef, sigma=cfg.sigma, ridge_lambda=cfg.ridge_lambda)
+    seeds = [5, 6, 7]
+    alone = []
+    epoch = make_epoch(loss, tx, n=prep.shape[0], batch_size=cfg.batch_size, shuffle=True)
+    for s in seeds[:2]:
+        params = build_model(cfg, prep.shape[1], s)[1]
+        opt = tx.init(params)
+        for e in range(2):
+            params, opt, means = epoch(params, opt, data, stage_key(s, 1, e))
+        alone.append((params, float(means["loss"])))
+    params = stack([build_model(cfg, prep.shape[1], s)[1] for s in seeds])
+    opt = jax.vmap(tx.init)(params)
+    epoch = make_epoch(loss, tx, n=prep.shape[0], batch_size=cfg.batch_size, shuffle=True, members=True)
+    for e in range(2):
+        params, opt, means = epoch(params, opt, data, jnp.stack([stage_key(s, 1, e) for s in seeds]))
+    assert means["loss"].shape == (3,)
+    for m, (p_alone, loss_alone) in enumerate(alone):
+        assert float(means["loss"][m]) == pytest.approx(loss_alone, rel=1e-5)
+        for a, b in zip(jax.tree.leaves(p_alone), jax.tree.leaves(params)):
+            np.testing.assert_allclose(np.asarray(b[m]), np.asarray(a), rtol=2e-4, atol=2e-5)
+    assert abs(float(means["loss"][0]) - float(means["loss"][1])) > 1e-4  # the members differ
+
+
+def test_an_ensemble_run_holds_single_runs_and_their_consensus(small_data, tmp_path):
+    ens = run(small_data, ClusterConfig(n_clusters=3, seed=5, ensemble=3, **SMALL), save_dir=str(tmp_path / "e"),
+              progress=False)
+    single = run(small_data, ClusterConfig(n_clusters=3, seed=6, **SMALL), progress=False)
+    e = ens.ensemble
+    assert e["seeds"] == [5, 6, 7] and e["member_labels"].shape == (3, 240)
+    # member 1 is the single run of seed 6
+    assert adjusted_rand_score(e["member_labels"][1], single.labels) == pytest.approx(1.0)
+    assert e["criteria"][1]["cluster_epochs"] == len(single.history["cluster"])
+    assert e["criteria"][1]["final_pretrain_loss"] == pytest.approx(single.history["pretrain_loss"][-1], rel=1e-5)
+    assert e["criteria"][1]["ari"] == pytest.approx(single.scores["ari"])
+    # the returned labels are the consensus; the latent and centres those of the member closest to it
+    np.testing.assert_array_equal(ens.labels, e["consensus"])
+    rep = e["representative"]
+    assert ens.latent.shape == (240, 32) and ens.centers.shape == (3, 32) and np.isfinite(ens.latent).all()
+    assert ens.scores["ari"] == pytest.approx(adjusted_rand_score(small_data.labels, e["consensus"]))
+    ari = np.asarray(e["pairwise_ari"])
+    assert e["agreement"] == pytest.approx(ari[np.triu_indices(3, 1)].mean())
+    for c in e["criteria"]:
+        assert {"agreement", "silhouette", "zinb", "seed", "stop_reason"} <= set(c)
+        assert np.isfinite(c["zinb"]) and -1 <= c["silhouette"] <= 1
+    # the saved model is that member, and predict reproduces its assignments of the training cells
+    from scdc_jax.cluster.inference import predict
+
+    pred = predict(str(tmp_path / "e"), small_data)
+    q_rep = np.asarray(pred["q"])
+    np.testing.assert_allclose(q_rep, ens.q, atol=2e-4)
+    assert rep in range(3)
+
+
+def test_best_member_selection_returns_that_members_labels(small_data):
+    ens = run(small_data, ClusterConfig(n_clusters=3, seed=5, ensemble=3, ensemble_select="zinb", **SMALL),
+              progress=False)
+    e = ens.ensemble
+    rep = best_member(e["criteria"], "zinb")
+    assert e["representative"] == rep
+    np.testing.assert_array_equal(ens.labels, e["member_labels"][rep])
+
+
+def _h5(path, counts, labels):
+    with h5py.File(path, "w") as f:
+        f["X"] = counts
+        f["Y"] = labels
+    return str(path)
+
+
+def test_cli_ensemble_writes_member_labels_and_criteria(small_data, tmp_path, capfd):
+    data = _h5(tmp_path / "d.h5", small_data.X, small_data.labels)
+    save = tmp_path / "run"
+    code, out, err = run_module(["-m", "scdc_jax.cluster", "--data-file", data, "--ensemble", "3", "--n-clusters", "0",
+                                 "--k-estimate", "stability", "--knn", "10", "--pretrain-epochs", "8", "--maxiter", "15",
+                                 "--batch-size", "64", "--seed", "5", "--save-dir", save, "--quiet",
+                                 "--out", tmp_path / "o.h5ad"], capfd)
+    assert code == 0, err
+    assert "ensemble of 3" in out and "members' ARI" in out
+    members = np.loadtxt(save / "ensemble_labels.csv", delimiter=",", dtype=np.int64)
+    labels = np.loadtxt(save / "pred_labels.txt", dtype=np.int64)
+    assert members.shape == (240, 3) and labels.shape == (240,)
+    summary = json.load(open(save / "run.json"))
+    e = summary["ensemble"]
+    assert e["seeds"] == [5, 6, 7] and len(e["criteria"]) == 3 and e["k_estimate"]["method"] == "stability"
+    assert summary["n_clusters"] == e["k"] == len(np.unique(labels))
+    assert set(e["k_estimate"]["stability"]) == {str(k) for k in range(2, max(e["k_estimate"]["louvain_k"]) + 1)}
+    import anndata
+
+    ad = anndata.read_h5ad(tmp_path / "o.h5ad")
+    np.testing.assert_array_equal(ad.obsm["scdc_members"], members)
+    assert list(ad.uns["scdc"]["ensemble"]["seeds"]) == [5, 6, 7]
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--ensemble", "0"], "--ensemble must be positive"),
+    (["--ensemble", "2", "--resume"], "cannot be combined with --resume"),
+    (["--k-estimate", "stability"], "compares the members of an ensemble"),
+    (["--ensemble", "2", "--ae-weights", "."], "cannot be combined with --ae-weights"),
+])
+def test_impossible_ensemble_flags_get_one_sentence(small_data, tmp_path, capfd, flags, message):
+    data = _h5(tmp_path / "d.h5", small_data.X, small_data.labels)
+    code, out, err = run_module(["-m", "scdc_jax.cluster", "--data-file", data, "--save-dir", tmp_path / "r", *flags],
+                                capfd)
+    assert code == 2 and message in err, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not os.path.exists(tmp_path / "r") or not os.listdir(tmp_path / "r")
