@@ -1,4 +1,5 @@
-"""--devices 1 and --devices 4 (forced CPU devices) give the same clustering for the same seed."""
+"""--devices 1 and --devices 4 (forced CPU devices) give the same clustering for the same seed,
+for a single model and for the members of an ensemble."""
 from __future__ import annotations
 
 import os
@@ -26,6 +27,10 @@ SCRIPT = textwrap.dedent("""
     four = run(data, ClusterConfig(devices=4, **cfg), progress=False)
     print("ARI", adjusted_rand_score(one.labels, four.labels))
     print("LOSS", one.history["pretrain_loss"][-1], four.history["pretrain_loss"][-1])
+    ens = {**cfg, "pretrain_epochs": 20, "maxiter": 10, "ensemble": 2}
+    e1 = run(data, ClusterConfig(devices=1, **ens), progress=False).ensemble
+    e4 = run(data, ClusterConfig(devices=4, **ens), progress=False).ensemble
+    print("ENSEMBLE", min(adjusted_rand_score(a, b) for a, b in zip(e1["member_labels"], e4["member_labels"])))
 """)
 
 
@@ -37,3 +42,4 @@ def test_one_and_four_devices_give_the_same_clustering():
     assert float(lines["ARI"]) >= 0.99, out.stdout
     l1, l4 = map(float, lines["LOSS"].split())
     assert abs(l1 - l4) <= 1e-4 * abs(l1), out.stdout
+    assert float(lines["ENSEMBLE"]) >= 0.99, out.stdout  # each ensemble member as on one device
