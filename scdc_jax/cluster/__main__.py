@@ -99,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --n-clusters 0 and --ensemble: one number of clusters for all members, the median "
                         "of the members' Louvain counts (louvain, default) or the k from 2 to the largest "
                         "Louvain count whose k-means labelings agree most between the members' latent spaces "
-                        "(stability)")
+                        "(stability; on the shared data it did worse than louvain, see the README)")
     m.add_argument("--devices", type=int, help="split each minibatch over this many devices (default 1)")
     m.add_argument("--checkpoint-every", type=int, help="epochs between periodic checkpoints (default 25)")
     m.add_argument("--precision", choices=["f32", "bf16"], help="bf16 computes the autoencoder's Dense layers in "
