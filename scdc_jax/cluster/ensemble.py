@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import checkpoint
-from ..errors import InputError, option
+from ..errors import InputError, TrainingDiverged, option
 from ..metrics import clustering_scores
 from ..optim import adadelta_torch, amsgrad_torch
 from .init import community_labels, kmeans, nearest_centre, subsample
@@ -179,9 +179,7 @@ def _pretrain(setup, seeds: list[int], progress_cls):
     return ae, np.asarray(losses).T  # (members, epochs)
 
 
-def _diverged(stage: str, epoch: int, m: int, seeds: list[int]):
-    from ..errors import TrainingDiverged
-
+def _diverged(stage: str, epoch: int, m: int, seeds: list[int]) -> TrainingDiverged:
     return TrainingDiverged(f"the {stage} loss of ensemble member {m} (seed {seeds[m]}) became non-finite at "
                             f"epoch {epoch}. Try a smaller {option('sigma')} or learning rate, or check the input counts.")
 
