@@ -1,4 +1,4 @@
-"""Pure loss functions: ZINB likelihood, DEC soft assignment / target / KL, NT-Xent and SupCon.
+"""Pure loss functions: ZINB likelihood, DEC soft assignment / target / KL, the batch MMD, NT-Xent and SupCon.
 
 Every function takes arrays and returns a scalar or array; nothing here holds state.  Each has a
 float64 NumPy transcription of REFERENCE.md's formula in ``tests/test_losses.py``.
@@ -252,6 +252,43 @@ def dec_kl(p, log_q, mask=None):
     p = jax.lax.stop_gradient(p)
     per_row = jnp.sum(xlogy(p, p) - p * log_q, axis=1)
     return masked_mean(per_row, mask)
+
+
+MMD_SCALES = (0.25, 1.0, 4.0)
+
+
+def batch_mmd(z, onehot, mask=None, *, groups=None, scales=MMD_SCALES):
+    """How far each batch's cells lie from all cells in ``z``: the squared maximum mean
+    discrepancy between each batch present and the whole minibatch, weighted by the batch's share
+    of the minibatch's cells; with ``groups``, within each group (cluster) instead.
+
+    z : (n, d) embeddings; onehot : (n, nb) batch labels; mask : optional (n,) valid rows;
+    groups : optional (n, k) non-negative group weights (hard or soft cluster assignments): then
+    the discrepancy is between a batch's cells of group j and all cells of group j, each weighed
+    by the (group, batch) pair's share, so that batches holding the cell types in other
+    proportions are not pulled together across types.  The kernel is a sum of Gaussians
+    ``exp(-|a - b|^2 / (s * m))`` over ``scales`` s, with ``m`` the minibatch's mean squared
+    distance between cells (held constant in the gradient), so the penalty does not depend on
+    the latent space's scale.  0 when every batch present is distributed as the minibatch (or
+    one batch only is present); never negative up to rounding.
+    """
+    valid = jnp.ones(z.shape[0], z.dtype) if mask is None else mask.astype(z.dtype)
+    g = valid[:, None] if groups is None else groups.astype(z.dtype) * valid[:, None]   # (n, k)
+    w = g[:, :, None] * onehot.astype(z.dtype)[:, None, :]                              # (n, k, nb)
+    mass_gb, mass_g = w.sum(0), g.sum(0)                                                # (k, nb), (k,)
+    wb = w / jnp.maximum(mass_gb, 1e-12)                 # each (group, batch) column sums to 1 (or 0)
+    wg = g / jnp.maximum(mass_g, 1e-12)                  # each group's column sums to 1 (or 0)
+    sq = jnp.sum(z * z, axis=1)
+    d2 = jnp.maximum(sq[:, None] + sq[None, :] - 2.0 * z @ z.T, 0.0)                  # (n, n)
+    pooled = valid / jnp.maximum(valid.sum(), 1.0)
+    m = jax.lax.stop_gradient(jnp.maximum(pooled @ d2 @ pooled, 1e-12))
+    kern = sum(jnp.exp(-d2 / (s * m)) for s in scales)
+    kb = jnp.einsum("ij,jkb->ikb", kern, wb)
+    kg = kern @ wg                                                                      # (n, k)
+    per_pair = (jnp.einsum("ikb,ikb->kb", wb, kb) - 2.0 * jnp.einsum("ik,ikb->kb", wg, kb)
+                + jnp.einsum("ik,ik->k", wg, kg)[:, None])
+    share = mass_gb / jnp.maximum(mass_gb.sum(), 1e-12)
+    return jnp.sum(share * per_pair)
 
 
 def _l2_normalise(z):

@@ -100,6 +100,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "of the members' Louvain counts (louvain, default) or the k from 2 to the largest "
                         "Louvain count whose k-means labelings agree most between the members' latent spaces "
                         "(stability; on the shared data it did worse than louvain, see the README)")
+    m.add_argument("--batch-mmd", type=float, metavar="WEIGHT",
+                   help="with batches (--batch-key): add WEIGHT x the maximum mean discrepancy between the batches "
+                        "within each cluster (latent space) to the clustering stage's loss, to mix batches within "
+                        "clusters (e.g. 1; default 0, the published model; see the README for what it did on the "
+                        "shared data). run.json reports the batches' kNN mixing and iLISI either way")
     m.add_argument("--devices", type=int, help="split each minibatch over this many devices (default 1)")
     m.add_argument("--checkpoint-every", type=int, help="epochs between periodic checkpoints (default 25)")
     m.add_argument("--precision", choices=["f32", "bf16"], help="bf16 computes the autoencoder's Dense layers in "
@@ -213,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     from .layout import ENSEMBLE_FILE, LABEL_FILE, LATENT_FILE, RUN_FILE, run_folder
 
     overrides = {k: getattr(args, k) for k in (
-        "n_clusters", "knn", "resolution", "community", "select_genes", "batch_size", "maxiter",
+        "n_clusters", "knn", "resolution", "community", "select_genes", "batch_size", "maxiter", "batch_mmd",
         "pretrain_epochs", "gamma", "sigma", "update_interval", "tol", "seed", "devices", "checkpoint_every",
         "precision", "init_cells", "ensemble", "ensemble_select", "k_estimate")}
     cfg = load_config(args.config, **overrides)
@@ -276,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
                "n_cells_kept": int(len(result.cells)), "n_genes_kept": int(len(result.genes)),
                "outputs": {"latent": latent_file, "labels": label_file, "h5ad": args.out,
                            **({"ensemble_labels": ensemble_file} if ensemble_file else {})},
-               "ensemble": result.ensemble_summary(),
+               "ensemble": result.ensemble_summary(), "batch_mixing": result.mixing,
                "streamed": {"block_cells": args.block_cells} if streamed else None}
     write_json(os.path.join(save_dir, RUN_FILE), summary)
     if args.out:
@@ -300,6 +305,10 @@ def main(argv: list[str] | None = None) -> int:
               + (f" (member {e['representative']})" if e["select"] != "consensus" else ""))
         if result.scores:
             print("members' ARI " + " ".join(f"{c['ari']:.3f}" for c in e["criteria"]))
+    if result.mixing is not None:
+        m = result.mixing
+        print(f"batch mixing in the latent space: iLISI {m['ilisi']:.2f} of {m['n_batches']}; kNN mixing "
+              f"{m['knn_mixing']['observed']:.3f} (fully mixed within clusters: {m['knn_mixing']['expected']:.3f})")
     if result.scores:
         s = result.scores
         print(f"ARI {s['ari']:.4f}  NMI {s['nmi']:.4f}  ACC {s['acc']:.4f}")

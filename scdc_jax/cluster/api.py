@@ -20,12 +20,17 @@ def _uns_record(result: ClusterResult, extra: dict | None = None) -> dict:
         "pretrain_loss": np.asarray(h.get("pretrain_loss", []), np.float64),
     }
     if h.get("cluster"):
-        rec["cluster_loss"] = {k: np.asarray([e[k] for e in h["cluster"]]) for k in ("epoch", "loss", "kl", "zinb")}
+        rec["cluster_loss"] = {k: np.asarray([e[k] for e in h["cluster"]]) for k in ("epoch", "loss", "kl", "zinb", "mmd")
+                               if k in h["cluster"][0]}
     if h.get("scores"):
         rec["score_history"] = {k: np.asarray([e[k] for e in h["scores"]])
                                 for k in ("epoch", "ari", "nmi", "acc", "delta")}
     if result.scores:
         rec["scores"] = dict(result.scores)
+    if result.mixing is not None:
+        m = result.mixing
+        rec["batch_mixing"] = {"ilisi": m["ilisi"], "knn_mixing": m["knn_mixing"]["observed"],
+                               "knn_mixing_expected": m["knn_mixing"]["expected"], "cells": m["cells"]}
     ens = result.ensemble_summary()
     if ens is not None:
         crit = ens["criteria"]
@@ -47,7 +52,8 @@ def write_to_adata(adata, result: ClusterResult, key_added: str = "scdc", extra:
     """``.obs[obs_key]`` (default ``key + '_cluster'``; categorical, NaN for filtered cells),
     ``.obsm['X_'+key]`` (latent), ``.obsm[key+'_q']`` (soft assignments) and ``.uns[key]``
     (parameters, losses, scores); of an ensemble run also ``.obsm[key+'_members']`` (each member's
-    labels, -1 for filtered cells) and ``.uns[key]['ensemble']`` (seeds, criteria, agreement)."""
+    labels, -1 for filtered cells) and ``.uns[key]['ensemble']`` (seeds, criteria, agreement); with
+    batches ``.uns[key]['batch_mixing']`` (iLISI, kNN mixing and its fully mixed value)."""
     import pandas as pd
 
     labels = result.full_labels()

@@ -28,7 +28,7 @@ import numpy as np
 from .. import checkpoint, distributed, manifest
 from ..errors import InputError, TrainingDiverged, option
 from ..io import CountData
-from ..metrics import clustering_scores
+from ..metrics import batch_mixing, clustering_scores
 from ..optim import adadelta_torch, amsgrad_torch
 from ..parallel import data_sharded, make_mesh, replicated
 from ..preprocess import prepare
@@ -58,6 +58,8 @@ class ClusterResult:
     scores : final ARI/NMI/ACC when labels were given.
     ensemble : of an ensemble run (:mod:`.ensemble`), its members' labels and criteria, the
         consensus and the agreement; see :meth:`ensemble_summary` and :meth:`full_member_labels`.
+    mixing : with two or more batches, how well they mix in ``latent``
+        (:func:`scdc_jax.metrics.batch_mixing`: kNN mixing within the predicted clusters, iLISI).
     """
 
     labels: np.ndarray
@@ -74,6 +76,7 @@ class ClusterResult:
     stop_reason: str = ""
     gene_names: list | None = None
     ensemble: dict | None = None
+    mixing: dict | None = None
 
     def full_labels(self) -> np.ndarray:
         """Labels for every input cell; -1 for cells removed by filtering."""
@@ -360,7 +363,7 @@ def cluster(setup: _Setup, state: dict) -> dict:
     cfg, ck_dir, history = setup.cfg, setup.sub(CLUSTER), state["history"]
     assign = setup.source.assigner(setup.graphdef, cfg.alpha)
     epoch_fn = setup.source.epoch(partial(cluster_loss, graphdef=setup.graphdef, sigma=cfg.sigma, gamma=cfg.gamma,
-                                          alpha=cfg.alpha, ridge_lambda=cfg.ridge_lambda),
+                                          alpha=cfg.alpha, ridge_lambda=cfg.ridge_lambda, batch_mmd=cfg.batch_mmd),
                                   adadelta_torch(cfg.lr_cluster), shuffle=False)
     params, opt_state, p, last = state["params"], state["opt"], state["p"], state["last"]
     k = params["mu"].shape[0]
@@ -389,7 +392,10 @@ def cluster(setup: _Setup, state: dict) -> dict:
             loss, kl, zinb = (float(means[m]) for m in ("loss", "kl", "zinb"))
             if not np.isfinite(loss):
                 raise _diverged("clustering", epoch + 1, setup.work, CLUSTER)
-            history["cluster"].append({"epoch": epoch + 1, "loss": loss, "kl": kl, "zinb": zinb})
+            record = {"epoch": epoch + 1, "loss": loss, "kl": kl, "zinb": zinb}
+            if "mmd" in means:
+                record["mmd"] = float(means["mmd"])
+            history["cluster"].append(record)
             post = {"loss": loss, "kl": kl, "delta": delta}
             if history["scores"]:
                 post.update({m: history["scores"][-1][m] for m in ("ari", "nmi", "acc")})
@@ -431,6 +437,9 @@ def run(data: CountData | CellStore, cfg: ClusterConfig, *, save_dir: str | None
     progress = progress and distributed.is_primary()  # one process of a multi-process run reports
     streamed = isinstance(data, CellStore)
     ensemble.check(cfg, streamed=streamed, resume=resume, ae_weights=ae_weights)
+    if cfg.batch_mmd and (data.annotations if streamed else data).batch is None:
+        raise InputError(f"{option('batch_mmd', cfg.batch_mmd)} mixes batches, but the data has none; give "
+                         f"{option('batch_key')} (or an .h5 file with a one-hot B).")
     ae_dir = _resolve_ae_weights(ae_weights) if ae_weights is not None else None  # checked before any work
     folder = run_folder(save_dir, resume=resume, overwrite=overwrite) if save_dir else None
     t_start = time.perf_counter()
@@ -483,4 +492,6 @@ def run(data: CountData | CellStore, cfg: ClusterConfig, *, save_dir: str | None
                          n_cells_input=data.n_cells, config=cfg.to_dict(), history=history,
                          scores=clustering_scores(labels, last) if labels is not None else None,
                          timings=timings, stop_reason=state["stop_reason"], gene_names=gene_names,
-                         ensemble=state.get("ensemble"))
+                         ensemble=state.get("ensemble"),
+                         mixing=(batch_mixing(z0, prep.data.batch.argmax(1), groups=last, seed=cfg.seed)
+                                 if nb > 1 else None))

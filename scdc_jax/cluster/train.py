@@ -23,6 +23,7 @@ import scipy.sparse as sp
 from flax import nnx
 from jax.scipy.special import gammaln
 
+from ..losses import batch_mmd as mmd_between_batches
 from ..losses import dec_kl, log_soft_assign, masked_mean, target_distribution, zinb_nll_logits
 from ..nn import ZINBAutoencoder
 from ..parallel import padded_size
@@ -177,18 +178,30 @@ def pretrain_loss(params, batch, key, *, graphdef, sigma: float, ridge_lambda: f
 
 
 def cluster_loss(params, batch, key, *, graphdef, sigma: float, gamma: float, alpha: float = 1.0,
-                 ridge_lambda: float = 0.0):
-    """The DEC stage's ``gamma * KL(p || q) + ZINB`` of ``params = {"ae": state, "mu": (k, latent)}``.
+                 ridge_lambda: float = 0.0, batch_mmd: float = 0.0):
+    """The DEC stage's ``gamma * KL(p || q) + ZINB (+ batch_mmd * MMD)`` of
+    ``params = {"ae": state, "mu": (k, latent)}``.
 
     ``q`` comes from the clean encoder pass, ``p = batch["p"]`` is the fixed target of the epoch.
-    Measures ``loss`` and ``zinb`` (both with the NLL's constant) and ``kl``.
+    With batches and a positive ``batch_mmd``, the MMD between the batches within the clusters
+    (weighted by ``p``) on the same pass is added: cells of one cluster are pulled together
+    across batches, and batches holding the clusters in other proportions are not penalised
+    for it.  (An MMD over whole minibatches, tried in pretraining too, also pulls different
+    cell types together: on the semi-synthetic two-platform PBMC it lowered ARI from 0.74 to
+    0.45.)  Measures ``loss`` and ``zinb`` (both with the NLL's constant), ``kl`` (and ``mmd``).
     """
     model = nnx.merge(graphdef, params["ae"])
     zinb = _noisy_zinb(model, batch, key, sigma, ridge_lambda)
-    kl = dec_kl(batch["p"], log_soft_assign(model.encode(batch["x"], batch["b"]), params["mu"], alpha), batch["mask"])
+    z = model.encode(batch["x"], batch["b"])
+    kl = dec_kl(batch["p"], log_soft_assign(z, params["mu"], alpha), batch["mask"])
     loss = gamma * kl + zinb
+    mmd = None
+    if batch_mmd and batch["b"] is not None:
+        mmd = mmd_between_batches(z, batch["b"], batch["mask"], groups=jax.lax.stop_gradient(batch["p"]))
+        loss = loss + batch_mmd * mmd
     const = masked_mean(batch["const"], batch["mask"])
-    return loss, {"loss": loss + const, "kl": kl, "zinb": zinb + const}
+    measured = {"loss": loss + const, "kl": kl, "zinb": zinb + const}
+    return loss, measured if mmd is None else {**measured, "mmd": mmd}
 
 
 # ---- epoch ----------------------------------------------------------------------------------------
