@@ -21,13 +21,13 @@ SCRIPT = textwrap.dedent("""
     from scdc_jax.io import CountData
     X, groups, _ = synthetic_counts(300, 100, seed=11)
     data = CountData(X=X, labels=groups, label_names=["a", "b", "c"])
-    cfg = dict(n_clusters=3, pretrain_epochs=60, maxiter=20, batch_size=70, kmeans_n_init=5, encoder=[64, 32],
+    cfg = dict(n_clusters=3, pretrain_epochs=20, maxiter=10, batch_size=70, kmeans_n_init=5, encoder=[64, 32],
                decoder=[32, 64], latent=8, seed=2)
     one = run(data, ClusterConfig(devices=1, **cfg), progress=False)
     four = run(data, ClusterConfig(devices=4, **cfg), progress=False)
     print("ARI", adjusted_rand_score(one.labels, four.labels))
     print("LOSS", one.history["pretrain_loss"][-1], four.history["pretrain_loss"][-1])
-    ens = {**cfg, "pretrain_epochs": 20, "maxiter": 10, "ensemble": 2}
+    ens = {**cfg, "pretrain_epochs": 10, "maxiter": 5, "ensemble": 2}
     e1 = run(data, ClusterConfig(devices=1, **ens), progress=False).ensemble
     e4 = run(data, ClusterConfig(devices=4, **ens), progress=False).ensemble
     print("ENSEMBLE", min(adjusted_rand_score(a, b) for a, b in zip(e1["member_labels"], e4["member_labels"])))

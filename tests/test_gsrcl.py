@@ -11,7 +11,7 @@ import warnings
 import h5py
 import numpy as np
 import pytest
-from conftest import ROOT, synthetic_counts
+from conftest import ROOT, run_module, synthetic_counts
 
 from scdc_jax.errors import InputError
 from scdc_jax.gsrcl.config import load_config
@@ -533,7 +533,7 @@ def in_fold_steps(folds) -> list[int]:
             if p.name.isdigit() and not p.parent.with_suffix(".json").exists()]
 
 
-def test_sigkill_inside_a_fold_then_resume_gives_the_same_results(tmp_path):
+def test_sigkill_inside_a_fold_then_resume_gives_the_same_results(tmp_path, capfd):
     import signal
     import time
 
@@ -541,8 +541,8 @@ def test_sigkill_inside_a_fold_then_resume_gives_the_same_results(tmp_path):
     path = write_h5(tmp_path / "d.h5", counts, y)
     common = ["--data-file", path, "--config", str(tiny_toml(tmp_path, n_folds=4)), "--epochs", "60",
               "--eval-every", "10", "--quiet"]
-    ref = run_cli([*common, "--out-dir", str(tmp_path / "ref")], timeout=300)
-    assert ref.returncode == 0, ref.stderr[-2000:]
+    code, _, err = run_module(["-m", "scdc_jax.gsrcl", *common, "--out-dir", str(tmp_path / "ref")], capfd)
+    assert code == 0, err[-2000:]
 
     out = tmp_path / "killed"
     env = {**os.environ, "PYTHONPATH": ROOT}
@@ -563,10 +563,11 @@ def test_sigkill_inside_a_fold_then_resume_gives_the_same_results(tmp_path):
     done = len(list(folds.glob("*_*.json")))
     assert 2 <= done < 4 and not (out / "results.csv").exists()
     assert in_fold_steps(folds) and max(in_fold_steps(folds)) < 60
-    resumed = run_cli([*common, "--out-dir", str(out), "--resume"], timeout=300)
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert "from its checkpoint at epoch" in resumed.stdout
+    code, stdout, err = run_module(["-m", "scdc_jax.gsrcl", *common, "--out-dir", str(out), "--resume"], capfd)
+    assert code == 0, err[-2000:]
+    assert "from its checkpoint at epoch" in stdout
     assert (out / "results.csv").read_text() == (tmp_path / "ref" / "results.csv").read_text()
     assert not list(folds.glob("*.partial"))  # in-fold checkpoints go once their fold is finished
-    changed = run_cli([*common, "--out-dir", str(out), "--resume", "--lr", "0.01"])
-    assert changed.returncode == 2 and "different configuration" in changed.stderr
+    code, _, err = run_module(["-m", "scdc_jax.gsrcl", *common, "--out-dir", str(out), "--resume", "--lr", "0.01"],
+                              capfd)
+    assert code == 2 and "different configuration" in err

@@ -14,7 +14,7 @@ import h5py
 import numpy as np
 from conftest import ROOT, run_module, synthetic_counts
 
-ARGS = ["--n-clusters", "3", "--pretrain-epochs", "400", "--maxiter", "400", "--tol", "1e-9", "--batch-size", "64",
+ARGS = ["--n-clusters", "3", "--pretrain-epochs", "200", "--maxiter", "100", "--tol", "1e-9", "--batch-size", "64",
         "--checkpoint-every", "10", "--seed", "3", "--quiet"]
 
 
@@ -33,7 +33,7 @@ def steps(folder):
 
 
 def test_sigkill_then_resume_gives_the_uninterrupted_labels(tmp_path, capfd):
-    X, groups, _ = synthetic_counts(400, 150, seed=7)
+    X, groups, _ = synthetic_counts(200, 80, seed=7)
     data = str(tmp_path / "d.h5")
     with h5py.File(data, "w") as f:
         f.create_dataset("X", data=X)
@@ -50,7 +50,7 @@ def test_sigkill_then_resume_gives_the_uninterrupted_labels(tmp_path, capfd):
     proc.wait()
     assert not os.path.exists(os.path.join(save, "pred_labels.txt"))
     assert not os.path.isdir(os.path.join(save, "model"))
-    assert max(steps(os.path.join(save, "pretrain"))) < 400
+    assert max(steps(os.path.join(save, "pretrain"))) < 200
 
     code, _, err = run_module(argv(data, save, "--resume"), capfd)
     assert code == 0, err
