@@ -113,12 +113,23 @@ def test_rerun_into_a_save_dir_is_refused_or_replaces_the_run_whole(tmp_path, ca
 
 
 def test_config_file_and_paper_config(tmp_path, capfd):
+    """The paper config holds the defaults, so a run of it could not tell whether the file was read:
+    the run takes a copy of it with two values changed (flags still override the file)."""
+    from scdc_jax.cluster.config import ClusterConfig, load_config
+
+    paper = os.path.join(ROOT, "configs", "scdeepcluster_paper.toml")
+    assert load_config(paper).to_dict() == ClusterConfig().to_dict()
+    text = open(paper).read()
+    assert "\nsigma = 2.5\n" in text and "\nknn = 20\n" in text
+    changed = tmp_path / "changed.toml"
+    changed.write_text(text.replace("\nsigma = 2.5\n", "\nsigma = 1.5\n").replace("\nknn = 20\n", "\nknn = 7\n"))
     data = make_h5(tmp_path / "d.h5")
-    out = cli_here(capfd, "--config", os.path.join(ROOT, "configs", "scdeepcluster_paper.toml"), "--data-file",
-                   data, "--n-clusters", "2", "--save-dir", tmp_path / "r", *TINY)
+    out = cli_here(capfd, "--config", changed, "--data-file", data, "--n-clusters", "2", "--save-dir",
+                   tmp_path / "r", *TINY)
     assert out.returncode == 0, out.stderr
     cfg = json.loads((tmp_path / "r" / "run.json").read_text())["config"]
-    assert cfg["sigma"] == 2.5 and cfg["pretrain_epochs"] == 3 and cfg["n_clusters"] == 2
+    assert cfg["sigma"] == 1.5 and cfg["knn"] == 7  # from the file
+    assert cfg["pretrain_epochs"] == 3 and cfg["n_clusters"] == 2  # the flags over the file's 300 and 0
 
 
 def test_system_refusal_mid_run_is_one_sentence(capsys):
