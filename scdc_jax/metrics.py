@@ -66,17 +66,18 @@ def _neighbours(latent, k: int):
     return idx[:, 1:], dist[:, 1:] ** 2  # the first neighbour of a row is itself
 
 
-def knn_mixing(latent, batch, *, k: int = 30, groups=None) -> dict[str, float]:
+def knn_mixing(latent, batch, *, k: int = 30, groups=None, neighbours=None) -> dict[str, float]:
     """How well batches mix among each cell's ``k`` nearest neighbours in ``latent``.
 
     ``observed``: the mean fraction of a cell's neighbours from another batch.  ``expected``: that
     fraction were the neighbours drawn at random from the other cells (of the cell's group, when
     ``groups`` such as clusters or cell types are given, so that batches holding different cell
     types are not asked to mix).  ``ratio``: observed / expected, about 1 when fully mixed and 0
-    when the batches lie apart (None when no cell has another batch to mix with).
+    when the batches lie apart (None when no cell has another batch to mix with).  ``neighbours``:
+    the (indices, squared distances) of :func:`_neighbours` for at least ``k``, if known.
     """
     batch = np.asarray(batch)
-    idx, _ = _neighbours(latent, k)
+    idx = (neighbours or _neighbours(latent, k))[0][:, :k]
     observed = float(np.mean(batch[idx] != batch[:, None]))
     groups = np.zeros(len(batch), np.int64) if groups is None else np.unique(np.asarray(groups), return_inverse=True)[1]
     _, pair = np.unique(np.stack([groups, np.unique(batch, return_inverse=True)[1]]), axis=1, return_inverse=True)
@@ -88,13 +89,16 @@ def knn_mixing(latent, batch, *, k: int = 30, groups=None) -> dict[str, float]:
             "k": int(idx.shape[1])}
 
 
-def ilisi(latent, batch, *, perplexity: float = 30.0) -> float:
+def ilisi(latent, batch, *, perplexity: float = 30.0, neighbours=None) -> float:
     """Mean integration LISI (Korsunsky et al. 2019) of ``batch`` in ``latent``: the effective
     number of batches around a cell, the inverse Simpson index of the batches among its
     ``3 * perplexity`` nearest neighbours weighted by a Gaussian whose width gives that
-    perplexity.  1 when every neighbourhood holds one batch, up to the number of batches."""
+    perplexity.  1 when every neighbourhood holds one batch, up to the number of batches.
+    ``neighbours`` as for :func:`knn_mixing`."""
     batch = np.unique(np.asarray(batch), return_inverse=True)[1]
-    idx, d2 = _neighbours(latent, int(3 * perplexity))
+    k = int(3 * perplexity)
+    idx, d2 = neighbours or _neighbours(latent, k)
+    idx, d2 = idx[:, :k], d2[:, :k]
     target = np.log(min(perplexity, idx.shape[1]))
     beta = np.ones(len(idx))
     lo, hi = np.zeros(len(idx)), np.full(len(idx), np.inf)
@@ -121,6 +125,7 @@ def batch_mixing(latent, batch, *, groups=None, k: int = 30, perplexity: float =
     n = len(batch)
     keep = np.sort(np.random.default_rng(seed).choice(n, max_cells, replace=False)) if n > max_cells else np.arange(n)
     g = None if groups is None else np.asarray(groups)[keep]
-    return {"knn_mixing": knn_mixing(latent[keep], batch[keep], k=k, groups=g),
-            "ilisi": ilisi(latent[keep], batch[keep], perplexity=perplexity),
+    near = _neighbours(latent[keep], max(k, int(3 * perplexity)))  # one search for both
+    return {"knn_mixing": knn_mixing(latent[keep], batch[keep], k=k, groups=g, neighbours=near),
+            "ilisi": ilisi(latent[keep], batch[keep], perplexity=perplexity, neighbours=near),
             "n_batches": int(len(np.unique(batch))), "cells": int(len(keep))}

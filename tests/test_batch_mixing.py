@@ -110,7 +110,10 @@ def test_batch_mixing_subsamples_reproducibly(shifted):
     a = batch_mixing(z, batch, groups=types, max_cells=80, k=10, perplexity=5, seed=3)
     b = batch_mixing(z, batch, groups=types, max_cells=80, k=10, perplexity=5, seed=3)
     assert a == b and a["cells"] == 80 and a["n_batches"] == 2
-    assert batch_mixing(z, batch, k=10, perplexity=5)["cells"] == 120
+    whole = batch_mixing(z, batch, groups=types, k=10, perplexity=5)
+    assert whole["cells"] == 120  # one neighbour search serves both measures, as separate calls give them
+    assert whole["knn_mixing"] == knn_mixing(z, batch, k=10, groups=types)
+    assert whole["ilisi"] == ilisi(z, batch, perplexity=5)
 
 
 FAST = dict(pretrain_epochs=60, maxiter=20, batch_size=64, kmeans_n_init=5, encoder=[64, 32], decoder=[32, 64],

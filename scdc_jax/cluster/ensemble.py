@@ -193,8 +193,8 @@ def _cluster(setup, ae, centres: np.ndarray, last: np.ndarray, seeds: list[int],
     params, opt = setup.put((params, opt))
     assign = setup.source.assigner(setup.graphdef, cfg.alpha, members=True)
     epoch_fn = setup.source.epoch(partial(cluster_loss, graphdef=setup.graphdef, sigma=cfg.sigma, gamma=cfg.gamma,
-                                          alpha=cfg.alpha, ridge_lambda=cfg.ridge_lambda, batch_mmd=cfg.batch_mmd), tx, shuffle=False,
-                                  members=True)
+                                          alpha=cfg.alpha, ridge_lambda=cfg.ridge_lambda, batch_mmd=cfg.batch_mmd),
+                                  tx, shuffle=False, members=True)
     n_members = len(seeds)
     done: list[dict | None] = [None] * n_members
     history = [{"cluster": [], "scores": []} for _ in seeds]
