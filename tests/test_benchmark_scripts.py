@@ -92,3 +92,18 @@ def test_ensemble_summary_compares_the_consensus_with_its_members(tmp_path):
     assert out["spearman"] == pytest.approx({"agreement": 1.0, "silhouette": -1.0, "zinb": 1.0})
     md = (tmp_path / "accuracy_ensemble_t.md").read_text()
     assert "| worm | given | 2 x 3 |" in md and "pbmc" not in md
+
+
+def test_paired_synthetic_types_differ_from_their_sibling_less_than_from_other_pairs():
+    import numpy as np
+
+    from benchmarks.gsrcl_protocol import draw_paired
+
+    counts, labels = draw_paired(0, 1600, 4)
+    again, _ = draw_paired(0, 1600, 4)
+    assert counts.dtype == np.int32 and counts.shape == (1600, 2000)
+    np.testing.assert_array_equal(counts, again)  # redrawn exactly from the seed
+    np.testing.assert_array_equal(np.bincount(labels), [400] * 4)
+    centres = np.stack([np.log1p(counts[labels == t]).mean(0) for t in range(4)])
+    d = ((centres[:, None] - centres[None]) ** 2).sum(-1)
+    assert d[0, 1] < d[0, 2] / 3 and d[2, 3] < d[1, 3] / 3  # siblings close, pairs apart

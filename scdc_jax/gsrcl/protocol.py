@@ -40,7 +40,7 @@ from sklearn.model_selection import StratifiedKFold, train_test_split
 
 from ..errors import InputError
 from .folds import FoldStore
-from .svm import fit_and_score_tasks, selection_mccs
+from .svm import fit_and_score_tasks, selection_scores
 from ..preprocess import log_transform, masking_input
 from .train import Trainer, use_fold_batch
 
@@ -204,26 +204,26 @@ class Selection:
         self.val = splits.val
         self.ys_tr = {t.cell_type: t.y[self.tr] for t in tasks}
         self.ys_val = {t.cell_type: t.y[self.val] for t in tasks}
-        self.best: dict[str, tuple[int, float]] = {}  # task -> (epoch, validation MCC)
+        self.best: dict[str, tuple[int, float, dict]] = {}  # task -> (epoch, validation MCC, grid choice)
         self.kept: dict[int, tuple] = {}  # epoch -> (h_tr, h_te), for the epochs in self.best
         self.history: list[dict] = []
         self.pending: list[tuple] = []  # (epoch, job, h_tr, h_val, h_te) in epoch order
         self.max_pending = max(2, 2 * svm_worker_count(cfg.svm_workers))  # keeps every worker busy
 
     def _submit(self, epoch: int, h_tr, h_val, h_te) -> None:
-        job = self.pool.submit(selection_mccs, h_tr, self.ys_tr, h_val, self.ys_val, self.cfg, self.seeds)
+        job = self.pool.submit(selection_scores, h_tr, self.ys_tr, h_val, self.ys_val, self.cfg, self.seeds)
         self.pending.append((epoch, job, h_tr, h_val, h_te))
 
     def collect(self, block: bool) -> None:
         while self.pending and (block or self.pending[0][1].done()):
             epoch, job, h_tr, _, h_te = self.pending.pop(0)
-            mccs = job.result()
-            self.history.append({"epoch": epoch, "val_mcc": mccs})
-            for name, mcc in mccs.items():
+            scores = job.result()
+            self.history.append({"epoch": epoch, "val_mcc": {name: mcc for name, (mcc, _) in scores.items()}})
+            for name, (mcc, params) in scores.items():
                 if name not in self.best or mcc > self.best[name][1]:
-                    self.best[name] = (epoch, mcc)
+                    self.best[name] = (epoch, mcc, params)
             self.kept[epoch] = (h_tr, h_te)
-            used = {e for e, _ in self.best.values()}
+            used = {e for e, _, _ in self.best.values()}
             self.kept = {e: h for e, h in self.kept.items() if e in used}
 
     def __call__(self, epoch: int, state) -> None:
@@ -240,12 +240,14 @@ class Selection:
         for epoch, _, h_tr, h_val, h_te in self.pending:
             arrays.update({f"{epoch}_h_tr": h_tr, f"{epoch}_h_val": h_val, f"{epoch}_h_te": h_te})
         meta = {"history": self.history, "pending": [p[0] for p in self.pending],
-                "best": {name: [e, m] for name, (e, m) in self.best.items()}, "kept": sorted(self.kept)}
+                "best": {name: [e, m, p] for name, (e, m, p) in self.best.items()}, "kept": sorted(self.kept)}
         return arrays, meta
 
     def restore(self, arrays: dict[str, np.ndarray], meta: dict) -> None:
         self.history = [dict(h) for h in meta["history"]]
-        self.best = {name: (int(e), float(m)) for name, (e, m) in meta["best"].items()}
+        # a checkpoint written before grid choices were kept has none: those tasks search again
+        self.best = {name: (int(b[0]), float(b[1]), dict(b[2]) if len(b) > 2 else None)
+                     for name, b in meta["best"].items()}
         self.kept = {int(e): (arrays[f"best{e}_h_tr"], arrays[f"best{e}_h_te"]) for e in meta["kept"]}
         for epoch in meta["pending"]:
             self._submit(epoch, *(arrays[f"{epoch}_{part}"] for part in ("h_tr", "h_val", "h_te")))
@@ -267,18 +269,21 @@ def _finish_fold(raw_job, selection: "Selection", tasks: list[Task], fold: int, 
     selection.collect(block=True)
     ys_te = {t.cell_type: t.y[selection.te] for t in tasks}
     by_epoch: dict[int, list[str]] = {}
-    for name, (epoch, _) in selection.best.items():
+    for name, (epoch, _, _) in selection.best.items():
         by_epoch.setdefault(epoch, []).append(name)
+    # the selection point's grid choice is refitted (same encodings, labels and seed: the search
+    # would choose it again) and scored on the test fold
     jobs = {epoch: pool.submit(fit_and_score_tasks, selection.kept[epoch][0], {n: selection.ys_tr[n] for n in names},
                                selection.kept[epoch][1], {n: ys_te[n] for n in names}, selection.cfg,
-                               selection.seeds)
+                               selection.seeds,
+                               {n: selection.best[n][2] for n in names if selection.best[n][2] is not None})
             for epoch, names in by_epoch.items()}
     learnt = {name: scored for job in jobs.values() for name, scored in job.result().items()}
     raw = raw_job.result()
     out = {}
     for t in tasks:
         name = t.cell_type
-        epoch, mcc = selection.best[name]
+        epoch, mcc, _ = selection.best[name]
         out[name] = {"gsrcl": learnt[name][1], "raw": raw[name][1], "best_epoch": epoch, "best_val_mcc": mcc,
                      "gsrcl_svm": learnt[name][0], "raw_svm": raw[name][0]}
     return {"fold": fold, "train_s": train_s, "final_loss": losses[-1], "selection": selection.history,

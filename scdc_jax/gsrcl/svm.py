@@ -6,8 +6,8 @@ processes beside the training.
 - :func:`svm_search` fits the published grid (gamma x C, scoring MCC with stratified inner CV) on
   a representation or on the log genes; the squared distances between the rows are computed once
   and every gamma of the grid is a cheap ``exp(-gamma * d)`` of them, shared by all C.
-- :func:`selection_mccs` scores one model-selection point for several one-vs-rest tasks at once:
-  the distances of the point's encodings are shared by all the tasks.
+- :func:`selection_scores` scores one model-selection point for several one-vs-rest tasks at
+  once: the distances of the point's encodings are shared by all the tasks.
 - :func:`calibrated_svm` is the per-type classifier of a reference (probabilities by Platt-style
   sigmoid calibration, as ``CalibratedClassifierCV(SVC(...), ensemble=False)``);
   :func:`svm_parameters` takes the numbers that define it out of scikit-learn's objects, so a
@@ -61,15 +61,19 @@ def grid_search(d: np.ndarray, y: np.ndarray, cfg, seed: int, gamma_scale: float
     The same choice as scikit-learn's ``GridSearchCV(SVC(), {"C": ..., "gamma": ...},
     scoring=MCC, error_score=0)`` on the feature rows (candidates in its order, the first of equal
     means wins), except that ``gamma="scale"`` is ``gamma_scale`` of the whole training set rather
-    than of each inner split.  The kernel of each gamma and split is computed once for all C.
+    than of each inner split.  Each split's distances are gathered once and the kernel of each
+    gamma is computed in place from them, once for all C.
     """
     gammas, cs = list(cfg.svm_gamma), [float(c) for c in cfg.svm_c]
     splits = list(StratifiedKFold(cfg.svm_cv, shuffle=True, random_state=seed).split(np.zeros(len(y)), y))
     scores = np.zeros((len(cs), len(gammas), len(splits)))
-    for j, gamma in enumerate(gammas):
-        g = gamma_scale if gamma == "scale" else float(gamma)
-        for k, (tr, te) in enumerate(splits):
-            k_tr, k_te = np.exp(-g * d[np.ix_(tr, tr)]), np.exp(-g * d[np.ix_(te, tr)])
+    for k, (tr, te) in enumerate(splits):
+        d_tr, d_te = d[np.ix_(tr, tr)], d[np.ix_(te, tr)]  # gathered once per split
+        k_tr, k_te = np.empty_like(d_tr), np.empty_like(d_te)
+        for j, gamma in enumerate(gammas):
+            g = gamma_scale if gamma == "scale" else float(gamma)
+            np.exp(np.multiply(d_tr, -g, out=k_tr), out=k_tr)
+            np.exp(np.multiply(d_te, -g, out=k_te), out=k_te)
             for i, c in enumerate(cs):
                 try:
                     svc = SVC(kernel="precomputed", C=c).fit(k_tr, y[tr])
@@ -86,14 +90,18 @@ class SVMGrid:
 
     ``d`` and ``gamma_scale`` may be given when the caller has them already (the squared distances
     of ``x`` to itself and ``scale_gamma(x)``); ``predict`` and ``decision_function`` take the
-    query's squared distances to ``x`` as ``d`` likewise.
+    query's squared distances to ``x`` as ``d`` likewise.  ``best_params`` skips the grid search
+    when its result on these ``x``, ``y`` and ``seed`` is known already (the grid is
+    deterministic, so the fitted SVC is the same).
     """
 
-    def __init__(self, x, y, cfg, seed: int, *, d=None, gamma_scale: float | None = None):
+    def __init__(self, x, y, cfg, seed: int, *, d=None, gamma_scale: float | None = None,
+                 best_params: dict | None = None):
         self.x = x
         d = sq_distances(x, x) if d is None else d
         scale = scale_gamma(x) if gamma_scale is None else gamma_scale
-        self.best_params_ = grid_search(d, np.asarray(y), cfg, seed, scale)
+        self.best_params_ = (dict(best_params) if best_params is not None
+                             else grid_search(d, np.asarray(y), cfg, seed, scale))
         self.gamma_ = scale if self.best_params_["gamma"] == "scale" else float(self.best_params_["gamma"])
         self.svc_ = SVC(kernel="precomputed", C=self.best_params_["C"]).fit(np.exp(-self.gamma_ * d), y)
 
@@ -112,27 +120,33 @@ def svm_search(x, y, cfg, seed: int) -> SVMGrid:
     return SVMGrid(x, y, cfg, seed)
 
 
-def fit_and_score_tasks(x_tr, ys_tr: dict, x_te, ys_te: dict, cfg, seeds: dict) -> dict:
+def fit_and_score_tasks(x_tr, ys_tr: dict, x_te, ys_te: dict, cfg, seeds: dict,
+                        chosen: dict | None = None) -> dict:
     """The grid of each task fitted on ``x_tr`` and scored on ``x_te`` (MCC and F1 of its
     predictions, AP of its decision function): ``{task: (best grid parameters, scores)}``.  The
-    distances are computed once for all the tasks."""
+    distances are computed once for all the tasks.  ``chosen`` ``{task: {"C", "gamma"}}`` gives
+    grid results already known for these inputs (no search is run again for those tasks)."""
     d_tr, d_te, gamma = sq_distances(x_tr, x_tr), sq_distances(x_te, x_tr), scale_gamma(x_tr)
+    chosen = chosen or {}
     out = {}
     for name, y in ys_tr.items():
-        grid = SVMGrid(x_tr, y, cfg, seeds[name], d=d_tr, gamma_scale=gamma)
+        grid = SVMGrid(x_tr, y, cfg, seeds[name], d=d_tr, gamma_scale=gamma, best_params=chosen.get(name))
         y_te = ys_te[name]
         out[name] = (grid.best_params_, binary_scores(y_te, grid.predict(None, d_te),
                                                       grid.decision_function(None, d_te)))
     return out
 
 
-def selection_mccs(h_tr, ys_tr: dict, h_val, ys_val: dict, cfg, seeds: dict) -> dict[str, float]:
-    """Validation MCC of the grid fitted on ``h_tr`` for each task ``{name: y}`` of one selection
-    point (the same value :func:`svm_search` gives task by task)."""
+def selection_scores(h_tr, ys_tr: dict, h_val, ys_val: dict, cfg, seeds: dict) -> dict[str, tuple]:
+    """``{name: (validation MCC, grid choice)}`` of the grid fitted on ``h_tr`` for each task
+    ``{name: y}`` of one selection point (the same values :func:`svm_search` gives task by task);
+    the grid choice lets the selected point be refitted later without searching again."""
     d_tr, d_val, gamma = sq_distances(h_tr, h_tr), sq_distances(h_val, h_tr), scale_gamma(h_tr)
-    return {name: binary_mcc(ys_val[name], SVMGrid(h_tr, y, cfg, seeds[name], d=d_tr,
-                                                   gamma_scale=gamma).predict(None, d_val))
-            for name, y in ys_tr.items()}
+    out = {}
+    for name, y in ys_tr.items():
+        grid = SVMGrid(h_tr, y, cfg, seeds[name], d=d_tr, gamma_scale=gamma)
+        out[name] = (binary_mcc(ys_val[name], grid.predict(None, d_val)), grid.best_params_)
+    return out
 
 
 def calibrated_svm(h, y, cfg, seed: int):
