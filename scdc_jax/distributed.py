@@ -9,8 +9,13 @@ on CPUs they go through gloo).
 
 What the processes share and what only one does:
 
-* every process reads the input and holds the (replicated) data, draws the same keys, and takes
-  part in every compiled step and every checkpoint save (orbax writes each array once);
+* in memory, every process reads the input and holds the (replicated) data; streamed
+  (``--stream``), each process reads only its share of the file: its blocks in the preparation's
+  passes (the sums, totals and statistics then added up across processes with :func:`gather`,
+  bad counts reported by every process through :func:`agree`), and in training its devices' rows
+  of every block (global arrays sharded by rows, built from the process-local rows);
+* every process draws the same keys and takes part in every compiled step and every checkpoint
+  save (orbax writes each array once);
 * the first process (:func:`is_primary`) alone writes outputs, manifests and the run folder's
   fingerprint, prints progress, and moves a finished ``--overwrite`` run in place; the others
   wait at a :func:`barrier` where one process's files must exist before another reads them.
@@ -43,7 +48,7 @@ def _launched_by_cluster() -> bool:
 DISTRIBUTED_HELP = ("one run over several processes (hosts), each started with the same command: "
                     "--coordinator HOST:PORT of process 0, --num-processes N and this process's --process-id; "
                     "on Slurm (srun, one task per host) JAX finds all three itself. Every process reads the "
-                    "input; the first writes the outputs")
+                    "input (a streamed scDeepCluster run: only its share of the cells); the first writes the outputs")
 
 
 def add_distributed_arguments(parser, note: str = "") -> None:
@@ -121,3 +126,64 @@ def barrier(name: str) -> None:
         from jax.experimental import multihost_utils
 
         multihost_utils.sync_global_devices(name)
+
+
+# ---- host values shared between processes (the streamed preprocessing's sums) -----------------
+
+def my_share(items: list) -> list:
+    """This process's items of ``items`` (every ``process_count``-th, from its index; all of them
+    with one process): how the passes of a streamed preparation divide a file's blocks."""
+    import jax
+
+    return list(items)[jax.process_index()::jax.process_count()]
+
+
+def gather(a) -> "np.ndarray":
+    """``a`` (a NumPy array of the same shape and dtype on every process) from every process,
+    stacked in process order (1, ...) with one process.  Exact: floating-point values travel as
+    their bits (JAX without x64 would round float64)."""
+    import jax
+    import numpy as np
+
+    a = np.ascontiguousarray(a)
+    if jax.process_count() == 1:
+        return a[None]
+    from jax.experimental import multihost_utils
+
+    bits = a.reshape(-1).view(np.uint8)
+    got = np.asarray(multihost_utils.process_allgather(bits))  # (processes, nbytes)
+    return np.ascontiguousarray(got).view(a.dtype).reshape((jax.process_count(),) + a.shape)
+
+
+def sum_over_processes(a) -> "np.ndarray":
+    """The element-wise sum of ``a`` over the processes, added in process order (``a`` itself with one)."""
+    parts = gather(a)
+    total = parts[0].copy()
+    for p in parts[1:]:
+        total = total + p
+    return total
+
+
+def agree(fn):
+    """``fn()`` on every process, and the same outcome on all: when it raises
+    :class:`~scdc_jax.errors.InputError` on some process (bad counts in that process's share of a
+    file), every process raises it, with the first such process's sentence, instead of the others
+    waiting at the next collective."""
+    import jax
+    import numpy as np
+
+    try:
+        result, message = fn(), b""
+    except InputError as exc:
+        if jax.process_count() == 1:
+            raise
+        result, message = None, (str(exc) or "bad input").encode()[:4000]
+    if jax.process_count() == 1:
+        return result
+    box = np.zeros(4001, np.uint8)
+    box[0] = bool(message)
+    box[1:1 + len(message)] = np.frombuffer(message, np.uint8)
+    for row in gather(box):
+        if row[0]:
+            raise InputError(bytes(row[1:]).rstrip(b"\0").decode(errors="replace"))
+    return result

@@ -43,3 +43,33 @@ def data_sharded(mesh) -> NamedSharding:
 def padded_size(n: int, n_devices: int) -> int:
     """Smallest multiple of ``n_devices`` that holds ``n`` rows."""
     return -(-n // n_devices) * n_devices
+
+
+def process_rows(sharding: NamedSharding, n_rows: int) -> tuple[int, int]:
+    """The rows ``[lo, hi)`` of an ``(n_rows, ...)`` array split by rows with ``sharding`` that
+    this process's devices hold, as one span covering them all."""
+    idx = sharding.addressable_devices_indices_map((n_rows,)).values()
+    lo = min(s[0].start or 0 for s in idx)
+    hi = max(n_rows if s[0].stop is None else s[0].stop for s in idx)
+    return lo, hi
+
+
+def put_process_rows(local, lo: int, n_rows: int, sharding: NamedSharding) -> jax.Array:
+    """The global ``(n_rows, ...)`` array split by rows with ``sharding``, built from this process's
+    rows ``local`` (rows ``lo ..`` of the whole, covering :func:`process_rows`): each of its
+    devices gets its own rows, and no process needs the others' rows."""
+    shape = (n_rows,) + tuple(local.shape[1:])
+    shards = []
+    for device, index in sharding.addressable_devices_indices_map(shape).items():
+        a = (index[0].start or 0) - lo
+        b = (n_rows if index[0].stop is None else index[0].stop) - lo
+        shards.append(jax.device_put(local[a:b], device))
+    return jax.make_array_from_single_device_arrays(shape, sharding, shards)
+
+
+def put_local_copies(x, sharding: NamedSharding) -> jax.Array:
+    """``x`` (the same on every process) as a global array replicated with ``sharding``, built from
+    this process's copies alone: unlike ``jax.device_put`` onto a mesh of several processes, no
+    step is taken with the other processes (so it may run on a background thread)."""
+    shards = [jax.device_put(x, d) for d in sharding.addressable_devices]
+    return jax.make_array_from_single_device_arrays(x.shape, sharding, shards)

@@ -185,6 +185,16 @@ class LogStats:
             self.m2 = self.m2 + m2b + delta ** 2 * (self.count * nb / total)
             self.count = total
 
+    def merge(self, count: int, mean: np.ndarray, m2: np.ndarray) -> None:
+        """Add the statistics of other rows (another accumulator's ``count``, ``mean``, ``m2``)."""
+        if count == 0:
+            return
+        total = self.count + count
+        delta = mean - self.mean
+        self.mean = self.mean + delta * (count / total)
+        self.m2 = self.m2 + m2 + delta ** 2 * (self.count * count / total)
+        self.count = total
+
     def result(self) -> tuple[np.ndarray, np.ndarray]:
         std = np.sqrt(self.m2 / (self.count - 1)) if self.count > 1 else np.zeros_like(self.mean)
         std[std == 0] = 1.0

@@ -5,8 +5,9 @@ zarr), or a scDeepCluster ``.h5``, and reads contiguous rows of its count matrix
 without loading the rest; the annotations (labels, batches, names) are read whole, as they are
 small.  :func:`stream_prepare` computes in passes over the blocks what
 :func:`scdc_jax.preprocess.prepare` computes in memory (gene selection, the kept genes and cells,
-size factors, the normalisation statistics), so a streamed run trains on the same inputs.
-:class:`Prefetch` reads the next blocks on a background thread while the device trains.
+size factors, the normalisation statistics), so a streamed run trains on the same inputs; in a
+run of several processes each pass reads the process's share of the blocks and the sums are added
+up across processes (:mod:`scdc_jax.distributed`).  :class:`Prefetch` reads the next blocks on a background thread while the device trains.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import scipy.sparse as sp
 
+from . import distributed
 from .errors import InputError, option
 from .io import CountData, check_counts, check_one_hot, encode_labels, obs_annotations, one_hot_from_labels, sniff_format
 from .preprocess import LogStats, detection_stats, select_genes_from_stats
@@ -222,26 +224,34 @@ def stream_prepare(store: CellStore, *, select_genes_n: int = 0, block: int = BL
     store.annotations  # a wrong label or batch key is refused before the passes
     n, g = store.shape
     spans = store.blocks(block)
+    mine = distributed.my_share(spans)  # with several processes each reads its share of the blocks
     genes = np.arange(g)
     if select_genes_n:
         if select_genes_n > g:
             raise InputError(f"{option('select_genes', select_genes_n)} is larger than the number of genes ({g}).")
         say(f"streaming pass 1/3 over {n} cells: gene selection statistics")
         detected, logsum = np.zeros(g), np.zeros(g)
-        for a, b in spans:
+        for a, b in mine:
             d, s = detection_stats(_clean(store.rows(a, b)))
             detected += d
             logsum += s
+        detected, logsum = distributed.sum_over_processes(np.stack([detected, logsum]))
         genes = np.flatnonzero(select_genes_from_stats(detected, logsum, n, select_genes_n))
     say(f"streaming pass 2/3 over {n} cells: validation and totals")
     gene_tot = np.zeros(len(genes))
     cell_tot = np.zeros(n)
-    for a, b in spans:
-        x = store.rows(a, b)
-        check_counts(x, require_integer=True, what=f"the counts in {store.path}")
-        x = x[:, genes] if len(genes) < g else x
-        gene_tot += np.asarray(x.sum(0), np.float64).ravel()
-        cell_tot[a:b] = np.asarray(x.sum(1), np.float64).ravel()
+
+    def totals_pass():
+        for a, b in mine:
+            x = store.rows(a, b)
+            check_counts(x, require_integer=True, what=f"the counts in {store.path}")
+            x = x[:, genes] if len(genes) < g else x
+            gene_tot[:] += np.asarray(x.sum(0), np.float64).ravel()
+            cell_tot[a:b] = np.asarray(x.sum(1), np.float64).ravel()
+
+    distributed.agree(totals_pass)  # bad counts in one process's share stop every process
+    gene_tot = distributed.sum_over_processes(gene_tot)
+    cell_tot = distributed.sum_over_processes(cell_tot)  # each cell's total comes from one process
     if not np.any(cell_tot > 0):
         raise InputError(f"the counts in {store.path} are all zeros.")
     keep_g = np.flatnonzero(gene_tot > 0)
@@ -251,7 +261,7 @@ def stream_prepare(store: CellStore, *, select_genes_n: int = 0, block: int = BL
     median = float(np.median(totals))
     say(f"streaming pass 3/3 over {len(cells)} cells: normalisation statistics")
     stats, widest = LogStats(len(genes)), 0
-    for a, b in spans:
+    for a, b in mine:
         keep = cells[(cells >= a) & (cells < b)]
         if not len(keep):
             continue
@@ -259,6 +269,12 @@ def stream_prepare(store: CellStore, *, select_genes_n: int = 0, block: int = BL
         stats.add(x, median / cell_tot[keep])
         if sp.issparse(x):
             widest = max(widest, int(np.diff(x.indptr).max()))
+    parts = distributed.gather(np.concatenate([[stats.count, widest], stats.mean, stats.m2]))
+    if len(parts) > 1:  # the processes' statistics merged in process order
+        stats = LogStats(len(genes))
+        for p in parts:
+            stats.merge(int(p[0]), p[2:2 + len(genes)], p[2 + len(genes):])
+        widest = int(parts[:, 1].max())
     mean, std = stats.result()
     if not store.sparse:
         widest = len(genes)
@@ -273,8 +289,11 @@ def kept_rows(store: CellStore, prep: StreamPrepared, first: int, last: int):
     """Counts of the kept cells ``first .. last - 1`` (positions among the kept cells) over the
     kept genes, read as one contiguous span of the file."""
     idx = prep.cells[first:last]
-    a, b = int(idx[0]), int(idx[-1]) + 1
-    x = store.rows(a, b)[idx - a]
+    if not len(idx):  # none (a process's share of a short last block): no rows, the right kind
+        x = store.rows(0, 1)[:0]
+    else:
+        a, b = int(idx[0]), int(idx[-1]) + 1
+        x = store.rows(a, b)[idx - a]
     return _clean(x[:, prep.genes] if len(prep.genes) < store.shape[1] else x)
 
 

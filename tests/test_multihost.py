@@ -117,6 +117,23 @@ def test_two_processes_match_one_process_with_four_devices(case, reference):
     assert "wrote" in first and not others, "only the first process reports and writes outputs"
 
 
+STREAM = ["--stream", "--block-cells", "100", "--pretrain-epochs", "12", "--maxiter", "4"]
+
+
+def test_streamed_two_processes_each_reading_their_rows_match_one_process(case):
+    """Streamed, each process reads its share of the blocks in the preparation and its devices'
+    rows of every block in training (230 cells in blocks of 100, 100 and 30: the last one padded
+    to 32 rows and split 16 / 14 real cells); the run equals one process with four devices."""
+    one, two = str(case / "stream_one"), str(case / "stream_two")
+    finish(launch(case, one, 1, 4, *STREAM))
+    finish(launch(case, two, 2, 2, *STREAM))
+    labels, latent = outputs(two)
+    ref_labels, ref_latent = outputs(one)
+    assert len(labels) == 230
+    np.testing.assert_array_equal(labels, ref_labels)
+    np.testing.assert_allclose(latent, ref_latent, rtol=1e-5, atol=LATENT_ATOL)
+
+
 def steps(folder) -> list[int]:
     return sorted(int(d) for d in os.listdir(folder) if d.isdigit()) if os.path.isdir(folder) else []
 

@@ -113,3 +113,46 @@ def test_atomic_path_leaves_nothing_on_failure_and_json_helpers(tmp_path):
     assert len(set(outputs.palette(25))) == 25
     prov = outputs.provenance(3, {"x": 1}, 2, "cmd")
     assert prov["seed"] == 3 and prov["n_devices"] == 2 and "jax" in prov["versions"]
+
+
+def test_process_helpers_with_one_process_and_merged_log_statistics():
+    import numpy as np
+    import pytest
+
+    from scdc_jax import distributed
+    from scdc_jax.errors import InputError
+    from scdc_jax.preprocess import LogStats
+
+    a = np.array([0.1, 1e-17, 3.0])
+    assert distributed.gather(a).shape == (1, 3) and np.array_equal(distributed.gather(a)[0], a)
+    assert np.array_equal(distributed.sum_over_processes(a), a)
+    assert distributed.my_share([(0, 1), (1, 2)]) == [(0, 1), (1, 2)]
+    assert distributed.agree(lambda: 5) == 5
+    with pytest.raises(InputError, match="bad"):
+        distributed.agree(lambda: (_ for _ in ()).throw(InputError("bad counts")))
+    # statistics of two halves merged equal those of the whole (how processes' shares combine)
+    rng = np.random.default_rng(0)
+    x, scale = rng.poisson(2.0, (300, 7)).astype(np.float64), rng.uniform(0.5, 2.0, 300)
+    whole, first, second = LogStats(7), LogStats(7), LogStats(7)
+    whole.add(x, scale)
+    first.add(x[:130], scale[:130])
+    second.add(x[130:], scale[130:])
+    first.merge(second.count, second.mean, second.m2)
+    np.testing.assert_allclose(first.result()[0], whole.result()[0], rtol=1e-12)
+    np.testing.assert_allclose(first.result()[1], whole.result()[1], rtol=1e-12)
+
+
+def test_rows_of_a_process_placed_on_its_devices_make_the_global_array():
+    import jax
+    import numpy as np
+
+    from scdc_jax.parallel import data_sharded, make_mesh, process_rows, put_local_copies, put_process_rows, replicated
+
+    mesh = make_mesh(len(jax.devices()))
+    n = 4 * mesh.size
+    lo, hi = process_rows(data_sharded(mesh), n)
+    assert (lo, hi) == (0, n)  # one process holds every row
+    x = np.arange(n * 3, dtype=np.float32).reshape(n, 3)
+    np.testing.assert_array_equal(np.asarray(put_process_rows(x, lo, n, data_sharded(mesh))), x)
+    g = put_local_copies(x[0], replicated(mesh))
+    assert g.sharding == replicated(mesh) and np.array_equal(np.asarray(g), x[0])

@@ -18,10 +18,12 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+import scipy.sparse as sp
 
 from .. import checkpoint
 from ..io import CountData
 from ..losses import log_soft_assign, target_distribution
+from ..parallel import padded_size, process_rows, put_local_copies, put_process_rows
 from ..preprocess import Prepared
 from ..store import BLOCK_CELLS, CellStore, Prefetch, StreamPrepared, kept_rows
 from .train import ClusterData, device_data, make_assign, make_encoder, make_epoch
@@ -70,17 +72,44 @@ class Streamed:
         self.spans = [(a, min(a + block, self.n_cells)) for a in range(0, self.n_cells, block)]
         n_genes = prep.shape[1]
         self.sparse = store.sparse and 2 * prep.max_row_nnz < n_genes if sparse is None else sparse
+        # several processes: a block's cells are split by rows over the mesh, each process reading
+        # only its devices' rows (one process keeps the block whole on every device)
+        self.split = batch_sharding if batch_sharding is not None and jax.process_count() > 1 else None
         self._epochs: dict = {}
 
     def block_data(self, i: int) -> ClusterData:
-        """Block ``i`` on the device(s), normalised with the whole data's statistics."""
+        """Block ``i`` on the device(s), normalised with the whole data's statistics.  Split by
+        rows over several processes, it is padded to a multiple of the devices (rows past the
+        block's cells hold no counts and are never drawn into a minibatch)."""
         a, b = self.spans[i]
+        lo = hi = n_rows = None
+        if self.split is not None:
+            n_rows = padded_size(b - a, self.split.mesh.size)
+            lo, hi = process_rows(self.split, n_rows)
+            a, b = a + min(lo, b - a), a + min(hi, b - a)  # this process's cells of the block
         raw = kept_rows(self.store, self.prep, a, b)
+        totals = self.prep.totals[a:b]
         batch = None if self.prep.data.batch is None else self.prep.data.batch[a:b]
-        part = Prepared(raw=raw, totals=self.prep.totals[a:b], data=CountData(X=raw, batch=batch),
+        put_rows = None
+        if self.split is not None:
+            pad = (hi - lo) - (b - a)
+            raw = sp.vstack([raw, sp.csr_matrix((pad, raw.shape[1]), dtype=raw.dtype)]).tocsr() if sp.issparse(raw) \
+                else np.concatenate([raw, np.zeros((pad, raw.shape[1]), raw.dtype)])
+            totals = np.concatenate([totals, np.full(pad, self.prep.norm["median_total"])])
+            batch = None if batch is None else np.concatenate([batch, np.zeros((pad, batch.shape[1]), batch.dtype)])
+            put_rows = lambda x: put_process_rows(x, lo, n_rows, self.split)  # noqa: E731
+        part = Prepared(raw=raw, totals=totals, data=CountData(X=raw, batch=batch),
                         cells=self.prep.cells[a:b], genes=self.prep.genes, norm=self.prep.norm)
+        # split: the gene statistics too are placed from this process's own copies (no step taken
+        # with the other processes, as this runs on the prefetch thread)
+        put_genes = None if self.split is None else (lambda x: put_local_copies(x, self.sharding))
         return device_data(part, sharding=self.sharding, sparse=self.sparse,
-                           width=self.prep.max_row_nnz if self.sparse else None)
+                           width=self.prep.max_row_nnz if self.sparse else None, put_rows=put_rows,
+                           put_genes=put_genes)
+
+    def _size(self, i: int) -> int:
+        """Cells of block ``i`` (its arrays may hold padding rows after them)."""
+        return self.spans[i][1] - self.spans[i][0]
 
     def _blocks(self, order):
         """``(i, ClusterData)`` of the blocks in ``order``, read ahead on a thread."""
@@ -120,7 +149,8 @@ class Streamed:
         fn = make_encoder(graphdef)
 
         def encode(ae):
-            return np.concatenate([checkpoint.to_host(fn(ae, data)) for _, data in self._blocks(range(len(self.spans)))])
+            return np.concatenate([checkpoint.to_host(fn(ae, data))[: self._size(i)]
+                                   for i, data in self._blocks(range(len(self.spans)))])
 
         return encode
 
@@ -135,7 +165,8 @@ class Streamed:
         target = jax.jit(target_distribution)
 
         def assign(params):
-            z0, q = zip(*(checkpoint.to_host(soft(params, data)) for _, data in self._blocks(range(len(self.spans)))))
+            z0, q = zip(*((z[: self._size(i)], qq[: self._size(i)]) for i, data in self._blocks(range(len(self.spans)))
+                          for z, qq in [checkpoint.to_host(soft(params, data))]))
             z0, q = np.concatenate(z0), np.concatenate(q)
             p = target(jax.device_put(q, self.sharding) if self.sharding is not None else jnp.asarray(q))
             return z0, q, p, np.argmax(q, axis=1)

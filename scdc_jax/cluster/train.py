@@ -81,7 +81,7 @@ def use_sparse_rows(raw) -> bool:
 
 
 def device_data(prep: Prepared, *, sharding=None, sparse: bool | None = None,
-                width: int | None = None) -> ClusterData:
+                width: int | None = None, put_rows=None, put_genes=None) -> ClusterData:
     """Put prepared cells on the device(s).
 
     prep : :func:`scdc_jax.preprocess.prepare` of the training cells, or
@@ -91,20 +91,32 @@ def device_data(prep: Prepared, *, sharding=None, sparse: bool | None = None,
     sparse : force ELL rows (True) or dense counts (False); default :func:`use_sparse_rows`.
     width : slots of the ELL rows (default: the longest row), see :func:`ell_rows`.
     sharding : where to put the arrays; default the default device.
+    put_rows : how to place the per-cell arrays instead (the gene statistics still go by
+        ``sharding``), e.g. a process's rows of a global array split by rows; ``put_genes`` likewise
+        for the gene statistics.
     """
     put = (lambda a: jax.device_put(a, sharding)) if sharding is not None else jnp.asarray
+    put = put if put_genes is None else put_genes
+    cell_put = put if put_rows is None else put_rows
     raw, norm, b = prep.raw, prep.norm, prep.data.batch
     sparse = use_sparse_rows(raw) if sparse is None else sparse
     if sparse:
         cols, vals = ell_rows(sp.csr_matrix(raw, dtype=np.float32), width)
-        counts, cols = put(vals), put(cols)
+        counts, cols = cell_put(vals), cell_put(cols)
     else:
         dense = raw.toarray() if sp.issparse(raw) else raw
-        counts, cols = put(np.asarray(dense, np.float32)), None
-    const = _lgamma_row_means(counts, prep.shape[1])
-    return ClusterData(counts, cols, put(prep.scale), put(prep.size_factors), const,
+        counts, cols = cell_put(np.asarray(dense, np.float32)), None
+    if put_rows is None:
+        const = _lgamma_row_means(counts, prep.shape[1])
+    else:  # on the host: no device program is started here (this may run on a prefetch thread, and
+        # every process must start the programs over global arrays in the same order)
+        from scipy.special import gammaln
+
+        host = vals if sparse else np.asarray(dense, np.float32)
+        const = cell_put((gammaln(np.asarray(host, np.float64) + 1.0).sum(1) / prep.shape[1]).astype(np.float32))
+    return ClusterData(counts, cols, cell_put(prep.scale), cell_put(prep.size_factors), const,
                        put(np.asarray(norm["mean"], np.float32)), put(np.asarray(norm["std"], np.float32)),
-                       None if b is None else put(np.asarray(b, np.float32)))
+                       None if b is None else cell_put(np.asarray(b, np.float32)))
 
 
 @partial(jax.jit, static_argnums=(1, 2))
