@@ -1,6 +1,11 @@
-"""Optimisers with the exact semantics of the PyTorch references, where optax differs."""
+"""Optimisers with the exact semantics of the PyTorch references, where optax differs.
+
+The constructors return the same transformation for the same hyperparameters (they are
+memoised; a transformation holds no state), so that a compiled training step built around one is
+found again by a later run in the same process (see ``cluster.train.make_epoch``)."""
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import NamedTuple
 
 import jax
@@ -41,16 +46,19 @@ def scale_by_amsgrad_torch(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8
     return optax.GradientTransformation(init, update)
 
 
+@lru_cache(maxsize=16)
 def amsgrad_torch(learning_rate: float = 1e-3, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8):
     """Adam with AMSGrad in PyTorch's semantics (scDeepCluster pretraining)."""
     return optax.chain(scale_by_amsgrad_torch(b1, b2, eps), optax.scale(-learning_rate))
 
 
+@lru_cache(maxsize=16)
 def adadelta_torch(learning_rate: float = 1.0, rho: float = 0.95, eps: float = 1e-6):
     """``torch.optim.Adadelta``; optax's adadelta has the same update (checked in the tests)."""
     return optax.adadelta(learning_rate=learning_rate, rho=rho, eps=eps)
 
 
+@lru_cache(maxsize=16)
 def adam_coupled_l2(learning_rate: float = 1e-4, weight_decay: float = 1e-6):
     """``torch.optim.Adam(weight_decay=wd)``: the decay is added to the gradient before Adam."""
     return optax.chain(optax.add_decayed_weights(weight_decay), optax.adam(learning_rate))

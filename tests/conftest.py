@@ -25,6 +25,18 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(4 << 30))
 
+# The suite's runs are tiny, so compiling them, not running them, is most of its time: XLA's
+# optimisation passes are turned down (jax's own switch for this case) and each process computes
+# on one thread (pytest-xdist's workers already keep every core busy).  Both reach the subprocesses
+# tests start (through the environment; see :func:`xla_flags`).  Results are the same programs'
+# results: every comparison in the suite holds either way.  Users' runs and the benchmarks
+# compile with full optimisation.
+os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
+SUITE_XLA_FLAGS = "--xla_cpu_multi_thread_eigen=false"
+if "SCDC_JAX_SUITE_XLA_FLAGS" not in os.environ:  # once: subprocesses inherit the result
+    os.environ["SCDC_JAX_SUITE_XLA_FLAGS"] = SUITE_XLA_FLAGS
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {SUITE_XLA_FLAGS}".strip()
+
 jax = pytest.importorskip("jax")
 jax.config.update("jax_enable_x64", False)
 
@@ -143,6 +155,11 @@ def crafted_pickle(marker) -> bytes:
     import pickle
 
     return pickle.dumps(_Touch(marker))
+
+
+def xla_flags(devices: int) -> str:
+    """``XLA_FLAGS`` for a subprocess with ``devices`` forced CPU devices (and the suite's flags)."""
+    return f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}".strip()
 
 
 def run_module(argv: list[str], capfd, cwd=None) -> tuple[int, str, str]:

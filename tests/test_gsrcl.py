@@ -11,7 +11,7 @@ import warnings
 import h5py
 import numpy as np
 import pytest
-from conftest import ROOT, run_module, synthetic_counts
+from conftest import ROOT, run_module, synthetic_counts, xla_flags
 
 from scdc_jax.errors import InputError
 from scdc_jax.gsrcl.config import load_config
@@ -179,7 +179,7 @@ def test_evaluate_protocol_on_synthetic_data():
 
 MULTI_DEVICE = textwrap.dedent("""
     import os
-    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+    os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
     import jax, numpy as np
     from scdc_jax.gsrcl.config import load_config
     from scdc_jax.gsrcl.train import Trainer, build_model, make_batches, make_loss_fn, split_params
@@ -244,7 +244,7 @@ def test_cli_four_devices_tiny_run(tmp_path):
     out = tmp_path / "res"
     r = run_cli(["--data-file", path, "--devices", "4", "--epochs", "4", "--eval-every", "2", "--quiet",
                  "--cell-type", "type0", "--out-dir", str(out), "--config", str(tiny_toml(tmp_path))],
-                env_extra={"XLA_FLAGS": "--xla_force_host_platform_device_count=4"})
+                env_extra={"XLA_FLAGS": xla_flags(4)})
     assert r.returncode == 0, r.stderr[-3000:]
     res = json.loads((out / "results.json").read_text())
     assert res["n_devices"] == 4 and res["tasks"][0]["cell_type"] == "type0"

@@ -12,7 +12,7 @@ from flax import nnx
 
 from scdc_jax import checkpoint, metrics, outputs, parallel
 from scdc_jax.errors import InputError
-from scdc_jax.nn import GsRCLNet, ZINBAutoencoder, torch_uniform
+from scdc_jax.nn import GsRCLNet, ZINBAutoencoder, init_split, torch_uniform
 
 
 # ---------------------------------------------------------------- nn
@@ -28,6 +28,48 @@ def test_zinb_autoencoder_shapes_heads_and_batch_conditioning():
     assert float(disp.min()) >= 1e-4 and float(disp.max()) <= 1e4
     assert ae.enc[0].kernel.shape == (22, 16) and ae.dec[0].kernel.shape == (6, 8)  # B beside x and z
     assert not np.allclose(ae.encode(x, 1 - b), z)  # the batch input changes the latent
+
+
+@pytest.mark.parametrize("dtype", [None, jnp.bfloat16])
+def test_init_split_draws_the_layer_by_layer_weights_in_one_program(dtype):
+    from scdc_jax.nn import _init_state
+
+    sizes = dict(n_genes=30, n_batches=2, encoder=(16, 8), latent=4, decoder=(8, 16), dtype=dtype)
+    key = jax.random.key(7)
+    graphdef, state = init_split(ZINBAutoencoder, key, **sizes)
+    eager_graphdef, eager = nnx.split(ZINBAutoencoder(**sizes, rngs=nnx.Rngs(params=key)))
+    assert graphdef == eager_graphdef and jax.tree.structure(state) == jax.tree.structure(eager)
+    for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(eager), strict=True):
+        assert a.dtype == b.dtype == jnp.float32
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))  # the same values, bit for bit
+    compiled = _init_state._cache_size()
+    _, other = init_split(ZINBAutoencoder, jax.random.key(8), **sizes)  # another seed: no new program
+    assert _init_state._cache_size() == compiled
+    assert not np.array_equal(np.asarray(jax.tree.leaves(other)[0]), np.asarray(jax.tree.leaves(state)[0]))
+
+
+def test_a_second_run_in_a_process_reuses_the_compiled_epoch_programs():
+    from functools import partial
+
+    from scdc_jax.cluster.train import make_assign, make_encoder, make_epoch, pretrain_loss
+    from scdc_jax.optim import adadelta_torch, amsgrad_torch
+
+    graphdef = init_split(ZINBAutoencoder, jax.random.key(0), n_genes=12, n_batches=0, encoder=(8,), latent=2,
+                          decoder=(8,), dtype=None)[0]
+    assert amsgrad_torch(1e-3) is amsgrad_torch(1e-3) and amsgrad_torch(1e-3) is not amsgrad_torch(1e-2)
+    assert adadelta_torch(1.0) is adadelta_torch(1.0)
+
+    def epoch(sigma, n=100):
+        return make_epoch(partial(pretrain_loss, graphdef=graphdef, sigma=sigma), amsgrad_torch(1e-3), n=n,
+                          batch_size=32, shuffle=True)
+
+    assert epoch(2.5) is epoch(2.5)  # equal arguments: the same jitted function (and its compilations)
+    assert epoch(2.5) is not epoch(1.0) and epoch(2.5) is not epoch(2.5, n=99)
+    assert make_encoder(graphdef) is make_encoder(graphdef) and make_assign(graphdef, 1.0) is make_assign(graphdef, 1.0)
+    assert make_assign(graphdef, 1.0) is not make_assign(graphdef, 2.0)
+    loss = lambda params, batch, key: pretrain_loss(params, batch, key, graphdef=graphdef, sigma=2.5)  # noqa: E731
+    assert make_epoch(loss, amsgrad_torch(1e-3), n=100, batch_size=32, shuffle=True) is not \
+        make_epoch(lambda *a: loss(*a), amsgrad_torch(1e-3), n=100, batch_size=32, shuffle=True)
 
 
 def test_torch_uniform_bounds_and_gsrcl_init():

@@ -12,7 +12,8 @@ are an ``nnx.State`` (``ae``) plus, in the clustering stage, the cluster centres
 from __future__ import annotations
 
 import math
-from functools import partial
+from collections import OrderedDict
+from functools import partial, wraps
 from typing import NamedTuple
 
 import jax
@@ -25,7 +26,7 @@ from jax.scipy.special import gammaln
 
 from ..losses import batch_mmd as mmd_between_batches
 from ..losses import dec_kl, log_soft_assign, masked_mean, target_distribution, zinb_nll_logits
-from ..nn import ZINBAutoencoder
+from ..nn import ZINBAutoencoder, init_split
 from ..parallel import padded_size
 from ..preprocess import Prepared
 
@@ -91,9 +92,11 @@ def device_data(prep: Prepared, *, sharding=None, sparse: bool | None = None,
     sparse : force ELL rows (True) or dense counts (False); default :func:`use_sparse_rows`.
     width : slots of the ELL rows (default: the longest row), see :func:`ell_rows`.
     sharding : where to put the arrays; default the default device.
-    put_rows : how to place the per-cell arrays instead (the gene statistics still go by
-        ``sharding``), e.g. a process's rows of a global array split by rows; ``put_genes`` likewise
-        for the gene statistics.
+    put_rows, put_genes : how to place the per-cell arrays and the gene statistics instead of by
+        ``sharding`` (a streamed block split over several processes: each process's own rows, and
+        local copies).  With ``put_rows`` the per-cell lgamma constants are computed on the host,
+        so that nothing here starts a device program (it runs on the prefetch thread, and every
+        process must start the programs over global arrays in the same order).
     """
     put = (lambda a: jax.device_put(a, sharding)) if sharding is not None else jnp.asarray
     put = put if put_genes is None else put_genes
@@ -108,8 +111,7 @@ def device_data(prep: Prepared, *, sharding=None, sparse: bool | None = None,
         counts, cols = cell_put(np.asarray(dense, np.float32)), None
     if put_rows is None:
         const = _lgamma_row_means(counts, prep.shape[1])
-    else:  # on the host: no device program is started here (this may run on a prefetch thread, and
-        # every process must start the programs over global arrays in the same order)
+    else:  # on the host (see put_rows above)
         from scipy.special import gammaln
 
         host = vals if sparse else np.asarray(dense, np.float32)
@@ -145,21 +147,22 @@ def batch_rows(data: ClusterData, idx):
 
 # ---- model --------------------------------------------------------------------------------------
 
-def _autoencoder(cfg, n_genes: int, n_batches: int, key) -> ZINBAutoencoder:
-    return ZINBAutoencoder(n_genes, n_batches=n_batches, encoder=tuple(cfg.encoder), latent=cfg.latent,
-                           decoder=tuple(cfg.decoder), dtype=jnp.bfloat16 if cfg.precision == "bf16" else None,
-                           rngs=nnx.Rngs(params=key))
-
-
 def build_model(cfg, n_genes: int, seed: int, *, n_batches: int = 0):
-    """(graphdef, initial autoencoder state) with the configured sizes."""
-    return nnx.split(_autoencoder(cfg, n_genes, n_batches, jax.random.fold_in(jax.random.key(seed), 0)))
+    """(graphdef, initial autoencoder state) with the configured sizes (the state drawn by
+    :func:`~scdc_jax.nn.init_split`: one compiled program)."""
+    return init_split(ZINBAutoencoder, jax.random.fold_in(jax.random.key(seed), 0), **_sizes(cfg, n_genes, n_batches))
+
+
+def _sizes(cfg, n_genes: int, n_batches: int) -> dict:
+    return dict(n_genes=n_genes, n_batches=n_batches, encoder=tuple(cfg.encoder), latent=cfg.latent,
+                decoder=tuple(cfg.decoder), dtype=jnp.bfloat16 if cfg.precision == "bf16" else None)
 
 
 def abstract_model(cfg, n_genes: int, *, n_batches: int = 0):
     """(graphdef, autoencoder state of ``jax.ShapeDtypeStruct`` leaves): the target a checkpoint
     is restored onto, built by ``nnx.eval_shape`` without computing any weights."""
-    return nnx.split(nnx.eval_shape(lambda: _autoencoder(cfg, n_genes, n_batches, jax.random.key(0))))
+    return nnx.split(nnx.eval_shape(lambda: ZINBAutoencoder(**_sizes(cfg, n_genes, n_batches),
+                                                            rngs=nnx.Rngs(params=jax.random.key(0)))))
 
 
 def stage_key(seed: int, stage: int, epoch: int) -> jax.Array:
@@ -247,6 +250,40 @@ def _take(data: ClusterData, idx) -> dict:
             "b": None if data.b is None else data.b[idx]}
 
 
+def _same_program(value):
+    """A hashable stand-in for a builder argument, equal for arguments that build the same program:
+    a ``functools.partial`` by its function and arguments, anything else as itself."""
+    if isinstance(value, partial):
+        return (partial, value.func, tuple(map(_same_program, value.args)),
+                tuple(sorted((k, _same_program(v)) for k, v in value.keywords.items())))
+    return value
+
+
+def _reused(build, size: int = 32):
+    """``build`` (a maker of jitted functions) returning the function it made before for the same
+    arguments, so that a second run in one process (a notebook, an ensemble, ``predict`` after
+    ``fit``) reuses the compiled programs instead of tracing and compiling them again.  Arguments
+    that cannot be hashed build afresh."""
+    made: OrderedDict = OrderedDict()
+
+    @wraps(build)
+    def reuse(*args, **kwargs):
+        try:
+            key = (tuple(map(_same_program, args)), tuple(sorted((k, _same_program(v)) for k, v in kwargs.items())))
+            hash(key)
+        except TypeError:
+            return build(*args, **kwargs)
+        if key not in made:
+            made[key] = build(*args, **kwargs)
+            if len(made) > size:
+                made.popitem(last=False)
+        made.move_to_end(key)
+        return made[key]
+
+    return reuse
+
+
+@_reused
 def make_epoch(loss_fn, tx: optax.GradientTransformation, *, n: int, batch_size: int, shuffle: bool,
                batch_sharding=None, members: bool = False):
     """``epoch(params, opt_state, data, key, per_cell=None) -> (params, opt_state, means)``, jitted.
@@ -302,6 +339,7 @@ def make_epoch(loss_fn, tx: optax.GradientTransformation, *, n: int, batch_size:
 
 # ---- inference ------------------------------------------------------------------------------------
 
+@_reused
 def make_encoder(graphdef, chunk: int = 65536, *, members: bool = False):
     """``encode(ae_params, data) -> z0`` (n, latent): the clean encoder pass over all cells of a
     :class:`ClusterData`, ``chunk`` cells at a time; with ``members``, of each member of stacked
@@ -324,6 +362,7 @@ def make_encoder(graphdef, chunk: int = 65536, *, members: bool = False):
     return jax.jit(jax.vmap(encode, in_axes=(0, None)) if members else encode)
 
 
+@_reused
 def make_assign(graphdef, alpha: float = 1.0, *, members: bool = False):
     """``assign(params, data) -> (z0, q, p, labels)`` over all cells, jit-compiled (each with a
     leading members axis with ``members``)."""
