@@ -176,14 +176,8 @@ class LogStats:
     def add(self, raw, scale: np.ndarray) -> None:
         for rows in _row_chunks(raw.shape[0], self.chunk):
             block = np.log1p(_dense(raw[rows]).astype(np.float64) * scale[rows, None])
-            nb = block.shape[0]
             mb = block.mean(0)
-            m2b = ((block - mb) ** 2).sum(0)
-            delta = mb - self.mean
-            total = self.count + nb
-            self.mean = self.mean + delta * (nb / total)
-            self.m2 = self.m2 + m2b + delta ** 2 * (self.count * nb / total)
-            self.count = total
+            self.merge(block.shape[0], mb, ((block - mb) ** 2).sum(0))
 
     def merge(self, count: int, mean: np.ndarray, m2: np.ndarray) -> None:
         """Add the statistics of other rows (another accumulator's ``count``, ``mean``, ``m2``)."""

@@ -165,9 +165,10 @@ class Streamed:
         target = jax.jit(target_distribution)
 
         def assign(params):
-            z0, q = zip(*((z[: self._size(i)], qq[: self._size(i)]) for i, data in self._blocks(range(len(self.spans)))
-                          for z, qq in [checkpoint.to_host(soft(params, data))]))
-            z0, q = np.concatenate(z0), np.concatenate(q)
+            blocks = [(self._size(i), checkpoint.to_host(soft(params, data)))
+                      for i, data in self._blocks(range(len(self.spans)))]
+            z0 = np.concatenate([z[:n] for n, (z, _) in blocks])  # padding rows dropped
+            q = np.concatenate([qq[:n] for n, (_, qq) in blocks])
             p = target(jax.device_put(q, self.sharding) if self.sharding is not None else jnp.asarray(q))
             return z0, q, p, np.argmax(q, axis=1)
 
