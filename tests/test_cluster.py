@@ -320,8 +320,10 @@ def test_sparse_rows_give_the_dense_batches_and_the_same_run():
     cfg = ClusterConfig(n_clusters=3, **{**FAST, "pretrain_epochs": 20, "maxiter": 5})
     res_sparse = run(CountData(X=csr, labels=groups, label_names=["a", "b", "c"]), cfg, progress=False)
     res_dense = run(CountData(X=X, labels=groups, label_names=["a", "b", "c"]), cfg, progress=False)
+    # The same training: equal labels, and latent values equal to float32 rounding (the two
+    # programs build x in different fusions, which XLA may round differently in the last bit).
     np.testing.assert_array_equal(res_sparse.labels, res_dense.labels)
-    np.testing.assert_array_equal(res_sparse.latent, res_dense.latent)
+    np.testing.assert_allclose(res_sparse.latent, res_dense.latent, rtol=0, atol=1e-5)
 
 
 def test_plot_colours_give_each_true_label_its_matched_clusters_colour():
