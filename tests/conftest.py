@@ -33,8 +33,14 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(4 << 30))
 # start (through the environment; see :func:`xla_flags`).  Results are the same programs' results
 # to float32 rounding: every comparison in the suite holds either way.  Users' runs and the
 # benchmarks compile with XLA's defaults.
+#
+# The suite's processes also see 4 CPU devices, so that the tests comparing 1 and 4 devices (and
+# the 1-process references of the multi-process runs) run in the pytest process instead of a fresh
+# one each; a run uses 1 device unless it asks for more, so nothing else changes.
 os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
-SUITE_XLA_FLAGS = "--xla_cpu_multi_thread_eigen=false --xla_cpu_use_fusion_emitters=false"
+DEVICES = 4
+SUITE_XLA_FLAGS = ("--xla_cpu_multi_thread_eigen=false --xla_cpu_use_fusion_emitters=false "
+                   f"--xla_force_host_platform_device_count={DEVICES}")
 if "SCDC_JAX_SUITE_XLA_FLAGS" not in os.environ:  # once: subprocesses inherit the result
     os.environ["SCDC_JAX_SUITE_XLA_FLAGS"] = SUITE_XLA_FLAGS
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {SUITE_XLA_FLAGS}".strip()
@@ -161,13 +167,24 @@ def crafted_pickle(marker) -> bytes:
 
 def xla_flags(devices: int) -> str:
     """``XLA_FLAGS`` for a subprocess with ``devices`` forced CPU devices (and the suite's flags)."""
-    return f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}".strip()
+    flag = "--xla_force_host_platform_device_count="
+    kept = [f for f in os.environ.get("XLA_FLAGS", "").split() if not f.startswith(flag)]
+    return " ".join([*kept, f"{flag}{devices}"])
 
 
-def run_module(argv: list[str], capfd, cwd=None) -> tuple[int, str, str]:
+def need_devices(n: int):
+    """Skip unless this process has ``n`` devices (the suite forces 4 CPU devices; a session on
+    one accelerator may have fewer)."""
+    if jax.device_count() < n:
+        pytest.skip(f"needs {n} devices in the test process, this one has {jax.device_count()} "
+                    f"(JAX_PLATFORMS=cpu gives the suite's {DEVICES} CPU devices)")
+
+
+def run_module(argv: list[str], capfd=None, cwd=None) -> tuple[int, str, str]:
     """(exit code, stdout, stderr) of ``python -m MODULE ARGS``, given as ``["-m", MODULE, *ARGS]``,
     run in this process (its ``main`` through :func:`scdc_jax.errors.run_cli`, as ``python -m``
-    does) from ``cwd`` (default: the repository root); ``capfd`` is the test's fixture of that name.
+    does) from ``cwd`` (default: the repository root); ``capfd`` is the test's fixture of that name
+    (without it, as in a module fixture, the outputs are left to pytest and returned empty).
     Much faster than a subprocess, which first imports jax, scanpy and the package again."""
     import importlib
 
@@ -175,7 +192,8 @@ def run_module(argv: list[str], capfd, cwd=None) -> tuple[int, str, str]:
 
     assert argv[0] == "-m", argv
     main = importlib.import_module(argv[1] + ".__main__").main
-    capfd.readouterr()
+    if capfd is not None:
+        capfd.readouterr()
     old = os.getcwd()
     os.chdir(cwd or ROOT)
     try:
@@ -183,5 +201,5 @@ def run_module(argv: list[str], capfd, cwd=None) -> tuple[int, str, str]:
             run_cli(main, [str(a) for a in argv[2:]])
     finally:
         os.chdir(old)
-    out, err = capfd.readouterr()
+    out, err = capfd.readouterr() if capfd is not None else ("", "")
     return exc.value.code, out, err

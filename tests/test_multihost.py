@@ -2,7 +2,9 @@
 
 Two processes with two devices each form one global 4-device mesh: the same seed must give the
 labels and latent space of one process with four devices, and a two-process run killed part way
-must resume on one process with four devices and end as the uninterrupted run.
+must resume on one process with four devices and end as the uninterrupted run.  The several
+processes are real ones; each 1-process run is the same ``main`` called in the pytest process,
+which has four CPU devices (see conftest.py).
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ import time
 import h5py
 import numpy as np
 import pytest
-from conftest import ROOT, synthetic_counts, xla_flags
+from conftest import ROOT, need_devices, run_module, synthetic_counts, xla_flags
 
 TIMEOUT_S = 420
 CONFIG = """encoder = [64, 32]
@@ -48,25 +50,33 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def cluster_args(case, save: str, *extra) -> list[str]:
+    return ["scdc_jax.cluster", "--data-file", str(case / "d.h5"), "--config", str(case / "small.toml"),
+            "--save-dir", save, *ARGS, *extra]
+
+
 def launch(case, save: str, n_processes: int, devices_each: int, *extra) -> list[subprocess.Popen]:
     """Start the run on ``n_processes`` local processes of ``devices_each`` CPU devices each."""
-    return start(["scdc_jax.cluster", "--data-file", str(case / "d.h5"), "--config", str(case / "small.toml"),
-                  "--save-dir", save, *ARGS, *extra], n_processes, devices_each)
+    return start(cluster_args(case, save, *extra), n_processes, devices_each)
 
 
 def start(module_args: list[str], n_processes: int, devices_each: int) -> list[subprocess.Popen]:
     """Start ``python -m MODULE ARGS`` on ``n_processes`` local processes of ``devices_each`` CPU
-    devices each (one process: with ``--devices devices_each``)."""
-    env = {**os.environ, "PYTHONPATH": ROOT, "JAX_PLATFORMS": "cpu",
-           "XLA_FLAGS": xla_flags(devices_each)}
-    cmd = [sys.executable, "-m", *module_args]
-    if n_processes == 1:
-        return [subprocess.Popen(cmd + ["--devices", str(devices_each)], cwd=ROOT, env=env, text=True,
-                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)]
+    devices each, joined into one run."""
+    env = {**os.environ, "PYTHONPATH": ROOT, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": xla_flags(devices_each)}
     port = free_port()
-    return [subprocess.Popen(cmd + ["--coordinator", f"localhost:{port}", "--num-processes", str(n_processes),
-                                    "--process-id", str(i)], cwd=ROOT, env=env, text=True,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE) for i in range(n_processes)]
+    return [subprocess.Popen([sys.executable, "-m", *module_args, "--coordinator", f"localhost:{port}",
+                              "--num-processes", str(n_processes), "--process-id", str(i)],
+                             cwd=ROOT, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            for i in range(n_processes)]
+
+
+def one_process(module_args: list[str]) -> None:
+    """``python -m MODULE ARGS --devices 4`` as one process: run in this one (which, like every
+    process of the suite, has 4 CPU devices), sparing an import of jax and scanpy."""
+    need_devices(4)
+    code, _, _ = run_module(["-m", *module_args, "--devices", "4"])
+    assert code == 0, "the 1-process run failed (its stderr is in the captured output)"
 
 
 def kill(procs) -> None:
@@ -109,7 +119,7 @@ def outputs(save: str):
 @pytest.fixture(scope="module")
 def reference(case):
     save = str(case / "one_process")
-    finish(launch(case, save, 1, 4))
+    one_process(cluster_args(case, save))
     return outputs(save)
 
 
@@ -130,7 +140,7 @@ def test_streamed_two_processes_each_reading_their_rows_match_one_process(case):
     rows of every block in training (230 cells in blocks of 100, 100 and 30: the last one padded
     to 32 rows and split 16 / 14 real cells); the run equals one process with four devices."""
     one, two = str(case / "stream_one"), str(case / "stream_two")
-    finish(launch(case, one, 1, 4, *STREAM))
+    one_process(cluster_args(case, one, *STREAM))
     finish(launch(case, two, 2, 2, *STREAM))
     labels, latent = outputs(two)
     ref_labels, ref_latent = outputs(one)
@@ -155,7 +165,7 @@ def test_two_processes_killed_resume_on_one_process(case, reference):
         kill(procs)
     assert not os.path.exists(os.path.join(save, "pred_labels.txt"))
     assert max(steps(os.path.join(save, "pretrain"))) < 40
-    finish(launch(case, save, 1, 4, "--resume"))
+    one_process(cluster_args(case, save, "--resume"))
     labels, latent = outputs(save)
     np.testing.assert_array_equal(labels, reference[0])
     np.testing.assert_allclose(latent, reference[1], rtol=1e-5, atol=LATENT_ATOL)
@@ -186,9 +196,9 @@ def gsrcl_case(case):
     return case
 
 
-def gsrcl_evaluate(case, out: str, n_processes: int, devices_each: int) -> list[str]:
-    return finish(start(["scdc_jax.gsrcl", "evaluate", "--data-file", str(case / "labelled.h5"), "--config",
-                         str(case / "gsrcl.toml"), "--out-dir", out, *GSRCL_ARGS], n_processes, devices_each))
+def gsrcl_args(case, out: str) -> list[str]:
+    return ["scdc_jax.gsrcl", "evaluate", "--data-file", str(case / "labelled.h5"), "--config",
+            str(case / "gsrcl.toml"), "--out-dir", out, *GSRCL_ARGS]
 
 
 # The two runs' encoders agree to float32 rounding (gloo sums the gradients in another order); on
@@ -199,13 +209,9 @@ def gsrcl_evaluate(case, out: str, n_processes: int, devices_each: int) -> list[
 def test_gsrcl_two_processes_match_one_process_with_four_devices(gsrcl_case):
     import json
 
-    runs, stdouts = {}, {}
-    for n_processes, devices_each in ((1, 4), (2, 2)):
-        out = str(gsrcl_case / f"gsrcl_{n_processes}")
-        stdouts[n_processes] = gsrcl_evaluate(gsrcl_case, out, n_processes, devices_each)
-        with open(os.path.join(out, "results.json")) as fh:
-            runs[n_processes] = json.load(fh)
-    one, two = runs[1], runs[2]
+    one_process(gsrcl_args(gsrcl_case, str(gsrcl_case / "gsrcl_1")))
+    first, second = finish(start(gsrcl_args(gsrcl_case, str(gsrcl_case / "gsrcl_2")), 2, 2))
+    one, two = (json.loads((gsrcl_case / f"gsrcl_{n}" / "results.json").read_text()) for n in (1, 2))
     assert two["n_devices"] == 4 and [t["cell_type"] for t in two["tasks"]] == [t["cell_type"] for t in one["tasks"]]
     for a, b in zip(one["tasks"], two["tasks"]):
         for fa, fb in zip(a["folds"], b["folds"]):
@@ -218,7 +224,6 @@ def test_gsrcl_two_processes_match_one_process_with_four_devices(gsrcl_case):
             assert b[method].keys() == a[method].keys()
             np.testing.assert_allclose(list(b[method].values()), list(a[method].values()), rtol=0, atol=1e-12)
     assert any(f["best_epoch"] for t in one["tasks"] for f in t["folds"]), "a selection beyond epoch 0 to compare"
-    first, second = stdouts[2]
     assert "wrote" in first and not product_lines(second), "only the first process reports and writes outputs"
     assert sorted(os.listdir(gsrcl_case / "gsrcl_2" / "folds")) == ["00000000_0.json", "00000000_1.json",
                                                                   "fingerprint.json"]
