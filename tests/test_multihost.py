@@ -2,12 +2,15 @@
 
 Two processes with two devices each form one global 4-device mesh: the same seed must give the
 labels and latent space of one process with four devices, and a two-process run killed part way
-must resume on one process with four devices and end as the uninterrupted run.  The several
+must resume on one process with four devices and end as the uninterrupted run.  The two
+processes hold the cells in memory with each reading only its devices' rows of the file (split by
+rows over all devices, padded); the one process reads the file whole.  The several
 processes are real ones; each 1-process run is the same ``main`` called in the pytest process,
 which has four CPU devices (see conftest.py).
 """
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -111,6 +114,11 @@ def product_lines(stdout: str) -> list[str]:
     return [line for line in stdout.splitlines() if not line.startswith("[Gloo]") and "peer ranks" not in line]
 
 
+def run_json(save: str) -> dict:
+    with open(os.path.join(save, "run.json")) as fh:
+        return json.load(fh)
+
+
 def outputs(save: str):
     return (np.loadtxt(os.path.join(save, "pred_labels.txt")),
             np.loadtxt(os.path.join(save, "final_latent_file.txt"), delimiter=","))
@@ -130,6 +138,9 @@ def test_two_processes_match_one_process_with_four_devices(case, reference):
     np.testing.assert_array_equal(labels, reference[0])
     np.testing.assert_allclose(latent, reference[1], rtol=1e-5, atol=LATENT_ATOL)
     assert "wrote" in first and not product_lines(second), "only the first process reports and writes outputs"
+    # the two processes held the cells in memory, each reading only its devices' rows of the file;
+    # the one process read it whole
+    assert [run_json(s)["read_by_process_rows"] for s in (save, str(case / "one_process"))] == [True, False]
 
 
 STREAM = ["--stream", "--block-cells", "100", "--pretrain-epochs", "12", "--maxiter", "4"]
@@ -207,8 +218,6 @@ def gsrcl_args(case, out: str) -> list[str]:
 # (float64 functions of the predictions and ranks) equal up to float64 rounding.  A cell that close
 # to a boundary would change a score by a whole prediction, which no tolerance could absorb.
 def test_gsrcl_two_processes_match_one_process_with_four_devices(gsrcl_case):
-    import json
-
     one_process(gsrcl_args(gsrcl_case, str(gsrcl_case / "gsrcl_1")))
     first, second = finish(start(gsrcl_args(gsrcl_case, str(gsrcl_case / "gsrcl_2")), 2, 2))
     one, two = (json.loads((gsrcl_case / f"gsrcl_{n}" / "results.json").read_text()) for n in (1, 2))

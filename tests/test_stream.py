@@ -13,7 +13,7 @@ import scipy.sparse as sp
 from conftest import synthetic_counts
 
 from scdc_jax.cluster import ClusterConfig
-from scdc_jax.cluster.source import Streamed
+from scdc_jax.cluster.source import InMemory, Streamed
 from scdc_jax.cluster.train import (ClusterData, build_model, cluster_loss, device_data, make_epoch, pretrain_loss,
                                     stage_key)
 from scdc_jax.io import read_counts
@@ -115,6 +115,47 @@ def test_the_command_line_streams_a_file_and_writes_every_output(stored, tmp_pat
     assert run["streamed"] == {"block_cells": BLOCK} and run["n_cells_kept"] == 259
     assert run["config"]["init_cells"] == 120
     assert os.path.isfile(os.path.join(save, "model", "manifest.json"))
+
+
+def test_cells_held_with_padding_rows_train_and_assign_as_without_them(stored):
+    """A run over several processes holds the cells split by rows over the devices, padded to a
+    multiple of them (:meth:`InMemory.process_rows`): the epochs never draw a padding row, and the
+    encoder, the soft assignments and the DEC target's cluster frequencies leave them out."""
+    prep = prepare(read_counts(stored))
+    n = prep.shape[0]
+    whole = device_data(prep)
+    pad = 5
+    padded = whole._replace(**{f: jax.numpy.concatenate([getattr(whole, f), jax.numpy.zeros_like(getattr(whole, f)[:pad])
+                                                         + (1.0 if f in ("scale", "sf") else 0)])
+                               for f in ("counts", "scale", "sf", "const")})
+    assert padded.n_cells == n + pad
+    cfg = ClusterConfig(batch_size=32, **SMALL)
+    graphdef, ae = build_model(cfg, prep.shape[1], seed=0)
+    tx = amsgrad_torch()
+    loss = partial(pretrain_loss, graphdef=graphdef, sigma=2.5)
+    copy = partial(jax.tree.map, lambda a: a.copy())
+    plain, held = InMemory(whole, batch_size=32), InMemory(padded, batch_size=32, n_cells=n)
+    assert held.n_cells == n
+    key = stage_key(0, 1, 0)
+    (a, _, ma), (b, _, mb) = (src.epoch(loss, tx, shuffle=True)(copy(ae), tx.init(ae), key) for src in (plain, held))
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    assert float(ma["loss"]) == float(mb["loss"])
+    np.testing.assert_array_equal(held.encoder(graphdef)(a), plain.encoder(graphdef)(a))
+    mu = jax.numpy.asarray(np.random.default_rng(0).normal(size=(3, cfg.latent)).astype(np.float32))
+    got, want = (src.assigner(graphdef, 1.0)({"ae": a, "mu": mu}) for src in (held, plain))
+    for x, y in zip(got, want):
+        assert np.asarray(x).shape[0] == n
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-6, atol=1e-7)
+    # ensemble members (stacked parameters): the same, member by member (to float32 rounding: the
+    # members' products are batched)
+    two = jax.tree.map(lambda x: jax.numpy.stack([x, x]), {"ae": a, "mu": mu})
+    z_two = held.encoder(graphdef, members=True)(two["ae"])
+    assert z_two.shape == (2, n, cfg.latent)
+    np.testing.assert_allclose(z_two[1], plain.encoder(graphdef)(a), rtol=1e-5, atol=1e-6)
+    for x, y in zip(held.assigner(graphdef, 1.0, members=True)(two), want):
+        assert np.asarray(x).shape[:2] == (2, n)
+        np.testing.assert_allclose(np.asarray(x)[1], np.asarray(y), rtol=1e-5, atol=1e-6)
 
 
 def test_initial_clusters_of_a_subsample_put_the_rest_in_the_nearest_centre():

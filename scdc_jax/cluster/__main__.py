@@ -173,20 +173,34 @@ def predict_main(argv: list[str]) -> int:
     return 0
 
 
-def _open_stream(args):
-    """A :class:`~scdc_jax.store.CellStore` of ``--data-file`` when the run streams (``--stream``,
-    or by default when the counts exceed the memory budget), else None."""
+def _open_store(args, *, required: bool = False):
+    """A :class:`~scdc_jax.store.CellStore` of ``--data-file`` (with its annotations read, so that
+    a wrong key is refused before any work), or None when the file cannot be read by rows (not
+    .h5ad, .zarr or .h5, or refused: read whole, it is reported in the reader's own words).
+    ``required``: refusals are raised instead."""
     from ..io import sniff_format
-    from ..store import CellStore, memory_budget_bytes
+    from ..store import CellStore
 
-    if args.stream is None and sniff_format(args.data_file) not in ("h5ad", "zarr", "h5"):
+    if not required and sniff_format(args.data_file) not in ("h5ad", "zarr", "h5"):
         return None
     try:
         store = CellStore(args.data_file, layer=args.layer, label_key=args.label_key, batch_key=args.batch_key)
     except InputError:
-        if args.stream:
+        if required:
             raise
-        return None  # read whole, which says what is wrong with the file in its own words
+        return None
+    store.annotations
+    return store
+
+
+def _open_stream(args):
+    """A :class:`~scdc_jax.store.CellStore` of ``--data-file`` when the run streams (``--stream``,
+    or by default when the counts exceed the memory budget), else None."""
+    from ..store import memory_budget_bytes
+
+    store = _open_store(args, required=bool(args.stream))
+    if store is None:
+        return None
     if args.stream is None:
         need, budget = store.nbytes_in_memory(), memory_budget_bytes()
         if need <= budget:
@@ -194,10 +208,18 @@ def _open_stream(args):
             return None
         print(f"the counts would take {need / 2 ** 30:.1f} GiB, more than the budget of {budget / 2 ** 30:.1f} GiB: "
               "streaming them from disk (--no-stream holds them in memory)", file=sys.stderr)
-    store.annotations  # read now, so that a wrong key is refused before any work
     if args.transpose is not None:
         raise InputError("--transpose applies to CSV data files, which are not streamed.")
     return store
+
+
+def _open_held(args, n_processes: int):
+    """The store whose cells a run over several processes holds in memory, each process reading
+    only its devices' rows (see :func:`~scdc_jax.cluster.pipeline.run`), or None (one process,
+    a file not read by rows, or ``--out``/``--plot``, which need every cell in this process)."""
+    if n_processes < 2 or args.out or args.plot or args.transpose is not None:
+        return None
+    return _open_store(args)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -207,7 +229,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from .. import distributed
 
-    if distributed.initialize(args.coordinator, args.num_processes, args.process_id) > 1 and args.devices is None:
+    n_processes = distributed.initialize(args.coordinator, args.num_processes, args.process_id)
+    if n_processes > 1 and args.devices is None:
         import jax
 
         args.devices = jax.device_count()  # every device of every process
@@ -225,6 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     save_dir = args.save_dir
     run_folder(save_dir, resume=args.resume, overwrite=args.overwrite)  # refuses a folder before any data is read
     distributed.barrier("save folder checked")  # by every process before the first one writes there
+    hold = False  # a store's cells held in memory, each process reading its own (several processes)
     if args.data_file is None:
         if args.layer or args.label_key or args.batch_key or args.transpose is not None:
             raise InputError("--layer, --label-key, --batch-key and --transpose need --data-file.")
@@ -234,16 +258,19 @@ def main(argv: list[str] | None = None) -> int:
     else:
         data = _open_stream(args) if args.stream is not False else None
         if data is None:
+            data = _open_held(args, n_processes)
+            hold = data is not None
+        if data is None:
             data = read_counts(args.data_file, layer=args.layer, label_key=args.label_key,
                                batch_key=args.batch_key, transpose=args.transpose)
-    streamed = not hasattr(data, "X")
+    streamed = not hasattr(data, "X") and not hold
     if streamed:
         if args.out or args.plot:
             raise InputError("--out and --plot need the cells in memory, which a streamed run never holds; the "
                              "latent and label files hold its results (or run with --no-stream).")
         if args.block_cells < 1:
             raise InputError(f"--block-cells must be at least 1, got {args.block_cells}.")
-    else:
+    elif not hold:
         check_counts(data.X, require_integer=True)
     if cfg.select_genes > data.n_genes:
         raise InputError(f"--select-genes {cfg.select_genes} is larger than the number of genes ({data.n_genes}).")
@@ -264,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     from .pipeline import run
 
     result = run(data, cfg, save_dir=save_dir, ae_weights=args.ae_weights, resume=args.resume,
-                 overwrite=args.overwrite, progress=not args.quiet, block_cells=args.block_cells)
+                 overwrite=args.overwrite, progress=not args.quiet, block_cells=args.block_cells, hold=hold)
     if not distributed.is_primary():
         return 0  # the first process writes the outputs
     command = "python -m scdc_jax.cluster " + shlex.join(argv)
@@ -282,7 +309,8 @@ def main(argv: list[str] | None = None) -> int:
                "outputs": {"latent": latent_file, "labels": label_file, "h5ad": args.out,
                            **({"ensemble_labels": ensemble_file} if ensemble_file else {})},
                "ensemble": result.ensemble_summary(), "batch_mixing": result.mixing,
-               "streamed": {"block_cells": args.block_cells} if streamed else None}
+               "streamed": {"block_cells": args.block_cells} if streamed else None,
+               "read_by_process_rows": hold}
     write_json(os.path.join(save_dir, RUN_FILE), summary)
     if args.out:
         adata = to_anndata(data)

@@ -174,9 +174,12 @@ def _resolve_ae_weights(path: str) -> str:
 def _fingerprint(cfg: ClusterConfig, prep, stream_block: int = 0) -> dict:
     """What makes two runs one run, for ``resume``: the settings that shape the result (not the
     device count or the checkpoint interval), the block size of a streamed run (its epochs visit
-    the cells block by block) and a digest of the preprocessed data."""
+    the cells block by block) and a digest of the preprocessed data: the kept cells and genes, the
+    size factors and the batches, which the preprocessing computes exactly however it reads the
+    cells (whole, or in blocks by several processes; the genes' normalisation statistics, sums of
+    logarithms, can differ in the last bit between the two, and follow from the rest)."""
     digest = hashlib.sha256()
-    for part in (prep.cells, prep.genes, prep.size_factors, prep.norm["mean"], prep.norm["std"], prep.data.batch):
+    for part in (prep.cells, prep.genes, prep.size_factors, prep.data.batch):
         if part is not None:
             digest.update(np.ascontiguousarray(part).tobytes())
     settings = {k: v for k, v in cfg.to_dict().items() if k not in ("devices", "checkpoint_every")}
@@ -427,24 +430,28 @@ def _save_model(setup: _Setup, state: dict, prep, gene_names: list | None, n_inp
 
 def run(data: CountData | CellStore, cfg: ClusterConfig, *, save_dir: str | None = None,
         ae_weights: str | None = None, resume: bool = False, overwrite: bool = False, progress: bool = True,
-        block_cells: int = BLOCK_CELLS) -> ClusterResult:
+        block_cells: int = BLOCK_CELLS, hold: bool = False) -> ClusterResult:
     """Preprocess ``data`` and run scDeepCluster with ``cfg``; see the module docstring.
 
     ``data`` is counts in memory, or a :class:`~scdc_jax.store.CellStore` whose cells are read from
-    disk ``block_cells`` at a time in every pass (:mod:`scdc_jax.cluster.source`).
+    disk ``block_cells`` at a time in every pass (:mod:`scdc_jax.cluster.source`); with ``hold``,
+    a store's cells are read once, after the preprocessing's passes, and held in memory for the
+    whole run as counts given in memory are, each process of a multi-process run reading only the
+    rows its devices hold (the same run as from counts in memory).
     """
     cfg.validate()
     progress = progress and distributed.is_primary()  # one process of a multi-process run reports
-    streamed = isinstance(data, CellStore)
+    from_store = isinstance(data, CellStore)
+    streamed = from_store and not hold
     ensemble.check(cfg, streamed=streamed, resume=resume, ae_weights=ae_weights)
-    if cfg.batch_mmd and (data.annotations if streamed else data).batch is None:
+    if cfg.batch_mmd and (data.annotations if from_store else data).batch is None:
         raise InputError(f"{option('batch_mmd', cfg.batch_mmd)} mixes batches, but the data has none; give "
                          f"{option('batch_key')} (or an .h5 file with a one-hot B).")
     ae_dir = _resolve_ae_weights(ae_weights) if ae_weights is not None else None  # checked before any work
     folder = run_folder(save_dir, resume=resume, overwrite=overwrite) if save_dir else None
     t_start = time.perf_counter()
     prep = (stream_prepare(data, select_genes_n=cfg.select_genes, block=block_cells, progress=_say(progress))
-            if streamed else prepare(data, select_genes_n=cfg.select_genes))
+            if from_store else prepare(data, select_genes_n=cfg.select_genes))
     n, g = prep.shape
     nb = 0 if prep.data.batch is None else prep.data.batch.shape[1]
     if cfg.n_clusters > n:
@@ -460,6 +467,11 @@ def run(data: CountData | CellStore, cfg: ClusterConfig, *, save_dir: str | None
         source = Streamed(data, prep, batch_size=cfg.batch_size, block=block_cells, sharding=rep, batch_sharding=bshard)
         if progress:
             print(f"streaming {data.path} in {len(source.spans)} blocks of up to {block_cells} cells", file=sys.stderr)
+    elif from_store:
+        source = InMemory.process_rows(data, prep, batch_size=cfg.batch_size, sharding=rep, batch_sharding=bshard)
+        if progress and jax.process_count() > 1:
+            print(f"each of the {jax.process_count()} processes holds its devices' rows of the {n} cells",
+                  file=sys.stderr)
     else:
         source = InMemory(device_data(prep, sharding=rep), batch_size=cfg.batch_size, batch_sharding=bshard)
     setup = _Setup(cfg, source, abstract_model(cfg, g, n_batches=nb)[0], g, nb, labels, rep, progress)

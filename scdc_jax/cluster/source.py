@@ -30,11 +30,26 @@ from .train import ClusterData, device_data, make_assign, make_encoder, make_epo
 
 
 class InMemory:
-    """All cells on the device(s) as one :class:`ClusterData`."""
+    """All cells on the device(s) as one :class:`ClusterData`: replicated on every device, or (of
+    a run over several processes, :meth:`process_rows`) split by rows over all devices, each
+    process holding its devices' rows and padding rows after the last cell."""
 
-    def __init__(self, data: ClusterData, *, batch_size: int, batch_sharding=None):
+    def __init__(self, data: ClusterData, *, batch_size: int, batch_sharding=None, n_cells: int | None = None):
         self.data, self.batch_size, self.batch_sharding = data, batch_size, batch_sharding
-        self.n_cells = data.n_cells
+        self.n_cells = data.n_cells if n_cells is None else n_cells  # without the padding rows
+
+    @classmethod
+    def process_rows(cls, store: CellStore, prep: StreamPrepared, *, batch_size: int, sharding=None,
+                     batch_sharding=None) -> "InMemory":
+        """The cells of ``store`` held in memory for a whole run, each process reading only its
+        devices' rows of them, once (one process reads them all)."""
+        whole = Streamed(store, prep, batch_size=batch_size, block=max(prep.shape[0], 1), sharding=sharding,
+                         batch_sharding=batch_sharding)
+        return cls(whole.block_data(0), batch_size=batch_size, batch_sharding=batch_sharding, n_cells=prep.shape[0])
+
+    def _cells(self, a, members: bool):
+        """``a`` (cells first, or members then cells) without the padding rows."""
+        return a[:, : self.n_cells] if members else a[: self.n_cells]
 
     def epoch(self, loss_fn, tx, *, shuffle: bool, members: bool = False):
         """``epoch(params, opt_state, key, per_cell=None) -> (params, opt_state, means)``;
@@ -46,12 +61,12 @@ class InMemory:
     def encoder(self, graphdef, *, members: bool = False):
         """``encode(ae) -> z0`` (n, latent) NumPy ((members, n, latent) with ``members``)."""
         fn = make_encoder(graphdef, members=members)
-        return lambda ae: checkpoint.to_host(fn(ae, self.data))
+        return lambda ae: self._cells(checkpoint.to_host(fn(ae, self.data)), members)
 
     def assigner(self, graphdef, alpha: float, *, members: bool = False):
         """``assign(params) -> (z0, q, p, labels)``: z0, q host arrays, p on the device, labels host
         (each with a leading members axis with ``members``)."""
-        fn = make_assign(graphdef, alpha, members=members)
+        fn = make_assign(graphdef, alpha, members=members, n_cells=self.n_cells)
 
         def assign(params):
             z0, q, p, labels = fn(params, self.data)

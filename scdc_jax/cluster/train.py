@@ -363,14 +363,18 @@ def make_encoder(graphdef, chunk: int = 65536, *, members: bool = False):
 
 
 @_reused
-def make_assign(graphdef, alpha: float = 1.0, *, members: bool = False):
+def make_assign(graphdef, alpha: float = 1.0, *, members: bool = False, n_cells: int | None = None):
     """``assign(params, data) -> (z0, q, p, labels)`` over all cells, jit-compiled (each with a
-    leading members axis with ``members``)."""
+    leading members axis with ``members``); ``n_cells``: only the first ``n_cells`` rows of
+    ``data`` are cells (the rest padding, left out of the target's cluster frequencies and of the
+    results)."""
     encode = make_encoder(graphdef)
 
     def assign(params, data: ClusterData):
         z0 = encode(params["ae"], data)
         q = jnp.exp(log_soft_assign(z0, params["mu"], alpha))
-        return z0, q, target_distribution(q), jnp.argmax(q, axis=1)
+        n = data.n_cells if n_cells is None else n_cells
+        p = target_distribution(q, None if n == data.n_cells else jnp.arange(data.n_cells) < n)
+        return z0[:n], q[:n], p[:n], jnp.argmax(q[:n], axis=1)
 
     return jax.jit(jax.vmap(assign, in_axes=(0, None)) if members else assign)
