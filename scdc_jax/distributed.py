@@ -48,7 +48,8 @@ def _launched_by_cluster() -> bool:
 DISTRIBUTED_HELP = ("one run over several processes (hosts), each started with the same command: "
                     "--coordinator HOST:PORT of process 0, --num-processes N and this process's --process-id; "
                     "on Slurm (srun, one task per host) JAX finds all three itself. Every process reads the "
-                    "input (a streamed scDeepCluster run: only its share of the cells); the first writes the outputs")
+                    "input (scDeepCluster on an .h5ad, .zarr or .h5 file: only its share of the cells, held in "
+                    "memory split over the devices or streamed); the first writes the outputs")
 
 
 def add_distributed_arguments(parser, note: str = "") -> None:
