@@ -39,11 +39,25 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(4 << 30))
 # one each; a run uses 1 device unless it asks for more, so nothing else changes.
 os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 DEVICES = 4
-SUITE_XLA_FLAGS = ("--xla_cpu_multi_thread_eigen=false --xla_cpu_use_fusion_emitters=false "
-                   f"--xla_force_host_platform_device_count={DEVICES}")
-if "SCDC_JAX_SUITE_XLA_FLAGS" not in os.environ:  # once: subprocesses inherit the result
+SUITE_XLA_FLAGS = f"--xla_cpu_multi_thread_eigen=false --xla_force_host_platform_device_count={DEVICES}"
+OLD_EMITTER = "--xla_cpu_use_fusion_emitters=false"  # XLA aborts on a flag it does not know: probed once
+
+
+def _xla_accepts(flags: str) -> bool:
+    import subprocess
+    import sys
+
+    probe = subprocess.run([sys.executable, "-c", "import jax; jax.devices()"], capture_output=True, timeout=300,
+                           env={**os.environ, "XLA_FLAGS": flags, "JAX_PLATFORMS": "cpu"})
+    return probe.returncode == 0
+
+
+if "SCDC_JAX_SUITE_XLA_FLAGS" not in os.environ:  # once (pytest's first process): the others inherit the result
+    flags = f"{os.environ.get('XLA_FLAGS', '')} {SUITE_XLA_FLAGS}".strip()
+    if _xla_accepts(f"{flags} {OLD_EMITTER}"):
+        flags = f"{flags} {OLD_EMITTER}"
     os.environ["SCDC_JAX_SUITE_XLA_FLAGS"] = SUITE_XLA_FLAGS
-    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {SUITE_XLA_FLAGS}".strip()
+    os.environ["XLA_FLAGS"] = flags
 
 jax = pytest.importorskip("jax")
 jax.config.update("jax_enable_x64", False)
