@@ -9,11 +9,12 @@ on CPUs they go through gloo).
 
 What the processes share and what only one does:
 
-* in memory, every process reads the input and holds the (replicated) data; streamed
-  (``--stream``), each process reads only its share of the file: its blocks in the preparation's
-  passes (the sums, totals and statistics then added up across processes with :func:`gather`,
-  bad counts reported by every process through :func:`agree`), and in training its devices' rows
-  of every block (global arrays sharded by rows, built from the process-local rows);
+* from an .h5ad, .zarr or .h5 file, each scDeepCluster process reads only its share: its blocks
+  in the preparation's passes (the sums, totals and statistics then added up across processes
+  with :func:`gather`, bad counts reported by every process through :func:`agree`), then its
+  devices' rows of the cells, held for the run or, streamed (``--stream``), of every block
+  (global arrays sharded by rows, built from the process-local rows); other inputs are read
+  whole by every process and held replicated;
 * every process draws the same keys and takes part in every compiled step and every checkpoint
   save (orbax writes each array once);
 * the first process (:func:`is_primary`) alone writes outputs, manifests and the run folder's

@@ -173,53 +173,44 @@ def predict_main(argv: list[str]) -> int:
     return 0
 
 
-def _open_store(args, *, required: bool = False):
-    """A :class:`~scdc_jax.store.CellStore` of ``--data-file`` (with its annotations read, so that
-    a wrong key is refused before any work), or None when the file cannot be read by rows (not
-    .h5ad, .zarr or .h5, or refused: read whole, it is reported in the reader's own words).
-    ``required``: refusals are raised instead."""
+def _open_store(args, n_processes: int):
+    """``(store, streamed)``: a :class:`~scdc_jax.store.CellStore` of ``--data-file`` when the run
+    reads it by rows, else ``(None, False)`` (read whole).  Streamed with ``--stream``, or by
+    default when the counts exceed the memory budget; otherwise held in memory by a run over
+    several processes, each reading only its devices' rows (not with ``--out``/``--plot``, which
+    need every cell in the first process).  Only .h5ad, .zarr and .h5 files are read by rows; a
+    file the store refuses is read whole, which reports it in the reader's own words (with
+    ``--stream``: refused here).  The store's annotations are read at once, so that a wrong key
+    is refused before any work."""
     from ..io import sniff_format
-    from ..store import CellStore
+    from ..store import CellStore, memory_budget_bytes
 
-    if not required and sniff_format(args.data_file) not in ("h5ad", "zarr", "h5"):
-        return None
+    may_hold = n_processes > 1 and not (args.out or args.plot) and args.transpose is None
+    if args.stream is False and not may_hold:
+        return None, False
+    if not args.stream and sniff_format(args.data_file) not in ("h5ad", "zarr", "h5"):
+        return None, False
     try:
         store = CellStore(args.data_file, layer=args.layer, label_key=args.label_key, batch_key=args.batch_key)
     except InputError:
-        if required:
+        if args.stream:
             raise
-        return None
-    store.annotations
-    return store
-
-
-def _open_stream(args):
-    """A :class:`~scdc_jax.store.CellStore` of ``--data-file`` when the run streams (``--stream``,
-    or by default when the counts exceed the memory budget), else None."""
-    from ..store import memory_budget_bytes
-
-    store = _open_store(args, required=bool(args.stream))
-    if store is None:
-        return None
+        return None, False
+    streamed = bool(args.stream)
     if args.stream is None:
         need, budget = store.nbytes_in_memory(), memory_budget_bytes()
-        if need <= budget:
-            store.close()
-            return None
-        print(f"the counts would take {need / 2 ** 30:.1f} GiB, more than the budget of {budget / 2 ** 30:.1f} GiB: "
-              "streaming them from disk (--no-stream holds them in memory)", file=sys.stderr)
-    if args.transpose is not None:
+        streamed = need > budget
+        if streamed:
+            print(f"the counts would take {need / 2 ** 30:.1f} GiB, more than the budget of "
+                  f"{budget / 2 ** 30:.1f} GiB: streaming them from disk (--no-stream holds them in memory)",
+                  file=sys.stderr)
+    if not (streamed or may_hold):
+        store.close()
+        return None, False
+    store.annotations
+    if streamed and args.transpose is not None:
         raise InputError("--transpose applies to CSV data files, which are not streamed.")
-    return store
-
-
-def _open_held(args, n_processes: int):
-    """The store whose cells a run over several processes holds in memory, each process reading
-    only its devices' rows (see :func:`~scdc_jax.cluster.pipeline.run`), or None (one process,
-    a file not read by rows, or ``--out``/``--plot``, which need every cell in this process)."""
-    if n_processes < 2 or args.out or args.plot or args.transpose is not None:
-        return None
-    return _open_store(args)
+    return store, streamed
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -248,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     save_dir = args.save_dir
     run_folder(save_dir, resume=args.resume, overwrite=args.overwrite)  # refuses a folder before any data is read
     distributed.barrier("save folder checked")  # by every process before the first one writes there
-    hold = False  # a store's cells held in memory, each process reading its own (several processes)
+    streamed = False
     if args.data_file is None:
         if args.layer or args.label_key or args.batch_key or args.transpose is not None:
             raise InputError("--layer, --label-key, --batch-key and --transpose need --data-file.")
@@ -256,14 +247,11 @@ def main(argv: list[str] | None = None) -> int:
             raise InputError("--stream needs --data-file (the bundled demo is held in memory).")
         data = pbmc68k_counts()
     else:
-        data = _open_stream(args) if args.stream is not False else None
-        if data is None:
-            data = _open_held(args, n_processes)
-            hold = data is not None
+        data, streamed = _open_store(args, n_processes)
         if data is None:
             data = read_counts(args.data_file, layer=args.layer, label_key=args.label_key,
                                batch_key=args.batch_key, transpose=args.transpose)
-    streamed = not hasattr(data, "X") and not hold
+    hold = not streamed and not hasattr(data, "X")  # several processes, each holding its own rows
     if streamed:
         if args.out or args.plot:
             raise InputError("--out and --plot need the cells in memory, which a streamed run never holds; the "
