@@ -21,6 +21,8 @@ ARI/NMI/ACC are its consensus's, and it carries every member's scores and label-
 ``accuracy_ensemble<tag>.md`` then compares the consensus with the single models (the members,
 each an exact single run), the best member by each criterion, how each criterion ranks the
 members against their ARI (Spearman), and in ``estimated`` mode the number of clusters found.
+With ``--save-members DIR`` each ensemble's members are kept, for ``benchmarks/consensus.py`` to
+compare the consensus methods on them.
 """
 from __future__ import annotations
 
@@ -56,11 +58,24 @@ def _ensemble_row(res) -> dict:
     members = [{k: c[k] for k in ("seed", "ari", "nmi", "acc", "agreement", "silhouette", "zinb", "cluster_epochs")}
                for c in e["criteria"]]
     return {"members": members, "agreement": e["agreement"], "k_estimate": e["k_estimate"],
+            "consensus_method": e["consensus_method"],
             "best_by": {c: members[best_member(e["criteria"], c)]["ari"] for c in ("agreement", "silhouette", "zinb")}}
 
 
+def save_members(res, data, path: str) -> None:
+    """An ensemble run's members (labels, latents, soft assignments), the consensus and the true
+    labels of the kept cells, as one .npz: what :mod:`benchmarks.consensus` compares consensus
+    methods on without training again."""
+    e = res.ensemble
+    np.savez_compressed(path, truth=np.asarray(data.labels)[res.cells], member_labels=e["member_labels"],
+                        member_latents=e["member_latents"], member_q=e["member_q"], consensus=e["consensus"],
+                        seeds=np.asarray(e["seeds"]), k=e["k"],
+                        criteria=json.dumps([{k: c[k] for k in ("agreement", "silhouette", "zinb")}
+                                             for c in e["criteria"]]))
+
+
 def one_run(impl: str, dataset: str, seed: int, mode: str, data_dir: str, device: str, overrides: dict,
-            ensemble_overrides: dict | None = None) -> dict:
+            ensemble_overrides: dict | None = None, members_dir: str | None = None) -> dict:
     """One fit of one implementation; returns its scores and times."""
     from scdc_jax.cluster import ClusterConfig, run
     from scdc_jax.io import read_counts
@@ -83,6 +98,8 @@ def one_run(impl: str, dataset: str, seed: int, mode: str, data_dir: str, device
 
         cfg = dataclasses.replace(cfg, ensemble=int(impl[len("scdc_jax_ens"):]), **(ensemble_overrides or {}))
         res = run(data, cfg, progress=False)
+        if members_dir:
+            save_members(res, data, os.path.join(members_dir, f"{dataset}_{mode}_seed{seed}.npz"))
         return {**res.scores, "k": int(res.centers.shape[0]), "wall_s": time.perf_counter() - t0,
                 "pretrain_s": res.timings["pretrain_s"], "cluster_s": res.timings["cluster_s"],
                 "device": jax.devices()[0].device_kind, **_ensemble_row(res)}
@@ -179,10 +196,11 @@ def write_ensemble_summary(rows, args, out_dir):
              "an exact single run of its seed.  Best by X: the member an ensemble would keep by criterion X "
              "(agreement: mean ARI with the other members; silhouette: of its labels in its latent; zinb: its "
              "final ZINB NLL, lower kept).  Spearman: rank correlation of the criterion with the members' ARI, "
-             "within each ensemble, averaged.  Time: an ensemble's wall time and its time per member.", "",
+             "within each ensemble, averaged.  Time: an ensemble's wall time and its time per member.  Consensus "
+             "method: the one the runs used (`benchmarks/consensus.py` compares all of them on saved members).", "",
              "| dataset | clusters | ensembles | single model ARI | consensus ARI | consensus - single (in single sd) "
-             "| best by agreement | best by silhouette | best by zinb | member agreement | k | s / ensemble "
-             "| s / member |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| consensus method | best by agreement | best by silhouette | best by zinb | member agreement | k | s / ensemble "
+             "| s / member |", "|---" * 14 + "|"]
     corr_lines = ["", "| dataset | clusters | Spearman agreement-ARI | silhouette-ARI | -zinb-ARI |", "|---|---|---|---|---|"]
     summary = {}
     for mode in args.mode:
@@ -204,7 +222,9 @@ def write_ensemble_summary(rows, args, out_dir):
             summary[f"{d}/{mode}"] = {"single_ari": single, "consensus_ari": cons, "gap_in_single_sd": gap,
                                       "spearman": corr, "k": ks, "k_estimates": [r.get("k_estimate") for r in rs],
                                       "best_by": [r["best_by"] for r in rs]}
-            lines.append(f"| {d} | {mode} | {len(rs)} x {n_mem} | {_ms(single)} | {_ms(cons)} | {gap:+.2f} | "
+            methods = ", ".join(sorted({r.get("consensus_method", "not recorded") for r in rs}))
+            summary[f"{d}/{mode}"]["consensus_method"] = [r.get("consensus_method") for r in rs]
+            lines.append(f"| {d} | {mode} | {len(rs)} x {n_mem} | {_ms(single)} | {_ms(cons)} | {gap:+.2f} | {methods} | "
                          + " | ".join(_ms([r['best_by'][c] for r in rs]) for c in ("agreement", "silhouette", "zinb"))
                          + f" | {_ms([r['agreement'] for r in rs])} | {_ms(ks)} | {np.mean([r['wall_s'] for r in rs]):.0f} "
                          f"| {np.mean([r['wall_s'] for r in rs]) / n_mem:.0f} |")
@@ -266,6 +286,9 @@ def main():
                     help="run scdc_jax as seed ensembles of N members (scdc_jax_ens<N>) instead of single models")
     ap.add_argument("--k-estimate", choices=["louvain", "stability"], default="stability",
                     help="the ensembles' estimate of the number of clusters in 'estimated' mode (default %(default)s)")
+    ap.add_argument("--save-members", metavar="DIR",
+                    help="with --ensemble: save each ensemble's members (labels, latents, soft assignments) to "
+                         "DIR/<dataset>_<mode>_seed<seed>.npz, for benchmarks/consensus.py")
     ap.add_argument("--worker", nargs=4, metavar=("IMPL", "DATASET", "SEED", "MODE"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -275,12 +298,14 @@ def main():
         set_matmul_precision(args.matmul)
         overrides = {k: v for k, v in (("pretrain_epochs", args.pretrain_epochs), ("maxiter", args.maxiter)) if v}
         row = one_run(impl, dataset, int(seed), mode, args.data_dir, args.device, overrides,
-                      {"k_estimate": args.k_estimate})
+                      {"k_estimate": args.k_estimate}, args.save_members)
         print("RESULT " + json.dumps(row), flush=True)
         return
     if not os.path.isdir(args.data_dir):
         sys.exit(f"skipped: {args.data_dir} is absent (real data lives only on developer machines and CI)")
 
+    if args.save_members:
+        os.makedirs(args.save_members, exist_ok=True)
     env = {**os.environ, "XLA_PYTHON_CLIENT_PREALLOCATE": "false"}  # several runs share one GPU
     if args.jobs > 1:
         env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // args.jobs)))
@@ -301,6 +326,8 @@ def main():
         cmd = [sys.executable, os.path.abspath(__file__), "--worker", impl, d, str(s), m,
                "--data-dir", args.data_dir, "--device", args.device, "--matmul", args.matmul,
                "--k-estimate", args.k_estimate]
+        if args.save_members:
+            cmd += ["--save-members", os.path.abspath(args.save_members)]
         cmd += [a for k, v in (("--pretrain-epochs", args.pretrain_epochs), ("--maxiter", args.maxiter)) if v
                 for a in (k, str(v))]
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env)

@@ -107,3 +107,30 @@ def test_paired_synthetic_types_differ_from_their_sibling_less_than_from_other_p
     centres = np.stack([np.log1p(counts[labels == t]).mean(0) for t in range(4)])
     d = ((centres[:, None] - centres[None]) ** 2).sum(-1)
     assert d[0, 1] < d[0, 2] / 3 and d[2, 3] < d[1, 3] / 3  # siblings close, pairs apart
+
+
+def test_consensus_script_scores_every_method_on_saved_members(tmp_path):
+    import numpy as np
+    from sklearn.metrics import adjusted_rand_score
+
+    from benchmarks import consensus
+    from scdc_jax.cluster.ensemble import CONSENSUS, consensus_labels
+
+    rng = np.random.default_rng(0)
+    truth = np.repeat(np.arange(3), 40)
+    for seed in (0, 3):
+        labels = np.stack([np.where(rng.random(120) < 0.2, rng.integers(0, 3, 120), truth) for _ in range(3)])
+        q = np.eye(3)[labels] * 0.7 + 0.1
+        np.savez(tmp_path / f"worm_given_seed{seed}.npz", truth=truth, member_labels=labels, member_q=q,
+                 member_latents=np.zeros((3, 120, 2)), consensus=labels[0], seeds=np.arange(seed, seed + 3), k=3,
+                 criteria=json.dumps([{"agreement": a, "silhouette": 0.0, "zinb": 1.0} for a in (0.1, 0.9, 0.5)]))
+    out = tmp_path / "res"
+    consensus.main([str(tmp_path), "--out", str(out), "--tag", "_t"])
+    row = json.load(open(out / "consensus_t.json"))["rows"]["worm (given)"]
+    assert row["ensembles"] == [0, 3] and len(row["single"]) == 6 and row["k"] == 3
+    d = np.load(tmp_path / "worm_given_seed3.npz")
+    for m in CONSENSUS:  # the library's consensus with the run's seed
+        cons = consensus_labels(d["member_labels"], 3, method=m, member_q=d["member_q"], seed=3)
+        assert row[m][1] == pytest.approx(adjusted_rand_score(truth, cons))
+    assert row["best by agreement"][1] == pytest.approx(adjusted_rand_score(truth, d["member_labels"][1]))
+    assert "| worm (given) | 3 | 2 x 3 |" in (out / "consensus_t.md").read_text()

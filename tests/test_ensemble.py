@@ -14,7 +14,7 @@ from conftest import run_module, synthetic_counts
 from sklearn.metrics import adjusted_rand_score
 
 from scdc_jax.cluster import ClusterConfig, run
-from scdc_jax.cluster.ensemble import (best_member, consensus_labels, estimate_k, membership, pairwise_ari, stack,
+from scdc_jax.cluster.ensemble import (CONSENSUS, best_member, consensus_labels, estimate_k, membership, pairwise_ari, stack,
                                        stability_curve)
 from scdc_jax.cluster.train import build_model, device_data, make_epoch, pretrain_loss, stage_key
 from scdc_jax.io import CountData
@@ -41,13 +41,42 @@ def test_membership_rows_give_the_coassociation_matrix():
     np.testing.assert_allclose(h @ h.T, co, atol=1e-6)
 
 
-def test_consensus_recovers_a_partition_better_than_any_noisy_member():
+@pytest.mark.parametrize("method", CONSENSUS)
+def test_consensus_recovers_a_partition_better_than_any_noisy_member(method):
     rng = np.random.default_rng(0)
     truth = np.repeat(np.arange(5), 60)
     members = _noisy_labelings(truth, 7, 0.3, rng)
-    cons = consensus_labels(members, 5, seed=0)
+    cons = consensus_labels(members, 5, method=method, seed=0)
     member_ari = [adjusted_rand_score(truth, m) for m in members]
     assert adjusted_rand_score(truth, cons) > max(member_ari) + 0.1, (member_ari, adjusted_rand_score(truth, cons))
+    assert len(np.unique(cons)) == 5 and np.all(np.diff(np.bincount(cons)) <= 0)  # 0..4 by decreasing size
+
+
+def test_vote_matches_clusters_across_members_and_weighs_their_soft_assignments():
+    truth = np.repeat(np.arange(3), [50, 30, 20])
+    rng = np.random.default_rng(3)
+    members = np.stack([rng.permutation(3)[truth] for _ in range(4)])  # one partition, four namings
+    np.testing.assert_array_equal(consensus_labels(members, 3, method="vote"), truth)
+    # cell 0: two members put it in cluster 0, two in cluster 1, and the latter two are sure of it
+    members[2:, 0] = members[2:, 60]
+    q = np.stack([np.eye(3)[m] * 0.6 + 0.4 / 3 for m in members])
+    q[2:, 0] = np.eye(3)[members[2:, 0]]
+    assert consensus_labels(members, 3, method="vote", member_q=q)[0] == 1
+    q[:2, 0] = np.eye(3)[members[:2, 0]]
+    q[2:, 0] = np.eye(3)[members[2:, 0]] * 0.4 + 0.6 / 3
+    assert consensus_labels(members, 3, method="vote", member_q=q)[0] == 0
+
+
+def test_average_linkage_on_a_subsample_assigns_the_other_cells_by_co_association():
+    rng = np.random.default_rng(2)
+    truth = np.repeat(np.arange(4), 150)
+    members = _noisy_labelings(truth, 6, 0.2, rng)
+    whole = consensus_labels(members, 4, method="average", seed=1)
+    part = consensus_labels(members, 4, method="average", seed=1, max_cells=200)
+    assert adjusted_rand_score(truth, whole) > 0.95 and adjusted_rand_score(truth, part) > 0.95
+    np.testing.assert_array_equal(part, consensus_labels(members, 4, method="average", seed=1, max_cells=200))
+    with pytest.raises(ValueError, match="unknown consensus method"):
+        consensus_labels(members, 4, method="median")
 
 
 def test_pairwise_ari_and_best_member_directions():
@@ -180,7 +209,7 @@ def test_cli_ensemble_writes_member_labels_and_criteria(small_data, tmp_path, ca
     code, out, err = run_module(["-m", "scdc_jax.cluster", "--data-file", data, "--ensemble", "3", "--n-clusters", "0",
                                  "--k-estimate", "stability", "--knn", "10", "--pretrain-epochs", "8", "--maxiter", "15",
                                  "--batch-size", "64", "--seed", "5", "--save-dir", save, "--quiet",
-                                 "--out", tmp_path / "o.h5ad"], capfd)
+                                 "--consensus", "average", "--out", tmp_path / "o.h5ad"], capfd)
     assert code == 0, err
     assert "ensemble of 3" in out and "members' ARI" in out
     members = np.loadtxt(save / "ensemble_labels.csv", delimiter=",", dtype=np.int64)
@@ -189,6 +218,7 @@ def test_cli_ensemble_writes_member_labels_and_criteria(small_data, tmp_path, ca
     summary = json.load(open(save / "run.json"))
     e = summary["ensemble"]
     assert e["seeds"] == [5, 6, 7] and len(e["criteria"]) == 3 and e["k_estimate"]["method"] == "stability"
+    assert e["consensus_method"] == "average" and summary["config"]["consensus"] == "average"
     assert summary["n_clusters"] == e["k"] == len(np.unique(labels))
     assert set(e["k_estimate"]["stability"]) == {str(k) for k in range(2, max(e["k_estimate"]["louvain_k"]) + 1)}
     import anndata
@@ -196,12 +226,14 @@ def test_cli_ensemble_writes_member_labels_and_criteria(small_data, tmp_path, ca
     ad = anndata.read_h5ad(tmp_path / "o.h5ad")
     np.testing.assert_array_equal(ad.obsm["scdc_members"], members)
     assert list(ad.uns["scdc"]["ensemble"]["seeds"]) == [5, 6, 7]
+    assert ad.uns["scdc"]["ensemble"]["consensus_method"] == "average"
 
 
 @pytest.mark.parametrize("flags,message", [
     (["--ensemble", "0"], "--ensemble must be positive"),
     (["--ensemble", "2", "--resume"], "cannot be combined with --resume"),
     (["--k-estimate", "stability"], "compares the members of an ensemble"),
+    (["--ensemble", "2", "--consensus", "median"], "invalid choice: 'median'"),
     (["--ensemble", "2", "--ae-weights", "."], "cannot be combined with --ae-weights"),
 ])
 def test_impossible_ensemble_flags_get_one_sentence(small_data, tmp_path, capfd, flags, message):

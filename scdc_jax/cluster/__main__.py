@@ -87,14 +87,20 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--seed", type=int, help="seed of every random choice (default 0)")
     e = p.add_argument_group("seed ensembles")
     e.add_argument("--ensemble", type=int, metavar="N", help="train N models (seeds SEED, SEED+1, ...) side by side as "
-                   "one vmapped program (about N times one model's work on a CPU) and return their consensus: "
-                   "k-means on the co-association of the members' labels; writes every member's labels to "
+                   "one vmapped program (about N times one model's work on a CPU) and return their consensus "
+                   "(--consensus); writes every member's labels to "
                    "SAVE_DIR/ensemble_labels.csv and its label-free criteria to run.json (default 1: one model)")
     e.add_argument("--ensemble-select", choices=["consensus", "agreement", "silhouette", "zinb"],
                    help="the labels returned: the consensus (default), or the member with the highest mean ARI "
                         "with the others (agreement), the highest silhouette in its latent space, or the lowest "
                         "final ZINB loss; the latent and model are those of that member (for the consensus: the "
                         "member closest to it)")
+    e.add_argument("--consensus", choices=["vote", "average", "kmeans"],
+                   help="how the members' labelings make one: vote (default: each member's clusters matched to "
+                        "those of the member agreeing best with the others, soft assignments summed), average "
+                        "(average-linkage clustering of the co-association, the fraction of members that put two "
+                        "cells together; on at most 5000 cells, the others joining the cluster they are most "
+                        "often put with) or kmeans (k-means on the co-association)")
     e.add_argument("--k-estimate", choices=["louvain", "stability"],
                    help="with --n-clusters 0 and --ensemble: one number of clusters for all members, the median "
                         "of the members' Louvain counts (louvain, default) or the k from 2 to the largest "
@@ -234,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     overrides = {k: getattr(args, k) for k in (
         "n_clusters", "knn", "resolution", "community", "select_genes", "batch_size", "maxiter", "batch_mmd",
         "pretrain_epochs", "gamma", "sigma", "update_interval", "tol", "seed", "devices", "checkpoint_every",
-        "precision", "init_cells", "ensemble", "ensemble_select", "k_estimate")}
+        "precision", "init_cells", "ensemble", "ensemble_select", "consensus", "k_estimate")}
     cfg = load_config(args.config, **overrides)
     save_dir = args.save_dir
     run_folder(save_dir, resume=args.resume, overwrite=args.overwrite)  # refuses a folder before any data is read

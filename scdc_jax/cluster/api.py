@@ -35,6 +35,7 @@ def _uns_record(result: ClusterResult, extra: dict | None = None) -> dict:
     if ens is not None:
         crit = ens["criteria"]
         rec["ensemble"] = {"seeds": np.asarray(ens["seeds"]), "select": ens["select"],
+                           "consensus_method": ens["consensus_method"],
                            "representative": ens["representative"], "agreement": ens["agreement"],
                            "pairwise_ari": np.asarray(ens["pairwise_ari"]),
                            "criteria": {k: np.asarray([c[k] for c in crit]) for k in crit[0]

@@ -28,7 +28,9 @@ class ClusterConfig:
     (default) uses every cell, as the reference does.  For millions of cells.
 
     ``ensemble``: train this many models (seeds ``seed``, ``seed + 1``, ...) side by side as one
-    vmapped program and return their consensus (``ensemble_select = "consensus"``) or the best
+    vmapped program and return their consensus (``ensemble_select = "consensus"``, made by
+    ``consensus``: ``"vote"``, ``"average"`` or ``"kmeans"``, see
+    :func:`scdc_jax.cluster.ensemble.consensus_labels`) or the best
     member by a label-free criterion (``"agreement"``, ``"silhouette"``, ``"zinb"``); with
     ``n_clusters = 0`` the members share one estimated number of clusters, ``k_estimate``
     ``"louvain"`` (median of the members' Louvain counts) or ``"stability"`` (the k whose k-means
@@ -68,6 +70,7 @@ class ClusterConfig:
     init_cells: int = 0
     ensemble: int = 1
     ensemble_select: str = "consensus"
+    consensus: str = "vote"
     k_estimate: str = "louvain"
     batch_mmd: float = 0.0
 
@@ -95,6 +98,8 @@ class ClusterConfig:
         if self.ensemble_select not in ("consensus", "agreement", "silhouette", "zinb"):
             raise InputError(f"{option('ensemble_select')} must be 'consensus', 'agreement', 'silhouette' or 'zinb', "
                              f"got '{self.ensemble_select}'.")
+        if self.consensus not in ("vote", "average", "kmeans"):
+            raise InputError(f"{option('consensus')} must be 'vote', 'average' or 'kmeans', got '{self.consensus}'.")
         if self.k_estimate not in ("louvain", "stability"):
             raise InputError(f"{option('k_estimate')} must be 'louvain' or 'stability', got '{self.k_estimate}'.")
         if self.k_estimate == "stability" and self.ensemble < 2:

@@ -9,9 +9,10 @@ advances all of them (:func:`~scdc_jax.cluster.train.make_epoch` with ``members`
 3. k-means on each member's pretrained latent space (its seed), then the DEC stage of all members
    together; a member stops as a single run does (fewer than ``tol`` of its labels changed), is
    kept as it was then, and the others go on;
-4. a consensus of the members' labelings (:func:`consensus_labels`), the agreement between the
-   members, and per member the label-free criteria (:func:`member_criteria`); the labels the run
-   returns are the consensus or the best member by one criterion (``ensemble_select``).
+4. a consensus of the members' labelings (:func:`consensus_labels`, ``cfg.consensus``), the
+   agreement between the members, and per member the label-free criteria
+   (:func:`member_criteria`); the labels the run returns are the consensus or the best member by
+   one criterion (``ensemble_select``).
 
 Per-member results are exact single runs of the given number of clusters (up to the rounding of
 batched matrix products); the network saved as the run's model is the member that agrees best
@@ -31,10 +32,11 @@ from .. import checkpoint
 from ..errors import InputError, TrainingDiverged, option
 from ..metrics import clustering_scores
 from ..optim import adadelta_torch, amsgrad_torch
-from .init import community_labels, kmeans, nearest_centre, subsample
+from .init import by_size, community_labels, kmeans, nearest_centre, subsample
 from .train import build_model, cluster_loss, pretrain_loss, stage_key
 
 SELECT = ("consensus", "agreement", "silhouette", "zinb")
+CONSENSUS = ("vote", "average", "kmeans")
 K_ESTIMATES = ("louvain", "stability")
 STABILITY_TIE = 0.02
 
@@ -64,11 +66,66 @@ def membership(member_labels: np.ndarray) -> np.ndarray:
     return np.concatenate(blocks, axis=1) / np.sqrt(len(labels))
 
 
-def consensus_labels(member_labels: np.ndarray, k: int, *, n_init: int = 20, seed: int = 0) -> np.ndarray:
-    """(n,) consensus of N labelings (N, n): ``k`` clusters of the co-association matrix, found by
-    k-means on the rows of :func:`membership` (which minimises the within-cluster sum of
-    ``1 - co-association``) without forming the n x n matrix."""
-    return kmeans(membership(member_labels), k, n_init=n_init, seed=seed)[1]
+def consensus_labels(member_labels: np.ndarray, k: int, *, method: str = "vote",
+                     member_q: np.ndarray | None = None, n_init: int = 20, seed: int = 0,
+                     max_cells: int = 5000) -> np.ndarray:
+    """(n,) consensus of N labelings (N, n) into ``k`` clusters, numbered by decreasing size, by
+    ``method``:
+
+    ``average``: average-linkage hierarchical clustering of ``1 - co-association`` (evidence
+    accumulation, Fred & Jain 2005), cut into ``k`` clusters; on at most ``max_cells`` cells drawn
+    with ``seed``, every other cell then joining the cluster it is co-assigned with most often
+    (its mean co-association with the cluster's cells).
+    ``vote``: each member's clusters matched to those of the member that agrees best with the
+    others (Hungarian matching of their contingency table), the members' soft assignments
+    ``member_q`` (N, n, k) summed in the matched order, and each cell's largest sum; one-hot
+    labels when ``member_q`` is None.
+    ``kmeans``: k-means (``n_init`` restarts) on the rows of :func:`membership`, which minimises
+    the within-cluster sum of ``1 - co-association`` without forming the n x n matrix.
+    """
+    labels = np.asarray(member_labels)
+    if method == "kmeans":
+        return by_size(kmeans(membership(labels), k, n_init=n_init, seed=seed)[1])
+    if method == "vote":
+        return _vote(labels, k, member_q)
+    if method == "average":
+        return _average_linkage(labels, k, max_cells, seed)
+    raise ValueError(f"unknown consensus method {method!r}; one of {CONSENSUS}")
+
+
+def _average_linkage(labels: np.ndarray, k: int, max_cells: int, seed: int) -> np.ndarray:
+    from scipy.cluster.hierarchy import cut_tree, linkage
+    from scipy.spatial.distance import pdist
+
+    h = membership(labels).astype(np.float64)
+    some = subsample(h.shape[0], max_cells, seed)
+    # squared distances between rows of h are 2 (1 - co-association)
+    tree = linkage(pdist(h[some], "sqeuclidean") / 2.0, method="average")
+    part = cut_tree(tree, n_clusters=min(k, len(some)))[:, 0]
+    if len(some) == h.shape[0]:
+        return by_size(part)
+    sums = np.zeros((int(part.max()) + 1, h.shape[1]))
+    np.add.at(sums, part, h[some])
+    mean_co = h @ (sums / np.bincount(part)[:, None]).T  # (n, k): mean co-association with each cluster
+    out = np.argmax(mean_co, axis=1)
+    out[some] = part
+    return by_size(out)
+
+
+def _vote(labels: np.ndarray, k: int, member_q: np.ndarray | None) -> np.ndarray:
+    from scipy.optimize import linear_sum_assignment
+
+    n_members, n = labels.shape
+    k = max(k, int(labels.max()) + 1)
+    q = np.eye(k)[labels] if member_q is None else np.asarray(member_q, np.float64)
+    ref = int(np.argmax(pairwise_ari(labels).sum(1)))
+    total = np.zeros((n, k))
+    for m in range(n_members):
+        table = np.zeros((k, k))
+        np.add.at(table, (labels[ref], labels[m]), 1.0)
+        rows, cols = linear_sum_assignment(-table)  # member cluster cols[i] is the reference's rows[i]
+        total[:, rows] += q[m][:, cols]
+    return by_size(np.argmax(total, axis=1))
 
 
 def pairwise_ari(member_labels: np.ndarray) -> np.ndarray:
@@ -273,7 +330,9 @@ def train(setup, progress_cls, timings: dict) -> dict:
     member_labels = np.stack([mem["labels"] for mem in members])
     latents = np.stack([mem["z0"] for mem in members])
     criteria = member_criteria(member_labels, latents, np.array([mem["zinb"] for mem in members]), seed=cfg.seed)
-    consensus = consensus_labels(member_labels, k, n_init=cfg.kmeans_n_init, seed=cfg.seed)
+    member_q = np.stack([mem["q"] for mem in members])
+    consensus = consensus_labels(member_labels, k, method=cfg.consensus, member_q=member_q,
+                                 n_init=cfg.kmeans_n_init, seed=cfg.seed)
     if cfg.ensemble_select == "consensus":
         labels = consensus
         to_labels = [clustering_scores(labels, lab)["ari"] for lab in member_labels]
@@ -287,9 +346,11 @@ def train(setup, progress_cls, timings: dict) -> dict:
                             "final_pretrain_loss": float(pre_losses[m, -1]) if pre_losses.size else None})
         if setup.labels is not None:
             criteria[m].update(clustering_scores(setup.labels, mem["labels"]))
-    info = {"members": len(seeds), "seeds": seeds, "select": cfg.ensemble_select, "representative": rep,
+    info = {"members": len(seeds), "seeds": seeds, "select": cfg.ensemble_select,
+            "consensus_method": cfg.consensus, "representative": rep,
             "agreement": float(ari[np.triu_indices(len(seeds), 1)].mean()), "pairwise_ari": ari.tolist(),
-            "criteria": criteria, "member_labels": member_labels, "consensus": consensus, "k": int(k),
+            "criteria": criteria, "member_labels": member_labels, "member_latents": latents,
+            "member_q": member_q, "consensus": consensus, "k": int(k),
             "k_estimate": k_info}
     if setup.labels is not None:
         info["consensus_scores"] = clustering_scores(setup.labels, consensus)

@@ -53,10 +53,15 @@ def community_labels(z: np.ndarray, *, knn: int = 20, resolution: float = 0.8, m
             membership = np.asarray(g.community_multilevel(weights="weight", resolution=resolution).membership)
         finally:
             random.setstate(state)
-    sizes = np.bincount(membership)
+    return by_size(membership)
+
+
+def by_size(labels: np.ndarray) -> np.ndarray:
+    """Labels renumbered 0..k'-1 by decreasing cluster size (ties in label order; unused labels dropped)."""
+    _, inverse, sizes = np.unique(labels, return_inverse=True, return_counts=True)
     rank = np.empty_like(sizes)
     rank[np.argsort(-sizes, kind="stable")] = np.arange(len(sizes))
-    return rank[membership]
+    return rank[inverse.reshape(-1)].astype(np.int64)
 
 
 def centres_of(z: np.ndarray, labels: np.ndarray) -> np.ndarray:

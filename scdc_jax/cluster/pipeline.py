@@ -42,6 +42,7 @@ from .train import abstract_model, build_model, cluster_loss, device_data, pretr
 
 PRETRAIN_KIND, MODEL_KIND = "scDeepCluster pretrained autoencoder", "scDeepCluster model"
 RETRAIN = "train it again with 'python -m scdc_jax.cluster'"
+PER_CELL = ("member_labels", "member_latents", "member_q", "consensus")  # an ensemble record's per-cell arrays
 
 
 @dataclass
@@ -97,7 +98,7 @@ class ClusterResult:
         (and scores with labels), pairwise ARI, agreement, how the labels were chosen, the k estimate."""
         if self.ensemble is None:
             return None
-        return {k: v for k, v in self.ensemble.items() if k not in ("member_labels", "consensus")}
+        return {k: v for k, v in self.ensemble.items() if k not in PER_CELL}
 
     def full_latent(self) -> np.ndarray:
         out = np.full((self.n_cells_input, self.latent.shape[1]), np.nan, np.float32)
