@@ -63,12 +63,12 @@ def _ensemble_row(res) -> dict:
 
 
 def save_members(res, data, path: str) -> None:
-    """An ensemble run's members (labels, latents, soft assignments), the consensus and the true
+    """An ensemble run's members (labels, soft assignments), the consensus and the true
     labels of the kept cells, as one .npz: what :mod:`benchmarks.consensus` compares consensus
     methods on without training again."""
     e = res.ensemble
     np.savez_compressed(path, truth=np.asarray(data.labels)[res.cells], member_labels=e["member_labels"],
-                        member_latents=e["member_latents"], member_q=e["member_q"], consensus=e["consensus"],
+                        member_q=e["member_q"], consensus=e["consensus"],
                         seeds=np.asarray(e["seeds"]), k=e["k"],
                         criteria=json.dumps([{k: c[k] for k in ("agreement", "silhouette", "zinb")}
                                              for c in e["criteria"]]))
@@ -287,7 +287,7 @@ def main():
     ap.add_argument("--k-estimate", choices=["louvain", "stability"], default="stability",
                     help="the ensembles' estimate of the number of clusters in 'estimated' mode (default %(default)s)")
     ap.add_argument("--save-members", metavar="DIR",
-                    help="with --ensemble: save each ensemble's members (labels, latents, soft assignments) to "
+                    help="with --ensemble: save each ensemble's members (labels, soft assignments) to "
                          "DIR/<dataset>_<mode>_seed<seed>.npz, for benchmarks/consensus.py")
     ap.add_argument("--worker", nargs=4, metavar=("IMPL", "DATASET", "SEED", "MODE"), help=argparse.SUPPRESS)
     args = ap.parse_args()

@@ -122,7 +122,7 @@ def test_consensus_script_scores_every_method_on_saved_members(tmp_path):
         labels = np.stack([np.where(rng.random(120) < 0.2, rng.integers(0, 3, 120), truth) for _ in range(3)])
         q = np.eye(3)[labels] * 0.7 + 0.1
         np.savez(tmp_path / f"worm_given_seed{seed}.npz", truth=truth, member_labels=labels, member_q=q,
-                 member_latents=np.zeros((3, 120, 2)), consensus=labels[0], seeds=np.arange(seed, seed + 3), k=3,
+                 consensus=labels[0], seeds=np.arange(seed, seed + 3), k=3,
                  criteria=json.dumps([{"agreement": a, "silhouette": 0.0, "zinb": 1.0} for a in (0.1, 0.9, 0.5)]))
     out = tmp_path / "res"
     consensus.main([str(tmp_path), "--out", str(out), "--tag", "_t"])

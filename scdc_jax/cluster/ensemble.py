@@ -349,8 +349,7 @@ def train(setup, progress_cls, timings: dict) -> dict:
     info = {"members": len(seeds), "seeds": seeds, "select": cfg.ensemble_select,
             "consensus_method": cfg.consensus, "representative": rep,
             "agreement": float(ari[np.triu_indices(len(seeds), 1)].mean()), "pairwise_ari": ari.tolist(),
-            "criteria": criteria, "member_labels": member_labels, "member_latents": latents,
-            "member_q": member_q, "consensus": consensus, "k": int(k),
+            "criteria": criteria, "member_labels": member_labels, "member_q": member_q, "consensus": consensus, "k": int(k),
             "k_estimate": k_info}
     if setup.labels is not None:
         info["consensus_scores"] = clustering_scores(setup.labels, consensus)

@@ -42,7 +42,7 @@ from .train import abstract_model, build_model, cluster_loss, device_data, pretr
 
 PRETRAIN_KIND, MODEL_KIND = "scDeepCluster pretrained autoencoder", "scDeepCluster model"
 RETRAIN = "train it again with 'python -m scdc_jax.cluster'"
-PER_CELL = ("member_labels", "member_latents", "member_q", "consensus")  # an ensemble record's per-cell arrays
+PER_CELL = ("member_labels", "member_q", "consensus")  # an ensemble record's per-cell arrays
 
 
 @dataclass
