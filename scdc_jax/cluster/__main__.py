@@ -12,6 +12,7 @@ import sys
 
 from ..errors import CliParser, InputError, run_cli
 from ..distributed import add_distributed_arguments
+from .config import CHOICES
 
 EPILOG = """subcommand:
   python -m scdc_jax.cluster predict --model SAVE_DIR --data-file NEW.h5ad   # assign new cells
@@ -72,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--n-clusters", type=int, help="number of clusters; 0 estimates it with Louvain (default 0)")
     m.add_argument("--knn", type=int, help="neighbours of the kNN graph for Louvain (default 20)")
     m.add_argument("--resolution", type=float, help="Louvain/Leiden resolution (default 0.8)")
-    m.add_argument("--community", choices=["louvain", "leiden"], help="community detection when --n-clusters 0")
+    m.add_argument("--community", choices=CHOICES["community"], help="community detection when --n-clusters 0")
     m.add_argument("--select-genes", type=int, help="select this many genes by zero rate vs mean (default 0 = all)")
     m.add_argument("--batch-size", type=int, help="minibatch size (default 256)")
     m.add_argument("--maxiter", type=int, help="maximum clustering epochs (default 2000)")
@@ -90,18 +91,18 @@ def build_parser() -> argparse.ArgumentParser:
                    "one vmapped program (about N times one model's work on a CPU) and return their consensus "
                    "(--consensus); writes every member's labels to "
                    "SAVE_DIR/ensemble_labels.csv and its label-free criteria to run.json (default 1: one model)")
-    e.add_argument("--ensemble-select", choices=["consensus", "agreement", "silhouette", "zinb"],
+    e.add_argument("--ensemble-select", choices=CHOICES["ensemble_select"],
                    help="the labels returned: the consensus (default), or the member with the highest mean ARI "
                         "with the others (agreement), the highest silhouette in its latent space, or the lowest "
                         "final ZINB loss; the latent and model are those of that member (for the consensus: the "
                         "member closest to it)")
-    e.add_argument("--consensus", choices=["vote", "average", "kmeans"],
+    e.add_argument("--consensus", choices=CHOICES["consensus"],
                    help="how the members' labelings make one: vote (default: each member's clusters matched to "
                         "those of the member agreeing best with the others, soft assignments summed), average "
                         "(average-linkage clustering of the co-association, the fraction of members that put two "
                         "cells together; on at most 5000 cells, the others joining the cluster they are most "
                         "often put with) or kmeans (k-means on the co-association)")
-    e.add_argument("--k-estimate", choices=["louvain", "stability"],
+    e.add_argument("--k-estimate", choices=CHOICES["k_estimate"],
                    help="with --n-clusters 0 and --ensemble: one number of clusters for all members, the median "
                         "of the members' Louvain counts (louvain, default) or the k from 2 to the largest "
                         "Louvain count whose k-means labelings agree most between the members' latent spaces "
@@ -113,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "shared data). run.json reports the batches' kNN mixing and iLISI either way")
     m.add_argument("--devices", type=int, help="split each minibatch over this many devices (default 1)")
     m.add_argument("--checkpoint-every", type=int, help="epochs between periodic checkpoints (default 25)")
-    m.add_argument("--precision", choices=["f32", "bf16"], help="bf16 computes the autoencoder's Dense layers in "
+    m.add_argument("--precision", choices=CHOICES["precision"], help="bf16 computes the autoencoder's Dense layers in "
                    "bfloat16 with float32 parameters, loss and latent: for GPUs; on CPUs it is usually slower "
                    "(default f32)")
     add_distributed_arguments(p)

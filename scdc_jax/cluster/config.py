@@ -13,6 +13,11 @@ from dataclasses import dataclass, field
 from ..configfile import load_dataclass_config
 from ..errors import InputError, option
 
+# the values each option of few values takes (the command line's choices, checked by validate)
+CHOICES = {"community": ("louvain", "leiden"), "precision": ("f32", "bf16"),
+           "ensemble_select": ("consensus", "agreement", "silhouette", "zinb"),
+           "consensus": ("vote", "average", "kmeans"), "k_estimate": ("louvain", "stability")}
+
 
 @dataclass
 class ClusterConfig:
@@ -91,17 +96,11 @@ class ClusterConfig:
                 raise InputError(f"{option(name)} must be zero or positive, got {getattr(self, name)}.")
         if self.n_clusters == 1:
             raise InputError(f"{option('n_clusters', 1)} makes no clustering; give 2 or more, or 0 to estimate it.")
-        if self.community not in ("louvain", "leiden"):
-            raise InputError(f"{option('community')} must be 'louvain' or 'leiden', got '{self.community}'.")
-        if self.precision not in ("f32", "bf16"):
-            raise InputError(f"{option('precision')} must be 'f32' or 'bf16', got '{self.precision}'.")
-        if self.ensemble_select not in ("consensus", "agreement", "silhouette", "zinb"):
-            raise InputError(f"{option('ensemble_select')} must be 'consensus', 'agreement', 'silhouette' or 'zinb', "
-                             f"got '{self.ensemble_select}'.")
-        if self.consensus not in ("vote", "average", "kmeans"):
-            raise InputError(f"{option('consensus')} must be 'vote', 'average' or 'kmeans', got '{self.consensus}'.")
-        if self.k_estimate not in ("louvain", "stability"):
-            raise InputError(f"{option('k_estimate')} must be 'louvain' or 'stability', got '{self.k_estimate}'.")
+        for name, allowed in CHOICES.items():
+            value = getattr(self, name)
+            if value not in allowed:
+                listed = ", ".join(f"'{a}'" for a in allowed[:-1]) + f" or '{allowed[-1]}'"
+                raise InputError(f"{option(name)} must be {listed}, got '{value}'.")
         if self.k_estimate == "stability" and self.ensemble < 2:
             raise InputError(f"{option('k_estimate', 'stability')} compares the members of an ensemble; give "
                              f"{option('ensemble')} 2 or more.")

@@ -32,12 +32,11 @@ from .. import checkpoint
 from ..errors import InputError, TrainingDiverged, option
 from ..metrics import clustering_scores
 from ..optim import adadelta_torch, amsgrad_torch
+from .config import CHOICES
 from .init import by_size, community_labels, kmeans, nearest_centre, subsample
 from .train import build_model, cluster_loss, pretrain_loss, stage_key
 
-SELECT = ("consensus", "agreement", "silhouette", "zinb")
-CONSENSUS = ("vote", "average", "kmeans")
-K_ESTIMATES = ("louvain", "stability")
+CONSENSUS = CHOICES["consensus"]
 STABILITY_TIE = 0.02
 
 
@@ -349,7 +348,8 @@ def train(setup, progress_cls, timings: dict) -> dict:
     info = {"members": len(seeds), "seeds": seeds, "select": cfg.ensemble_select,
             "consensus_method": cfg.consensus, "representative": rep,
             "agreement": float(ari[np.triu_indices(len(seeds), 1)].mean()), "pairwise_ari": ari.tolist(),
-            "criteria": criteria, "member_labels": member_labels, "member_q": member_q, "consensus": consensus, "k": int(k),
+            "criteria": criteria, "member_labels": member_labels, "member_q": member_q, "consensus": consensus,
+            "k": int(k),
             "k_estimate": k_info}
     if setup.labels is not None:
         info["consensus_scores"] = clustering_scores(setup.labels, consensus)
