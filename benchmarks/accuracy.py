@@ -19,7 +19,7 @@ versions, command) and ``.md``, and ``accuracy_compare<tag>.md`` (mean and sd si
 members ``s .. s+N-1`` as one program (give seeds N apart so that no member repeats); a row's
 ARI/NMI/ACC are its consensus's, and it carries every member's scores and label-free criteria.
 ``accuracy_ensemble<tag>.md`` then compares the consensus with the single models (the members,
-each an exact single run), the best member by each criterion, how each criterion ranks the
+each an exact single run with ``--ensemble-init member``), the best member by each criterion, how each criterion ranks the
 members against their ARI (Spearman), and in ``estimated`` mode the number of clusters found.
 With ``--save-members DIR`` each ensemble's members are kept, for ``benchmarks/consensus.py`` to
 compare the consensus methods on them.
@@ -58,7 +58,7 @@ def _ensemble_row(res) -> dict:
     members = [{k: c[k] for k in ("seed", "ari", "nmi", "acc", "agreement", "silhouette", "zinb", "cluster_epochs")}
                for c in e["criteria"]]
     return {"members": members, "agreement": e["agreement"], "k_estimate": e["k_estimate"],
-            "consensus_method": e["consensus_method"],
+            "consensus_method": e["consensus_method"], "ensemble_init": e["init"],
             "best_by": {c: members[best_member(e["criteria"], c)]["ari"] for c in ("agreement", "silhouette", "zinb")}}
 
 
@@ -193,7 +193,9 @@ def write_ensemble_summary(rows, args, out_dir):
     cmd = "python benchmarks/accuracy.py " + " ".join(sys.argv[1:])
     lines = [f"# Seed ensembles of scDeepCluster ({rows[0]['impl']}): consensus against single models", "",
              f"`{cmd}` ({rows[0]['device']}, {time.strftime('%Y-%m-%d')}).  Single model: the ensembles' members, each "
-             "an exact single run of its seed.  Best by X: the member an ensemble would keep by criterion X "
+             "an exact single run of its seed when the ensembles started each member from its own k-means "
+             "(`--ensemble-init member`; with the consensus start the members are not single runs, so no distance "
+             "is given: `benchmarks/ensemble_init.py` compares both starts on the same members).  Best by X: the member an ensemble would keep by criterion X "
              "(agreement: mean ARI with the other members; silhouette: of its labels in its latent; zinb: its "
              "final ZINB NLL, lower kept).  Spearman: rank correlation of the criterion with the members' ARI, "
              "within each ensemble, averaged.  Time: an ensemble's wall time and its time per member.  Consensus "
@@ -211,7 +213,9 @@ def write_ensemble_summary(rows, args, out_dir):
             single = [m["ari"] for r in rs for m in r["members"]]
             cons = [r["ari"] for r in rs]
             sd = np.std(single, ddof=1) if len(single) > 1 else float("nan")
-            gap = (np.mean(cons) - np.mean(single)) / sd if sd > 0 else float("nan")
+            starts = sorted({r.get("ensemble_init", "member") for r in rs})
+            # members that started from the vote are not single runs: no distance from single runs then
+            gap = (np.mean(cons) - np.mean(single)) / sd if sd > 0 and starts == ["member"] else float("nan")
             corr = {}
             for c, sign in (("agreement", 1), ("silhouette", 1), ("zinb", -1)):
                 rho = [spearmanr([sign * m[c] for m in r["members"]], [m["ari"] for m in r["members"]])[0]
@@ -223,6 +227,7 @@ def write_ensemble_summary(rows, args, out_dir):
                                       "spearman": corr, "k": ks, "k_estimates": [r.get("k_estimate") for r in rs],
                                       "best_by": [r["best_by"] for r in rs]}
             methods = ", ".join(sorted({r.get("consensus_method", "not recorded") for r in rs}))
+            methods += " (" + ", ".join(starts) + " start)"
             summary[f"{d}/{mode}"]["consensus_method"] = [r.get("consensus_method") for r in rs]
             lines.append(f"| {d} | {mode} | {len(rs)} x {n_mem} | {_ms(single)} | {_ms(cons)} | {gap:+.2f} | {methods} | "
                          + " | ".join(_ms([r['best_by'][c] for r in rs]) for c in ("agreement", "silhouette", "zinb"))
@@ -286,6 +291,9 @@ def main():
                     help="run scdc_jax as seed ensembles of N members (scdc_jax_ens<N>) instead of single models")
     ap.add_argument("--k-estimate", choices=["louvain", "stability"], default="stability",
                     help="the ensembles' estimate of the number of clusters in 'estimated' mode (default %(default)s)")
+    ap.add_argument("--ensemble-init", choices=["consensus", "member"], default="consensus",
+                    help="where the ensembles' DEC stage starts (default %(default)s); with member, every member is "
+                         "the single run of its seed and the summary compares the consensus with them")
     ap.add_argument("--save-members", metavar="DIR",
                     help="with --ensemble: save each ensemble's members (labels, soft assignments) to "
                          "DIR/<dataset>_<mode>_seed<seed>.npz, for benchmarks/consensus.py")
@@ -298,7 +306,7 @@ def main():
         set_matmul_precision(args.matmul)
         overrides = {k: v for k, v in (("pretrain_epochs", args.pretrain_epochs), ("maxiter", args.maxiter)) if v}
         row = one_run(impl, dataset, int(seed), mode, args.data_dir, args.device, overrides,
-                      {"k_estimate": args.k_estimate}, args.save_members)
+                      {"k_estimate": args.k_estimate, "ensemble_init": args.ensemble_init}, args.save_members)
         print("RESULT " + json.dumps(row), flush=True)
         return
     if not os.path.isdir(args.data_dir):
@@ -325,7 +333,7 @@ def main():
         impl, d, s, m = spec
         cmd = [sys.executable, os.path.abspath(__file__), "--worker", impl, d, str(s), m,
                "--data-dir", args.data_dir, "--device", args.device, "--matmul", args.matmul,
-               "--k-estimate", args.k_estimate]
+               "--k-estimate", args.k_estimate, "--ensemble-init", args.ensemble_init]
         if args.save_members:
             cmd += ["--save-members", os.path.abspath(args.save_members)]
         cmd += [a for k, v in (("--pretrain-epochs", args.pretrain_epochs), ("--maxiter", args.maxiter)) if v

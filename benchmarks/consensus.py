@@ -1,6 +1,7 @@
 """The consensus methods of seed ensembles compared on the same trained members.
 
-    python benchmarks/accuracy.py --ensemble 4 --seeds 0 4 8 12 16 --datasets bladder worm pbmc --save-members DIR
+    python benchmarks/accuracy.py --ensemble 4 --ensemble-init member --seeds 0 4 8 12 16 --datasets bladder worm pbmc \
+        --save-members DIR
     python benchmarks/consensus.py DIR
 
 ``accuracy.py --save-members`` keeps each ensemble's members (labels, soft assignments) and the

@@ -4,10 +4,10 @@
 #   mkdir -p .devdata && cp ../shared/data/{baron_mouse1,10X_PBMC_select_2100_top2000,mouse_bladder_cell_select_2100}.h5 .devdata/
 #   echo /.devdata/ >> .git/info/exclude
 # then two device runs (one call may last 10 minutes) with carry [".devdata"]:
-#   bash benchmarks/gpu_checks.sh speed baron_mouse1        # about 6 minutes
+#   bash benchmarks/gpu_checks.sh speed baron_mouse1        # about 8 minutes
 #   bash benchmarks/gpu_checks.sh 10X_PBMC_select_2100_top2000   # about 6 minutes
-# Results come back in $OUT (at most 8 files): speed_gpu.{json,md} and, per dataset, the published
-# GsRCL protocol's results.json and summary.txt in one tar.
+# Results come back in $OUT (at most 8 files): speed_gpu.{json,md}, ensemble_speed_gpu.{json,md}
+# and, per dataset, the published GsRCL protocol's results.json and summary.txt in one tar.
 set -uo pipefail
 export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false
 OUT=${OUT:-/tmp/gpu_out}; mkdir -p "$OUT"
@@ -18,6 +18,9 @@ for step in "$@"; do
     # GsRCL step in f32 and bf16, and the scDeepCluster epochs, against the float32 PyTorch baseline
     timeout 150 python benchmarks/speed.py --device cuda --rounds 5 --gsrcl-rounds 5 \
       --scdc-file $D/mouse_bladder_cell_select_2100.h5 --gsrcl-file $D/baron_mouse1.h5 --out "$OUT" 2>&1 | tail -12
+    # a seed ensemble's epoch against one model's (issue: at most 1.5x one model's time for 4 members)
+    timeout 120 python benchmarks/ensemble_speed.py --data-file $D/mouse_bladder_cell_select_2100.h5 \
+      --members 1 4 8 --tag _gpu --out "$OUT" 2>&1 | tail -6
   else
     # the published GsRCL protocol (4096-wide encoder, 3000 full-batch epochs, selection at 0 and every 50,
     # all types, 5 folds, shared encoders, SVM grids on all cores but one), bf16 matmuls

@@ -91,7 +91,32 @@ def test_ensemble_summary_compares_the_consensus_with_its_members(tmp_path):
     # agreement and -zinb rise with ARI in these members, silhouette falls
     assert out["spearman"] == pytest.approx({"agreement": 1.0, "silhouette": -1.0, "zinb": 1.0})
     md = (tmp_path / "accuracy_ensemble_t.md").read_text()
-    assert "| worm | given | 2 x 3 |" in md and "pbmc" not in md
+    assert "| worm | given | 2 x 3 |" in md and "pbmc" not in md and "(member start)" in md
+    # members that started from the vote are not single runs: no distance from single runs
+    for r in rows:
+        r["ensemble_init"] = "consensus"
+    accuracy.write_ensemble_summary(rows, args, str(tmp_path))
+    out = json.load(open(tmp_path / "accuracy_ensemble_t.json"))["summary"]["worm/given"]
+    assert np.isnan(out["gap_in_single_sd"]) and "(consensus start)" in (tmp_path / "accuracy_ensemble_t.md").read_text()
+
+
+def test_ensemble_init_summary_pairs_the_two_starts_of_each_ensemble():
+    from benchmarks import ensemble_init
+
+    def start(members, vote):
+        return {"member_ari": members, "vote_ari": vote, "cluster_s": 10.0}
+
+    rows = [{"dataset": "worm", "seed": s, "members": 2, "member": start(m, vm), "consensus": start(c, vc)}
+            for s, m, vm, c, vc in ((0, [0.4, 0.6], 0.55, [0.6, 0.62], 0.65), (4, [0.5, 0.5], 0.5, [0.5, 0.52], 0.45))]
+    out, lines = ensemble_init.summarise(rows)
+    import numpy as np
+
+    single = [0.4, 0.6, 0.5, 0.5]
+    assert out["worm"]["single_ari"] == single  # the member start's members: the single runs
+    assert out["worm"]["paired_difference"] == pytest.approx([0.10, -0.05])
+    sd = np.std(single, ddof=1)
+    assert out["worm"]["gap_in_single_sd"]["consensus"] == pytest.approx((0.55 - 0.5) / sd)
+    assert "| worm | 2 x 2 |" in lines[2] and "1 of 2" in lines[2]
 
 
 def test_paired_synthetic_types_differ_from_their_sibling_less_than_from_other_pairs():
@@ -134,3 +159,17 @@ def test_consensus_script_scores_every_method_on_saved_members(tmp_path):
         assert row[m][1] == pytest.approx(adjusted_rand_score(truth, cons))
     assert row["best by agreement"][1] == pytest.approx(adjusted_rand_score(truth, d["member_labels"][1]))
     assert "| worm (given) | 3 | 2 x 3 |" in (out / "consensus_t.md").read_text()
+
+
+def test_ensemble_speed_times_one_model_and_an_ensemble_on_the_same_cells():
+    from benchmarks import ensemble_speed
+    from conftest import synthetic_counts
+
+    from scdc_jax.io import CountData
+    from scdc_jax.preprocess import prepare
+
+    prep = prepare(CountData(X=synthetic_counts(120, 40)[0]))
+    for n in (1, 2):
+        row = ensemble_speed.epoch_seconds(prep, n, 1)
+        assert row["members"] == n
+        assert all(row[s][t] > 0 for s in ("pretrain", "cluster") for t in ("compile_s", "epoch_s"))

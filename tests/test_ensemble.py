@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 from functools import partial
+from types import SimpleNamespace
 
 import h5py
 import jax
@@ -14,8 +15,9 @@ from conftest import run_module, synthetic_counts
 from sklearn.metrics import adjusted_rand_score
 
 from scdc_jax.cluster import ClusterConfig, run
-from scdc_jax.cluster.ensemble import (CONSENSUS, best_member, consensus_labels, estimate_k, membership, pairwise_ari, stack,
-                                       stability_curve)
+from scdc_jax.cluster.ensemble import (CONSENSUS, best_member, consensus_labels, consensus_start, estimate_k, membership,
+                                       pairwise_ari, stack, stability_curve, start_partition)
+from scdc_jax.cluster.init import centres_of
 from scdc_jax.cluster.train import build_model, device_data, make_epoch, pretrain_loss, stage_key
 from scdc_jax.io import CountData
 from scdc_jax.optim import amsgrad_torch
@@ -77,6 +79,44 @@ def test_average_linkage_on_a_subsample_assigns_the_other_cells_by_co_associatio
     np.testing.assert_array_equal(part, consensus_labels(members, 4, method="average", seed=1, max_cells=200))
     with pytest.raises(ValueError, match="unknown consensus method"):
         consensus_labels(members, 4, method="median")
+
+
+def _member_spaces(truth, n_members, rng, d=6, spread=1.6):
+    """Each member's latent space: the groups of ``truth`` at random centres of its own, with noise."""
+    k = truth.max() + 1
+    return np.stack([rng.normal(size=(k, d))[truth] * 3.0 + rng.normal(scale=spread, size=(len(truth), d))
+                     for _ in range(n_members)]).astype(np.float32)
+
+
+def test_a_consensus_start_is_one_partition_at_each_members_own_centres():
+    rng = np.random.default_rng(1)
+    truth = np.repeat(np.arange(4), [80, 60, 40, 20])
+    z = _member_spaces(truth, 4, rng)
+    setup = SimpleNamespace(cfg=ClusterConfig(ensemble=4, ensemble_init="member", kmeans_n_init=3), say=print)
+    c_own, own, used, agreement = start_partition(setup, z, 4, [0, 1, 2, 3])
+    assert used == "member" and c_own.shape == (4, 4, 6)
+    assert agreement == pytest.approx(pairwise_ari(own)[np.triu_indices(4, 1)].mean())
+    setup.cfg = ClusterConfig(ensemble=4, ensemble_init="consensus", kmeans_n_init=3)
+    centres, start, used, _ = start_partition(setup, z, 4, [0, 1, 2, 3])
+    assert used == "consensus" and start.shape == (4, 200)
+    assert all(np.array_equal(start[0], lab) for lab in start)  # every member starts from one partition
+    for m in range(4):  # ... at that partition's centres in its own latent space
+        np.testing.assert_allclose(centres[m], centres_of(z[m], start[0]), rtol=1e-5, atol=1e-5)
+    own_ari = [adjusted_rand_score(truth, lab) for lab in own]
+    assert adjusted_rand_score(truth, start[0]) >= np.mean(own_ari), own_ari
+
+
+def test_a_vote_with_fewer_clusters_than_k_leaves_each_member_its_own_start():
+    # members agree on two groups; each puts a different single cell alone in its third cluster
+    truth = np.repeat([0, 1], 30)
+    labels = np.stack([truth.copy() for _ in range(3)])
+    for m, cell in enumerate((0, 1, 2)):
+        labels[m, cell] = 2
+    z = np.stack([np.eye(3, dtype=np.float32)[lab] * 50.0 for lab in labels])  # sharp soft assignments
+    centres = np.stack([np.eye(3, dtype=np.float32) * 50.0] * 3)
+    assert consensus_start(z, centres, labels, 3) is None
+    two = consensus_start(z[:, :, :2], centres[:, :2, :2], np.minimum(labels, 1) * (labels != 2), 2)
+    assert two is not None and adjusted_rand_score(truth, two[1]) > 0.8
 
 
 def test_pairwise_ari_and_best_member_directions():
@@ -158,11 +198,11 @@ def test_a_vmapped_epoch_trains_each_member_as_it_trains_alone(small_data):
 
 
 def test_an_ensemble_run_holds_single_runs_and_their_consensus(small_data, tmp_path):
-    ens = run(small_data, ClusterConfig(n_clusters=3, seed=5, ensemble=3, **SMALL), save_dir=str(tmp_path / "e"),
-              progress=False)
+    ens = run(small_data, ClusterConfig(n_clusters=3, seed=5, ensemble=3, ensemble_init="member", **SMALL),
+              save_dir=str(tmp_path / "e"), progress=False)
     single = run(small_data, ClusterConfig(n_clusters=3, seed=6, **SMALL), progress=False)
     e = ens.ensemble
-    assert e["seeds"] == [5, 6, 7] and e["member_labels"].shape == (3, 240)
+    assert e["seeds"] == [5, 6, 7] and e["member_labels"].shape == (3, 240) and e["init"] == "member"
     # member 1 is the single run of seed 6
     assert adjusted_rand_score(e["member_labels"][1], single.labels) == pytest.approx(1.0)
     assert e["criteria"][1]["cluster_epochs"] == len(single.history["cluster"])
@@ -191,6 +231,7 @@ def test_best_member_selection_returns_that_members_labels(small_data):
     ens = run(small_data, ClusterConfig(n_clusters=3, seed=5, ensemble=3, ensemble_select="zinb", **SMALL),
               progress=False)
     e = ens.ensemble
+    assert e["init"] == "consensus" and -1.0 <= e["init_agreement"] <= 1.0  # the default start
     rep = best_member(e["criteria"], "zinb")
     assert e["representative"] == rep
     np.testing.assert_array_equal(ens.labels, e["member_labels"][rep])
@@ -209,9 +250,10 @@ def test_cli_ensemble_writes_member_labels_and_criteria(small_data, tmp_path, ca
     code, out, err = run_module(["-m", "scdc_jax.cluster", "--data-file", data, "--ensemble", "3", "--n-clusters", "0",
                                  "--k-estimate", "stability", "--knn", "10", "--pretrain-epochs", "8", "--maxiter", "15",
                                  "--batch-size", "64", "--seed", "5", "--save-dir", save, "--quiet",
-                                 "--consensus", "average", "--out", tmp_path / "o.h5ad"], capfd)
+                                 "--consensus", "average", "--ensemble-init", "member", "--out", tmp_path / "o.h5ad"],
+                                capfd)
     assert code == 0, err
-    assert "ensemble of 3" in out and "members' ARI" in out
+    assert "ensemble of 3: members started from their own k-means" in out and "members' ARI" in out
     members = np.loadtxt(save / "ensemble_labels.csv", delimiter=",", dtype=np.int64)
     labels = np.loadtxt(save / "pred_labels.txt", dtype=np.int64)
     assert members.shape == (240, 3) and labels.shape == (240,)
@@ -219,6 +261,7 @@ def test_cli_ensemble_writes_member_labels_and_criteria(small_data, tmp_path, ca
     e = summary["ensemble"]
     assert e["seeds"] == [5, 6, 7] and len(e["criteria"]) == 3 and e["k_estimate"]["method"] == "stability"
     assert e["consensus_method"] == "average" and summary["config"]["consensus"] == "average"
+    assert e["init"] == summary["config"]["ensemble_init"] == "member"
     assert summary["n_clusters"] == e["k"] == len(np.unique(labels))
     assert set(e["k_estimate"]["stability"]) == {str(k) for k in range(2, max(e["k_estimate"]["louvain_k"]) + 1)}
     import anndata
@@ -234,6 +277,7 @@ def test_cli_ensemble_writes_member_labels_and_criteria(small_data, tmp_path, ca
     (["--ensemble", "2", "--resume"], "cannot be combined with --resume"),
     (["--k-estimate", "stability"], "compares the members of an ensemble"),
     (["--ensemble", "2", "--consensus", "median"], "invalid choice: 'median'"),
+    (["--ensemble", "2", "--ensemble-init", "best"], "invalid choice: 'best'"),
     (["--ensemble", "2", "--ae-weights", "."], "cannot be combined with --ae-weights"),
 ])
 def test_impossible_ensemble_flags_get_one_sentence(small_data, tmp_path, capfd, flags, message):

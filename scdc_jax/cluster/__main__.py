@@ -102,6 +102,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "(average-linkage clustering of the co-association, the fraction of members that put two "
                         "cells together; on at most 5000 cells, the others joining the cluster they are most "
                         "often put with) or kmeans (k-means on the co-association)")
+    e.add_argument("--ensemble-init", choices=CHOICES["ensemble_init"],
+                   help="where the members' clustering stage starts: consensus (default: the vote of the members' "
+                        "k-means partitions, each member from its clusters' centres in its own latent space) or "
+                        "member (each member from its own k-means, so that each is exactly the single run of its "
+                        "seed)")
     e.add_argument("--k-estimate", choices=CHOICES["k_estimate"],
                    help="with --n-clusters 0 and --ensemble: one number of clusters for all members, the median "
                         "of the members' Louvain counts (louvain, default) or the k from 2 to the largest "
@@ -241,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     overrides = {k: getattr(args, k) for k in (
         "n_clusters", "knn", "resolution", "community", "select_genes", "batch_size", "maxiter", "batch_mmd",
         "pretrain_epochs", "gamma", "sigma", "update_interval", "tol", "seed", "devices", "checkpoint_every",
-        "precision", "init_cells", "ensemble", "ensemble_select", "consensus", "k_estimate")}
+        "precision", "init_cells", "ensemble", "ensemble_select", "consensus", "ensemble_init", "k_estimate")}
     cfg = load_config(args.config, **overrides)
     save_dir = args.save_dir
     run_folder(save_dir, resume=args.resume, overwrite=args.overwrite)  # refuses a folder before any data is read
@@ -324,7 +329,9 @@ def main(argv: list[str] | None = None) -> int:
     print(msg)
     if result.ensemble is not None:
         e = result.ensemble
-        print(f"ensemble of {e['members']}: member agreement (mean ARI) {e['agreement']:.3f}; labels: {e['select']}"
+        start = "the vote of their" if e["init"] == "consensus" else "their own"
+        print(f"ensemble of {e['members']}: members started from {start} k-means partitions (which agreed "
+              f"{e['init_agreement']:.3f}, mean ARI); final member agreement {e['agreement']:.3f}; labels: {e['select']}"
               + (f" (member {e['representative']})" if e["select"] != "consensus" else ""))
         if result.scores:
             print("members' ARI " + " ".join(f"{c['ari']:.3f}" for c in e["criteria"]))

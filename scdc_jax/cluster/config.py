@@ -16,7 +16,8 @@ from ..errors import InputError, option
 # the values each option of few values takes (the command line's choices, checked by validate)
 CHOICES = {"community": ("louvain", "leiden"), "precision": ("f32", "bf16"),
            "ensemble_select": ("consensus", "agreement", "silhouette", "zinb"),
-           "consensus": ("vote", "average", "kmeans"), "k_estimate": ("louvain", "stability")}
+           "consensus": ("vote", "average", "kmeans"), "ensemble_init": ("consensus", "member"),
+           "k_estimate": ("louvain", "stability")}
 
 
 @dataclass
@@ -39,7 +40,10 @@ class ClusterConfig:
     member by a label-free criterion (``"agreement"``, ``"silhouette"``, ``"zinb"``); with
     ``n_clusters = 0`` the members share one estimated number of clusters, ``k_estimate``
     ``"louvain"`` (median of the members' Louvain counts) or ``"stability"`` (the k whose k-means
-    labelings agree most between the members).  See :mod:`scdc_jax.cluster.ensemble`.
+    labelings agree most between the members).  ``ensemble_init``: the members' DEC stage starts
+    from the vote of their k-means partitions, each member from that partition's centres in its
+    own latent space (``"consensus"``), or each from its own k-means (``"member"``: every member
+    is then exactly the single run of its seed).  See :mod:`scdc_jax.cluster.ensemble`.
 
     ``batch_mmd``: with batches, add this weight times the maximum mean discrepancy between the
     batches within each cluster of a minibatch (clean latent space, clusters weighted by the
@@ -76,6 +80,7 @@ class ClusterConfig:
     ensemble: int = 1
     ensemble_select: str = "consensus"
     consensus: str = "vote"
+    ensemble_init: str = "consensus"
     k_estimate: str = "louvain"
     batch_mmd: float = 0.0
 

@@ -6,16 +6,19 @@ advances all of them (:func:`~scdc_jax.cluster.train.make_epoch` with ``members`
 
 1. pretraining of the N autoencoders together;
 2. the number of clusters: given, or estimated once for all members (:func:`estimate_k`);
-3. k-means on each member's pretrained latent space (its seed), then the DEC stage of all members
-   together; a member stops as a single run does (fewer than ``tol`` of its labels changed), is
-   kept as it was then, and the others go on;
+3. k-means on each member's pretrained latent space (its seed); with ``ensemble_init =
+   "consensus"`` (default) the vote of these partitions (:func:`consensus_start`) is every
+   member's starting partition, each member starting from its clusters' centres in its own
+   latent space; then the DEC stage of all members together; a member stops as a single run does
+   (fewer than ``tol`` of its labels changed), is kept as it was then, and the others go on;
 4. a consensus of the members' labelings (:func:`consensus_labels`, ``cfg.consensus``), the
    agreement between the members, and per member the label-free criteria
    (:func:`member_criteria`); the labels the run returns are the consensus or the best member by
    one criterion (``ensemble_select``).
 
-Per-member results are exact single runs of the given number of clusters (up to the rounding of
-batched matrix products); the network saved as the run's model is the member that agrees best
+With ``ensemble_init = "member"`` each member starts from its own k-means and per-member results
+are exact single runs of the given number of clusters (up to the rounding of batched matrix
+products).  The network saved as the run's model is the member that agrees best
 with the returned labels, so ``predict`` works as for a single run.  An ensemble run writes no
 periodic checkpoints (``--resume`` is refused for it).
 """
@@ -30,10 +33,11 @@ import numpy as np
 
 from .. import checkpoint
 from ..errors import InputError, TrainingDiverged, option
+from ..losses import soft_assign
 from ..metrics import clustering_scores
 from ..optim import adadelta_torch, amsgrad_torch
 from .config import CHOICES
-from .init import by_size, community_labels, kmeans, nearest_centre, subsample
+from .init import by_size, centres_of, community_labels, kmeans, nearest_centre, subsample
 from .train import build_model, cluster_loss, pretrain_loss, stage_key
 
 CONSENSUS = CHOICES["consensus"]
@@ -125,6 +129,21 @@ def _vote(labels: np.ndarray, k: int, member_q: np.ndarray | None) -> np.ndarray
         rows, cols = linear_sum_assignment(-table)  # member cluster cols[i] is the reference's rows[i]
         total[:, rows] += q[m][:, cols]
     return by_size(np.argmax(total, axis=1))
+
+
+def consensus_start(latents: np.ndarray, centres: np.ndarray, labels: np.ndarray, k: int, *, alpha: float = 1.0,
+                    chunk: int = 65536) -> tuple[np.ndarray, np.ndarray] | None:
+    """One starting partition for every member's DEC stage: the vote (:func:`consensus_labels`) of
+    the members' initial partitions ``labels`` (N, n), weighted by their Student's t soft
+    assignments to their ``centres`` (N, k, d) in their ``latents`` (N, n, d).  Returns (each
+    member's centres of that partition in its own latent space (N, k, d), the partition (n,)),
+    or None when the vote leaves fewer than ``k`` clusters (the members then keep their own)."""
+    q = np.stack([np.concatenate([np.asarray(soft_assign(z[a:a + chunk], c, alpha)) for a in range(0, len(z), chunk)])
+                  for z, c in zip(latents, centres)])
+    start = consensus_labels(labels, k, method="vote", member_q=q)
+    if int(start.max()) + 1 < k:
+        return None
+    return np.stack([centres_of(np.asarray(z), start) for z in latents]), start
 
 
 def pairwise_ari(member_labels: np.ndarray) -> np.ndarray:
@@ -296,6 +315,33 @@ def _cluster(setup, ae, centres: np.ndarray, last: np.ndarray, seeds: list[int],
     return done
 
 
+def start_partition(setup, z, k: int, seeds: list[int]):
+    """Where the members' DEC stage starts (stage 3 of the module docstring): k-means with the
+    member's seed on its latent ``z[m]`` (on ``init_cells`` cells, the others to the nearest
+    centre), then with ``ensemble_init = "consensus"`` :func:`consensus_start`.  Returns (centres
+    (N, k, d), labels (N, n), ``"consensus"`` or ``"member"``, the members' k-means partitions'
+    mean pairwise ARI)."""
+    cfg = setup.cfg
+    centres, last = [], []
+    some = subsample(z.shape[1], cfg.init_cells, cfg.seed)
+    for m, s in enumerate(seeds):
+        c, lab = kmeans(z[m][some], k, n_init=cfg.kmeans_n_init, seed=s)
+        if len(some) < z.shape[1]:
+            lab = nearest_centre(z[m], c)
+        centres.append(c)
+        last.append(lab)
+    centres, last = np.stack(centres), np.stack(last)
+    ari = pairwise_ari(last)
+    agreement = float(ari[np.triu_indices(len(seeds), 1)].mean())
+    if cfg.ensemble_init == "consensus":
+        common = consensus_start(np.asarray(z), centres, last, k, alpha=cfg.alpha)
+        if common is not None:
+            return common[0], np.stack([common[1]] * len(seeds)), "consensus", agreement
+        setup.say(f"the vote of the members' k-means partitions has fewer than {k} clusters; each member "
+                  "starts from its own")
+    return centres, last, "member", agreement
+
+
 def train(setup, progress_cls, timings: dict) -> dict:
     """Run the ensemble of ``setup.cfg.ensemble`` members (see the module docstring); returns the
     pipeline's final train state (the representative member's network, centres, latent and soft
@@ -312,18 +358,11 @@ def train(setup, progress_cls, timings: dict) -> dict:
         k = cfg.n_clusters
     else:
         k, k_info = estimate_k(z, cfg, seeds, setup.say)
-    centres, last = [], []
-    some = subsample(z.shape[1], cfg.init_cells, cfg.seed)
-    for m, s in enumerate(seeds):
-        c, lab = kmeans(z[m][some], k, n_init=cfg.kmeans_n_init, seed=s)
-        if len(some) < z.shape[1]:
-            lab = nearest_centre(z[m], c)
-        centres.append(c)
-        last.append(lab)
+    centres, last, start, init_agreement = start_partition(setup, z, k, seeds)
     init_scores = [clustering_scores(setup.labels, lab) for lab in last] if setup.labels is not None else None
     timings["init_s"] = time.perf_counter() - t0 - timings["pretrain_s"]
     t1 = time.perf_counter()
-    members = _cluster(setup, ae, np.stack(centres), np.stack(last), seeds, progress_cls)
+    members = _cluster(setup, ae, centres, last, seeds, progress_cls)
     timings["cluster_s"] = time.perf_counter() - t1
 
     member_labels = np.stack([mem["labels"] for mem in members])
@@ -346,7 +385,8 @@ def train(setup, progress_cls, timings: dict) -> dict:
         if setup.labels is not None:
             criteria[m].update(clustering_scores(setup.labels, mem["labels"]))
     info = {"members": len(seeds), "seeds": seeds, "select": cfg.ensemble_select,
-            "consensus_method": cfg.consensus, "representative": rep,
+            "consensus_method": cfg.consensus, "init": start,
+            "init_agreement": init_agreement, "representative": rep,
             "agreement": float(ari[np.triu_indices(len(seeds), 1)].mean()), "pairwise_ari": ari.tolist(),
             "criteria": criteria, "member_labels": member_labels, "member_q": member_q, "consensus": consensus,
             "k": int(k),
