@@ -158,6 +158,11 @@ def pairwise_ari(member_labels: np.ndarray) -> np.ndarray:
     return out
 
 
+def mean_off_diagonal(ari: np.ndarray) -> float:
+    """The mean of a :func:`pairwise_ari` matrix over distinct pairs: the members' agreement."""
+    return float(ari[np.triu_indices(len(ari), 1)].mean())
+
+
 def member_criteria(member_labels: np.ndarray, latents: np.ndarray, zinb: np.ndarray, *,
                     max_cells: int = 5000, seed: int = 0) -> list[dict]:
     """Label-free criteria of each member: ``agreement`` (mean ARI with the other members; higher
@@ -196,8 +201,7 @@ def stability_curve(latents: np.ndarray, ks, *, n_init: int = 5, seed: int = 0,
     curve = {}
     for k in ks:
         labels = np.stack([kmeans(z[some], k, n_init=n_init, seed=seed + m)[1] for m, z in enumerate(latents)])
-        a = pairwise_ari(labels)
-        curve[int(k)] = float(a[np.triu_indices(len(a), 1)].mean())
+        curve[int(k)] = mean_off_diagonal(pairwise_ari(labels))
     return curve
 
 
@@ -331,8 +335,7 @@ def start_partition(setup, z, k: int, seeds: list[int]):
         centres.append(c)
         last.append(lab)
     centres, last = np.stack(centres), np.stack(last)
-    ari = pairwise_ari(last)
-    agreement = float(ari[np.triu_indices(len(seeds), 1)].mean())
+    agreement = mean_off_diagonal(pairwise_ari(last))
     if cfg.ensemble_init == "consensus":
         common = consensus_start(np.asarray(z), centres, last, k, alpha=cfg.alpha)
         if common is not None:
@@ -387,7 +390,7 @@ def train(setup, progress_cls, timings: dict) -> dict:
     info = {"members": len(seeds), "seeds": seeds, "select": cfg.ensemble_select,
             "consensus_method": cfg.consensus, "init": start,
             "init_agreement": init_agreement, "representative": rep,
-            "agreement": float(ari[np.triu_indices(len(seeds), 1)].mean()), "pairwise_ari": ari.tolist(),
+            "agreement": mean_off_diagonal(ari), "pairwise_ari": ari.tolist(),
             "criteria": criteria, "member_labels": member_labels, "member_q": member_q, "consensus": consensus,
             "k": int(k),
             "k_estimate": k_info}
