@@ -31,7 +31,7 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
-from benchmarks.k_estimate import DATA, DATASETS as SCDC_DATASETS  # noqa: E402
+from benchmarks.k_estimate import DATA, DATASETS as SCDC_DATASETS, ensemble_setup  # noqa: E402
 
 # the three files of the scDeepCluster paper, and a pancreas file no setting was chosen on
 DATASETS = {**SCDC_DATASETS, "baron": ("baron_mouse1.h5", 13, 2000)}
@@ -40,18 +40,7 @@ STARTS = ("member", "consensus")
 
 
 def _setup(name: str, members: int, seed: int):
-    from scdc_jax.cluster import ClusterConfig, pipeline
-    from scdc_jax.cluster.source import InMemory
-    from scdc_jax.cluster.train import abstract_model, device_data
-    from scdc_jax.io import read_counts
-    from scdc_jax.preprocess import prepare
-
-    fname, k, sel = DATASETS[name]
-    prep = prepare(read_counts(os.path.join(DATA, fname)), select_genes_n=sel)
-    cfg = ClusterConfig(n_clusters=k, select_genes=sel, ensemble=members, seed=seed)
-    g = prep.shape[1]
-    return pipeline._Setup(cfg, InMemory(device_data(prep), batch_size=cfg.batch_size), abstract_model(cfg, g)[0],
-                           g, 0, prep.data.labels, None, False), k
+    return ensemble_setup(DATASETS[name], members, seed)
 
 
 def pretrained(setup, seeds: list[int], path: str | None):

@@ -48,13 +48,13 @@ def epoch_seconds(prep, n_members: int, epochs: int) -> dict:
     def keys(stage, epoch):
         return jnp.stack([stage_key(s, stage, epoch) for s in seeds]) if members else stage_key(0, stage, epoch)
 
-    def timed(fn, state, extra=()):
+    def timed(fn, state, stage, extra=()):
         out = {}
         for phase, n in (("compile_s", 1), ("epoch_s", epochs)):
             times = []
             for e in range(n):
                 t0 = time.perf_counter()
-                state = fn(*state, keys(1, e), *extra)[:2]
+                state = fn(*state, keys(stage, e), *extra)[:2]
                 jax.block_until_ready(state)
                 times.append(time.perf_counter() - t0)
             out[phase] = float(np.median(times))
@@ -64,7 +64,7 @@ def epoch_seconds(prep, n_members: int, epochs: int) -> dict:
     opt = jax.vmap(tx.init)(ae) if members else tx.init(ae)
     pre = source.epoch(partial(pretrain_loss, graphdef=graphdef, sigma=cfg.sigma, ridge_lambda=0.0), tx,
                        shuffle=True, members=members)
-    pre_t, (ae, _) = timed(pre, (ae, opt))
+    pre_t, (ae, _) = timed(pre, (ae, opt), 1)
     z = np.asarray(source.encoder(graphdef, members=members)(ae))
     rng = np.random.default_rng(0)
     mu = np.take(z, rng.choice(z.shape[-2], 16, replace=False), axis=-2)  # 16 cells' latents as centres
@@ -74,7 +74,7 @@ def epoch_seconds(prep, n_members: int, epochs: int) -> dict:
     p = source.assigner(graphdef, cfg.alpha, members=members)(params)[2]
     clu = source.epoch(partial(cluster_loss, graphdef=graphdef, sigma=cfg.sigma, gamma=cfg.gamma, alpha=cfg.alpha,
                                ridge_lambda=0.0, batch_mmd=0.0), tx2, shuffle=False, members=members)
-    clu_t, _ = timed(clu, (params, opt2), ({"p": p},))
+    clu_t, _ = timed(clu, (params, opt2), 2, ({"p": p},))
     return {"members": n_members, "pretrain": pre_t, "cluster": clu_t}
 
 

@@ -30,32 +30,42 @@ DATASETS = {"bladder": ("mouse_bladder_cell_select_2100.h5", 16, 2000),
             "pbmc": ("10X_PBMC_select_2100_top2000.h5", 8, 0)}
 
 
+def ensemble_setup(spec: tuple, members: int, seed: int, *, n_clusters: int | None = None):
+    """(the pipeline's setup of an ensemble of ``members`` from ``seed`` on the shared file ``spec``
+    = (file name, number of types, genes selected), the number of types); ``n_clusters``: that of
+    the config (default: the number of types)."""
+    from scdc_jax.cluster import ClusterConfig, pipeline
+    from scdc_jax.cluster.source import InMemory
+    from scdc_jax.cluster.train import abstract_model, device_data
+    from scdc_jax.io import read_counts
+    from scdc_jax.preprocess import prepare
+
+    fname, k, sel = spec
+    prep = prepare(read_counts(os.path.join(DATA, fname)), select_genes_n=sel)
+    cfg = ClusterConfig(n_clusters=k if n_clusters is None else n_clusters, select_genes=sel, ensemble=members,
+                        seed=seed)
+    g = prep.shape[1]
+    return pipeline._Setup(cfg, InMemory(device_data(prep), batch_size=cfg.batch_size), abstract_model(cfg, g)[0],
+                           g, 0, prep.data.labels, None, False), k
+
+
 def member_latents(name: str, members: int, cache: str | None):
     """(latents (members, n, 32), true labels, pretraining seconds) of the dataset ``name``."""
     path = os.path.join(cache, f"latents_{name}_{members}.npz") if cache else None
     if path and os.path.isfile(path):
         d = np.load(path)
         return d["z"], d["labels"], float(d["seconds"])
-    from scdc_jax.cluster import ClusterConfig, ensemble, pipeline
-    from scdc_jax.cluster.source import InMemory
-    from scdc_jax.cluster.train import abstract_model, device_data
-    from scdc_jax.io import read_counts
-    from scdc_jax.preprocess import prepare
+    from scdc_jax.cluster import ensemble, pipeline
 
-    fname, _, sel = DATASETS[name]
-    prep = prepare(read_counts(os.path.join(DATA, fname)), select_genes_n=sel)
-    cfg = ClusterConfig(select_genes=sel, ensemble=members)
-    g = prep.shape[1]
-    setup = pipeline._Setup(cfg, InMemory(device_data(prep), batch_size=cfg.batch_size), abstract_model(cfg, g)[0],
-                            g, 0, prep.data.labels, None, False)
+    setup, _ = ensemble_setup(DATASETS[name], members, 0, n_clusters=0)
     t0 = time.perf_counter()
     ae, _ = ensemble._pretrain(setup, list(range(members)), pipeline._Progress)
     z = setup.source.encoder(setup.graphdef, members=True)(ae)
     seconds = time.perf_counter() - t0
     if path:
         os.makedirs(cache, exist_ok=True)
-        np.savez(path, z=z, labels=prep.data.labels, seconds=seconds)
-    return z, prep.data.labels, seconds
+        np.savez(path, z=z, labels=setup.labels, seconds=seconds)
+    return z, setup.labels, seconds
 
 
 def main():
