@@ -194,8 +194,8 @@ def write_ensemble_summary(rows, args, out_dir):
     lines = [f"# Seed ensembles of scDeepCluster ({rows[0]['impl']}): consensus against single models", "",
              f"`{cmd}` ({rows[0]['device']}, {time.strftime('%Y-%m-%d')}).  Single model: the ensembles' members, each "
              "an exact single run of its seed when the ensembles started each member from its own k-means "
-             "(`--ensemble-init member`; with the consensus start the members are not single runs, so no distance "
-             "is given: `benchmarks/ensemble_init.py` compares both starts on the same members).  Best by X: the member an ensemble would keep by criterion X "
+             "(`--ensemble-init member`; from a common start (joint or consensus) the members are not single runs, so "
+             "no distance is given: `benchmarks/ensemble_init.py` compares the starts on the same members).  Best by X: the member an ensemble would keep by criterion X "
              "(agreement: mean ARI with the other members; silhouette: of its labels in its latent; zinb: its "
              "final ZINB NLL, lower kept).  Spearman: rank correlation of the criterion with the members' ARI, "
              "within each ensemble, averaged.  Time: an ensemble's wall time and its time per member.  Consensus "
@@ -214,7 +214,7 @@ def write_ensemble_summary(rows, args, out_dir):
             cons = [r["ari"] for r in rs]
             sd = np.std(single, ddof=1) if len(single) > 1 else float("nan")
             starts = sorted({r.get("ensemble_init", "member") for r in rs})
-            # members that started from the vote are not single runs: no distance from single runs then
+            # members that started from a common partition are not single runs: no distance from single runs then
             gap = (np.mean(cons) - np.mean(single)) / sd if sd > 0 and starts == ["member"] else float("nan")
             corr = {}
             for c, sign in (("agreement", 1), ("silhouette", 1), ("zinb", -1)):
@@ -291,7 +291,7 @@ def main():
                     help="run scdc_jax as seed ensembles of N members (scdc_jax_ens<N>) instead of single models")
     ap.add_argument("--k-estimate", choices=["louvain", "stability"], default="stability",
                     help="the ensembles' estimate of the number of clusters in 'estimated' mode (default %(default)s)")
-    ap.add_argument("--ensemble-init", choices=["consensus", "member"], default="consensus",
+    ap.add_argument("--ensemble-init", choices=["joint", "consensus", "member"], default="joint",
                     help="where the ensembles' DEC stage starts (default %(default)s); with member, every member is "
                          "the single run of its seed and the summary compares the consensus with them")
     ap.add_argument("--save-members", metavar="DIR",

@@ -1,19 +1,25 @@
-"""Where a seed ensemble's DEC stage starts: each member from its own k-means, or all from the vote.
+"""Where a seed ensemble's DEC stage starts: each member from its own k-means, their vote, or the joint latent.
 
     python benchmarks/ensemble_init.py --seeds 0 4 8 12 16 --datasets bladder worm pbmc --cache DIR
 
-For each shared dataset (the scDeepCluster paper's worm, bladder and PBMC files, and ``baron``:
-822 mouse pancreas cells of 13 types, on which no default was chosen) and ensemble seed S: N autoencoders (seeds S..S+N-1, the published
-pretraining, exactly as ``python -m scdc_jax.cluster --ensemble N --n-clusters K`` trains them) are
-pretrained once; then the DEC stage runs twice from the same pretrained members:
+For each dataset (the scDeepCluster paper's worm, bladder and PBMC files, and three on which no
+default was chosen: ``baron``, 822 mouse pancreas cells of 13 types, ``cellbench``, 571 cells of 5
+lung adenocarcinoma cell lines, and ``pbmc68k``, scanpy's bundled 700 PBMCs with their 10 bulk
+populations as labels) and ensemble seed S: N autoencoders (seeds S..S+N-1,
+the published pretraining, exactly as ``python -m scdc_jax.cluster --ensemble N --n-clusters K``
+trains them) are pretrained once; then the DEC stage runs from each start on the same pretrained
+members:
 
 - ``member`` start (``--ensemble-init member``): each member from its own k-means, so every member
   is exactly the single run of its seed (the "single model" column: the members of all ensembles);
-- ``consensus`` start (``--ensemble-init consensus``, the default): every member from the vote of
-  the members' k-means partitions (:func:`scdc_jax.cluster.ensemble.consensus_start`).
+- ``consensus`` start (``--ensemble-init consensus``): every member from the vote of the members'
+  k-means partitions (:func:`scdc_jax.cluster.ensemble.consensus_start`);
+- ``joint`` start (``--ensemble-init joint``, the default): every member from k-means on the
+  members' latent spaces side by side (:func:`scdc_jax.cluster.ensemble.joint_start`).
 
-Each then gives the vote consensus of its final members (the run's default labels).  The pairwise
-design (same pretrained members) isolates the start.  ``--cache DIR`` keeps the pretrained
+Each then gives the vote consensus of its final members (the run's default labels).  The paired
+design (same pretrained members) isolates the start; ``--starts`` picks the starts run, and a
+cached row gains only the starts it lacks.  ``--cache DIR`` keeps the pretrained
 members (arrays, .npz) and each ensemble's finished row, so an interrupted run goes on where it
 stopped.  Writes ``benchmarks/results/ensemble_init<tag>.{md,json}``.
 """
@@ -33,10 +39,11 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 from benchmarks.k_estimate import DATA, DATASETS as SCDC_DATASETS, ensemble_setup  # noqa: E402
 
-# the three files of the scDeepCluster paper, and a pancreas file no setting was chosen on
-DATASETS = {**SCDC_DATASETS, "baron": ("baron_mouse1.h5", 13, 2000)}
+# the three files of the scDeepCluster paper, and three data sets no setting was chosen on
+DATASETS = {**SCDC_DATASETS, "baron": ("baron_mouse1.h5", 13, 2000), "cellbench": ("cellbench_celseq2_5cl.h5", 5, 2000),
+            "pbmc68k": ("pbmc68k_reduced", 10, 0)}
 
-STARTS = ("member", "consensus")
+STARTS = ("member", "consensus", "joint")
 
 
 def _setup(name: str, members: int, seed: int):
@@ -66,7 +73,7 @@ def pretrained(setup, seeds: list[int], path: str | None):
     return ae, seconds
 
 
-def one_ensemble(name: str, seed: int, members: int, cache: str | None) -> dict:
+def one_ensemble(name: str, seed: int, members: int, cache: str | None, starts=STARTS, row: dict | None = None) -> dict:
     import jax
 
     from scdc_jax.cluster import ensemble, pipeline
@@ -77,8 +84,8 @@ def one_ensemble(name: str, seed: int, members: int, cache: str | None) -> dict:
     ae, pre_s = pretrained(setup, seeds, os.path.join(cache, f"{name}_{seed}_{members}.npz") if cache else None)
     z = setup.source.encoder(setup.graphdef, members=True)(ae)
     truth = setup.labels
-    row = {"dataset": name, "seed": seed, "k": k, "members": members, "pretrain_s": pre_s}
-    for start in STARTS:
+    row = row or {"dataset": name, "seed": seed, "k": k, "members": members, "pretrain_s": pre_s}
+    for start in [s for s in starts if s not in row]:
         s = dataclasses.replace(setup, cfg=dataclasses.replace(setup.cfg, ensemble_init=start))
         t0 = time.perf_counter()
         centres, last, used, agreement = ensemble.start_partition(s, z, k, seeds)
@@ -100,25 +107,31 @@ def _ms(v) -> str:
 
 
 def summarise(rows: list[dict]) -> tuple[dict, list[str]]:
+    """Per dataset: the single model (the member starts' members), every start's vote, and the
+    paired differences of the votes on the same pretrained members: each other start's minus the
+    member start's, and the joint start's minus the consensus start's."""
+    starts = [s for s in STARTS if all(s in r for r in rows)]
+    pairs = [(s, "member") for s in starts if s != "member"]
+    pairs += [("joint", "consensus")] if {"joint", "consensus"} <= set(starts) else []
     out, lines = {}, [
-        "| dataset | ensembles | single model ARI | member start: vote | consensus start: members | consensus start: "
-        "vote | consensus - member start (vote, paired) | ensembles won | DEC s / ensemble (member / consensus) |",
-        "|---" * 9 + "|"]
+        "| dataset | ensembles | single model ARI | " + " | ".join(f"{s} start: vote" for s in starts) + " | "
+        + " | ".join(f"{a} - {b} start (vote, paired), won" for a, b in pairs) + " | DEC s / ensemble ("
+        + " / ".join(starts) + ") |",
+        "|---" * (4 + len(starts) + len(pairs)) + "|"]
     for name in dict.fromkeys(r["dataset"] for r in rows):
         rs = [r for r in rows if r["dataset"] == name]
         single = [a for r in rs for a in r["member"]["member_ari"]]
         mu, sd = float(np.mean(single)), float(np.std(single, ddof=1))
-        votes = {s: [r[s]["vote_ari"] for r in rs] for s in STARTS}
-        gap = {s: (float(np.mean(votes[s])) - mu) / sd for s in STARTS}
-        diff = np.subtract(votes["consensus"], votes["member"])
+        votes = {s: [r[s]["vote_ari"] for r in rs] for s in starts}
+        gap = {s: (float(np.mean(votes[s])) - mu) / sd if sd > 0 else float("nan") for s in starts}  # nan: no spread
+        diff = {f"{a}-{b}": np.subtract(votes[a], votes[b]) for a, b in pairs}
         out[name] = {"single_ari": single, "vote_ari": votes, "gap_in_single_sd": gap,
-                     "consensus_start_member_ari": [a for r in rs for a in r["consensus"]["member_ari"]],
-                     "paired_difference": diff.tolist()}
-        lines.append(f"| {name} | {len(rs)} x {rs[0]['members']} | {_ms(single)} | {_ms(votes['member'])} "
-                     f"({gap['member']:+.2f}) | {_ms(out[name]['consensus_start_member_ari'])} | "
-                     f"{_ms(votes['consensus'])} ({gap['consensus']:+.2f}) | {_ms(diff)} | {int((diff > 0).sum())} of "
-                     f"{len(diff)} | {np.mean([r['member']['cluster_s'] for r in rs]):.0f} / "
-                     f"{np.mean([r['consensus']['cluster_s'] for r in rs]):.0f} |")
+                     "start_member_ari": {s: [a for r in rs for a in r[s]["member_ari"]] for s in starts},
+                     "paired_difference": {s: d.tolist() for s, d in diff.items()}}
+        lines.append(f"| {name} | {len(rs)} x {rs[0]['members']} | {_ms(single)} | "
+                     + " | ".join(f"{_ms(votes[s])} ({gap[s]:+.2f})" for s in starts) + " | "
+                     + " | ".join(f"{_ms(d)}, {int((d > 0).sum())} of {len(d)}" for d in diff.values())
+                     + " | " + " / ".join(f"{np.mean([r[s]['cluster_s'] for r in rs]):.0f}" for s in starts) + " |")
     return out, lines
 
 
@@ -127,6 +140,8 @@ def main():
     ap.add_argument("--datasets", nargs="+", default=["bladder", "worm", "pbmc"], choices=list(DATASETS))
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 4, 8, 12, 16], help="the ensembles' first seeds")
     ap.add_argument("--members", type=int, default=4)
+    ap.add_argument("--starts", nargs="+", default=list(STARTS), choices=STARTS,
+                    help="the DEC stage's starts to run (member is always run: it gives the single models)")
     ap.add_argument("--cache", help="folder keeping the pretrained members and finished rows between runs")
     ap.add_argument("--out", default=os.path.join(HERE, "results"))
     ap.add_argument("--tag", default="")
@@ -139,24 +154,24 @@ def main():
     for name in args.datasets:
         for seed in args.seeds:
             done = os.path.join(args.cache, f"{name}_{seed}_{args.members}.json") if args.cache else None
-            if done and os.path.isfile(done):
-                row = json.load(open(done))
-            else:
-                row = one_ensemble(name, seed, args.members, args.cache)
+            starts = ["member"] + [s for s in args.starts if s != "member"]
+            row = json.load(open(done)) if done and os.path.isfile(done) else None
+            if row is None or any(s not in row for s in starts):
+                row = one_ensemble(name, seed, args.members, args.cache, starts, row)
                 if done:
                     with open(done, "w") as fh:
                         json.dump(row, fh)
             rows.append(row)
-            print(json.dumps({"dataset": name, "seed": seed, **{s: round(row[s]["vote_ari"], 4) for s in STARTS}}),
+            print(json.dumps({"dataset": name, "seed": seed, **{s: round(row[s]["vote_ari"], 4) for s in starts}}),
                   flush=True)
     summary, table = summarise(rows)
     cmd = "python benchmarks/ensemble_init.py " + " ".join(sys.argv[1:])
     text = "\n".join([
-        "# Seed ensembles: the DEC stage started from each member's k-means or from their vote", "",
+        "# Seed ensembles: where the DEC stage starts", "",
         f"`{cmd}` ({time.strftime('%Y-%m-%d')}, CPU); k given.  Single model: the members of the member-start "
         "runs, each an exact single run of its seed.  Vote: the ensemble's consensus (default).  In brackets: "
-        "distance from the single-model mean in single-model sds.  Paired: the consensus start's vote minus the "
-        "member start's, the same pretrained members.", ""] + table) + "\n"
+        "distance from the single-model mean in single-model sds.  Paired: one start's vote minus another's, "
+        "the same pretrained members; won: ensembles where the first is larger.", ""] + table) + "\n"
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, f"ensemble_init{args.tag}.md"), "w") as fh:
         fh.write(text)

@@ -100,23 +100,40 @@ def test_ensemble_summary_compares_the_consensus_with_its_members(tmp_path):
     assert np.isnan(out["gap_in_single_sd"]) and "(consensus start)" in (tmp_path / "accuracy_ensemble_t.md").read_text()
 
 
-def test_ensemble_init_summary_pairs_the_two_starts_of_each_ensemble():
+def test_ensemble_init_summary_pairs_the_starts_on_the_same_members():
     from benchmarks import ensemble_init
 
     def start(members, vote):
         return {"member_ari": members, "vote_ari": vote, "cluster_s": 10.0}
 
-    rows = [{"dataset": "worm", "seed": s, "members": 2, "member": start(m, vm), "consensus": start(c, vc)}
-            for s, m, vm, c, vc in ((0, [0.4, 0.6], 0.55, [0.6, 0.62], 0.65), (4, [0.5, 0.5], 0.5, [0.5, 0.52], 0.45))]
+    rows = [{"dataset": "worm", "seed": s, "members": 2, "member": start(m, vm), "consensus": start(c, vc),
+             "joint": start(c, vj)}
+            for s, m, vm, c, vc, vj in ((0, [0.4, 0.6], 0.55, [0.6, 0.62], 0.65, 0.5),
+                                        (4, [0.5, 0.5], 0.5, [0.5, 0.52], 0.45, 0.6))]
     out, lines = ensemble_init.summarise(rows)
     import numpy as np
 
     single = [0.4, 0.6, 0.5, 0.5]
     assert out["worm"]["single_ari"] == single  # the member start's members: the single runs
-    assert out["worm"]["paired_difference"] == pytest.approx([0.10, -0.05])
+    assert out["worm"]["paired_difference"]["consensus-member"] == pytest.approx([0.10, -0.05])
+    assert out["worm"]["paired_difference"]["joint-member"] == pytest.approx([-0.05, 0.10])
+    assert out["worm"]["paired_difference"]["joint-consensus"] == pytest.approx([-0.15, 0.15])
     sd = np.std(single, ddof=1)
     assert out["worm"]["gap_in_single_sd"]["consensus"] == pytest.approx((0.55 - 0.5) / sd)
-    assert "| worm | 2 x 2 |" in lines[2] and "1 of 2" in lines[2]
+    assert out["worm"]["gap_in_single_sd"]["joint"] == pytest.approx((0.55 - 0.5) / sd)
+    assert "| worm | 2 x 2 |" in lines[2] and lines[2].count("1 of 2") == 3 and "joint - consensus start" in lines[0]
+    assert len(lines[0].split("|")) == len(lines[1].split("|")) == len(lines[2].split("|"))
+    # rows without a start (an older cache) are summarised over the starts they all have
+    out, lines = ensemble_init.summarise([{k: v for k, v in r.items() if k != "joint"} for r in rows])
+    assert set(out["worm"]["paired_difference"]) == {"consensus-member"} and "joint" not in lines[0]
+
+
+def test_ensemble_init_reads_scanpys_bundled_pbmcs_without_the_shared_data():
+    from benchmarks import ensemble_init
+
+    setup, k = ensemble_init._setup("pbmc68k", 2, 3)
+    assert k == 10 and setup.labels.shape == (700,) and len(set(setup.labels.tolist())) == 10
+    assert setup.cfg.n_clusters == 10 and setup.cfg.ensemble == 2 and setup.cfg.seed == 3 and setup.n_genes == 765
 
 
 def test_paired_synthetic_types_differ_from_their_sibling_less_than_from_other_pairs():

@@ -15,8 +15,9 @@ from conftest import run_module, synthetic_counts
 from sklearn.metrics import adjusted_rand_score
 
 from scdc_jax.cluster import ClusterConfig, run
-from scdc_jax.cluster.ensemble import (CONSENSUS, best_member, consensus_labels, consensus_start, estimate_k, membership,
-                                       pairwise_ari, stack, stability_curve, start_partition)
+from scdc_jax.cluster.ensemble import (CONSENSUS, best_member, consensus_labels, consensus_start, estimate_k,
+                                       joint_latent, joint_start, membership, pairwise_ari, stack, stability_curve,
+                                       start_partition)
 from scdc_jax.cluster.init import centres_of
 from scdc_jax.cluster.train import build_model, device_data, make_epoch, pretrain_loss, stage_key
 from scdc_jax.io import CountData
@@ -104,6 +105,42 @@ def test_a_consensus_start_is_one_partition_at_each_members_own_centres():
         np.testing.assert_allclose(centres[m], centres_of(z[m], start[0]), rtol=1e-5, atol=1e-5)
     own_ari = [adjusted_rand_score(truth, lab) for lab in own]
     assert adjusted_rand_score(truth, start[0]) >= np.mean(own_ari), own_ari
+
+
+def test_the_joint_latent_weighs_every_member_alike():
+    rng = np.random.default_rng(4)
+    z = rng.normal(size=(3, 50, 4)).astype(np.float32)
+    moved = z.copy()
+    moved[1] = moved[1] * 40.0 + 7.0  # one member's latent shifted and on a larger scale
+    joint = joint_latent(moved)
+    assert joint.shape == (50, 12)
+    np.testing.assert_allclose(joint, joint_latent(z), atol=1e-5)
+    for m in range(3):  # each block centred, mean squared norm 1
+        block = joint[:, 4 * m:4 * m + 4]
+        np.testing.assert_allclose(block.mean(0), 0.0, atol=1e-5)
+        assert (block ** 2).sum(1).mean() == pytest.approx(1.0, rel=1e-5)
+
+
+@pytest.mark.parametrize("init_cells", [0, 150])
+def test_a_joint_start_sees_through_the_members_own_noise(init_cells):
+    # four members whose own spaces separate the groups poorly, each with noise of its own
+    rng = np.random.default_rng(5)
+    truth = np.repeat(np.arange(5), [120, 80, 60, 40, 30])
+    z = _member_spaces(truth, 4, rng, spread=3.5)
+    setup = SimpleNamespace(cfg=ClusterConfig(ensemble=4, ensemble_init="member", kmeans_n_init=5), say=print)
+    _, own, _, _ = start_partition(setup, z, 5, [0, 1, 2, 3])
+    setup.cfg = ClusterConfig(ensemble=4, ensemble_init="joint", kmeans_n_init=5, init_cells=init_cells)
+    centres, start, used, _ = start_partition(setup, z, 5, [0, 1, 2, 3])
+    assert used == "joint" and start.shape == (4, 330)
+    assert all(np.array_equal(start[0], lab) for lab in start)
+    for m in range(4):
+        np.testing.assert_allclose(centres[m], centres_of(z[m], start[0]), rtol=1e-5, atol=1e-5)
+    own_ari = [adjusted_rand_score(truth, lab) for lab in own]
+    joint_ari = adjusted_rand_score(truth, start[0])
+    assert joint_ari > max(own_ari) + 0.1, (own_ari, joint_ari)
+    assert np.all(np.diff(np.bincount(start[0])) <= 0)  # numbered by decreasing size
+    # the same partition as joint_start itself gives
+    np.testing.assert_array_equal(start[0], joint_start(z, 5, n_init=5, seed=0, init_cells=init_cells)[1])
 
 
 def test_a_vote_with_fewer_clusters_than_k_leaves_each_member_its_own_start():
@@ -231,7 +268,7 @@ def test_best_member_selection_returns_that_members_labels(small_data):
     ens = run(small_data, ClusterConfig(n_clusters=3, seed=5, ensemble=3, ensemble_select="zinb", **SMALL),
               progress=False)
     e = ens.ensemble
-    assert e["init"] == "consensus" and -1.0 <= e["init_agreement"] <= 1.0  # the default start
+    assert e["init"] == "joint" and -1.0 <= e["init_agreement"] <= 1.0  # the default start
     rep = best_member(e["criteria"], "zinb")
     assert e["representative"] == rep
     np.testing.assert_array_equal(ens.labels, e["member_labels"][rep])
@@ -244,16 +281,31 @@ def _h5(path, counts, labels):
     return str(path)
 
 
+@pytest.mark.parametrize("init, says", [("joint", "started from k-means on their joint latent space (their own "
+                                                 "k-means partitions agreed 0.420, mean ARI)"),
+                                        ("consensus", "started from the vote of their k-means partitions (which "
+                                                      "agreed 0.420, mean ARI)"),
+                                        ("member", "started from their own k-means partitions (which agreed 0.420")])
+def test_the_ensemble_line_names_the_start(init, says):
+    from scdc_jax.cluster.__main__ import ensemble_line
+
+    e = {"members": 4, "init": init, "init_agreement": 0.42, "agreement": 0.9, "select": "zinb", "representative": 2}
+    line = ensemble_line(e)
+    assert line.startswith("ensemble of 4: members " + says) and line.endswith("labels: zinb (member 2)")
+    assert ensemble_line({**e, "select": "consensus"}).endswith("labels: consensus")
+
+
 def test_cli_ensemble_writes_member_labels_and_criteria(small_data, tmp_path, capfd):
     data = _h5(tmp_path / "d.h5", small_data.X, small_data.labels)
     save = tmp_path / "run"
     code, out, err = run_module(["-m", "scdc_jax.cluster", "--data-file", data, "--ensemble", "3", "--n-clusters", "0",
                                  "--k-estimate", "stability", "--knn", "10", "--pretrain-epochs", "8", "--maxiter", "15",
                                  "--batch-size", "64", "--seed", "5", "--save-dir", save, "--quiet",
-                                 "--consensus", "average", "--ensemble-init", "member", "--out", tmp_path / "o.h5ad"],
+                                 "--consensus", "average", "--ensemble-init", "consensus", "--out", tmp_path / "o.h5ad"],
                                 capfd)
     assert code == 0, err
-    assert "ensemble of 3: members started from their own k-means" in out and "members' ARI" in out
+    assert "ensemble of 3: members started from the vote of their k-means partitions (which agreed" in out
+    assert "members' ARI" in out
     members = np.loadtxt(save / "ensemble_labels.csv", delimiter=",", dtype=np.int64)
     labels = np.loadtxt(save / "pred_labels.txt", dtype=np.int64)
     assert members.shape == (240, 3) and labels.shape == (240,)
@@ -261,7 +313,7 @@ def test_cli_ensemble_writes_member_labels_and_criteria(small_data, tmp_path, ca
     e = summary["ensemble"]
     assert e["seeds"] == [5, 6, 7] and len(e["criteria"]) == 3 and e["k_estimate"]["method"] == "stability"
     assert e["consensus_method"] == "average" and summary["config"]["consensus"] == "average"
-    assert e["init"] == summary["config"]["ensemble_init"] == "member"
+    assert e["init"] == summary["config"]["ensemble_init"] == "consensus"
     assert summary["n_clusters"] == e["k"] == len(np.unique(labels))
     assert set(e["k_estimate"]["stability"]) == {str(k) for k in range(2, max(e["k_estimate"]["louvain_k"]) + 1)}
     import anndata

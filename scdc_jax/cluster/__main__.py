@@ -103,10 +103,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "cells together; on at most 5000 cells, the others joining the cluster they are most "
                         "often put with) or kmeans (k-means on the co-association)")
     e.add_argument("--ensemble-init", choices=CHOICES["ensemble_init"],
-                   help="where the members' clustering stage starts: consensus (default: the vote of the members' "
-                        "k-means partitions, each member from its clusters' centres in its own latent space) or "
-                        "member (each member from its own k-means, so that each is exactly the single run of its "
-                        "seed)")
+                   help="where the members' clustering stage starts: joint (default: k-means on the members' latent "
+                        "spaces side by side, each scaled alike; each member from its clusters' centres in its own "
+                        "latent space), consensus (the vote of the members' own k-means partitions, each member "
+                        "from its clusters' centres in its own latent space) or member (each member from its own "
+                        "k-means, so that each is exactly the single run of its seed)")
     e.add_argument("--k-estimate", choices=CHOICES["k_estimate"],
                    help="with --n-clusters 0 and --ensemble: one number of clusters for all members, the median "
                         "of the members' Louvain counts (louvain, default) or the k from 2 to the largest "
@@ -225,6 +226,15 @@ def _open_store(args, n_processes: int):
     return store, streamed
 
 
+def ensemble_line(e: dict) -> str:
+    """The printed summary of a run's ``ensemble`` record: where the members started, how they agree."""
+    start = {"consensus": "the vote of their k-means partitions (which", "member": "their own k-means partitions "
+             "(which", "joint": "k-means on their joint latent space (their own k-means partitions"}[e["init"]]
+    return (f"ensemble of {e['members']}: members started from {start} agreed {e['init_agreement']:.3f}, mean ARI); "
+            f"final member agreement {e['agreement']:.3f}; labels: {e['select']}"
+            + (f" (member {e['representative']})" if e["select"] != "consensus" else ""))
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "predict":
@@ -329,10 +339,7 @@ def main(argv: list[str] | None = None) -> int:
     print(msg)
     if result.ensemble is not None:
         e = result.ensemble
-        start = "the vote of their" if e["init"] == "consensus" else "their own"
-        print(f"ensemble of {e['members']}: members started from {start} k-means partitions (which agreed "
-              f"{e['init_agreement']:.3f}, mean ARI); final member agreement {e['agreement']:.3f}; labels: {e['select']}"
-              + (f" (member {e['representative']})" if e["select"] != "consensus" else ""))
+        print(ensemble_line(e))
         if result.scores:
             print("members' ARI " + " ".join(f"{c['ari']:.3f}" for c in e["criteria"]))
     if result.mixing is not None:

@@ -16,7 +16,7 @@ from ..errors import InputError, option
 # the values each option of few values takes (the command line's choices, checked by validate)
 CHOICES = {"community": ("louvain", "leiden"), "precision": ("f32", "bf16"),
            "ensemble_select": ("consensus", "agreement", "silhouette", "zinb"),
-           "consensus": ("vote", "average", "kmeans"), "ensemble_init": ("consensus", "member"),
+           "consensus": ("vote", "average", "kmeans"), "ensemble_init": ("joint", "consensus", "member"),
            "k_estimate": ("louvain", "stability")}
 
 
@@ -41,9 +41,10 @@ class ClusterConfig:
     ``n_clusters = 0`` the members share one estimated number of clusters, ``k_estimate``
     ``"louvain"`` (median of the members' Louvain counts) or ``"stability"`` (the k whose k-means
     labelings agree most between the members).  ``ensemble_init``: the members' DEC stage starts
-    from the vote of their k-means partitions, each member from that partition's centres in its
-    own latent space (``"consensus"``), or each from its own k-means (``"member"``: every member
-    is then exactly the single run of its seed).  See :mod:`scdc_jax.cluster.ensemble`.
+    from k-means on their latent spaces side by side (``"joint"``, default) or from the vote of
+    their k-means partitions (``"consensus"``), each member from that partition's centres in its own
+    latent space, or each from its own k-means (``"member"``: every member is then exactly the
+    single run of its seed).  See :mod:`scdc_jax.cluster.ensemble`.
 
     ``batch_mmd``: with batches, add this weight times the maximum mean discrepancy between the
     batches within each cluster of a minibatch (clean latent space, clusters weighted by the
@@ -80,7 +81,7 @@ class ClusterConfig:
     ensemble: int = 1
     ensemble_select: str = "consensus"
     consensus: str = "vote"
-    ensemble_init: str = "consensus"
+    ensemble_init: str = "joint"
     k_estimate: str = "louvain"
     batch_mmd: float = 0.0
 

@@ -7,7 +7,8 @@ advances all of them (:func:`~scdc_jax.cluster.train.make_epoch` with ``members`
 1. pretraining of the N autoencoders together;
 2. the number of clusters: given, or estimated once for all members (:func:`estimate_k`);
 3. k-means on each member's pretrained latent space (its seed); with ``ensemble_init =
-   "consensus"`` (default) the vote of these partitions (:func:`consensus_start`) is every
+   "joint"`` (default) k-means on the members' latent spaces side by side (:func:`joint_start`),
+   with ``"consensus"`` the vote of the members' partitions (:func:`consensus_start`), is every
    member's starting partition, each member starting from its clusters' centres in its own
    latent space; then the DEC stage of all members together; a member stops as a single run does
    (fewer than ``tol`` of its labels changed), is kept as it was then, and the others go on;
@@ -141,6 +142,34 @@ def consensus_start(latents: np.ndarray, centres: np.ndarray, labels: np.ndarray
     q = np.stack([np.concatenate([np.asarray(soft_assign(z[a:a + chunk], c, alpha)) for a in range(0, len(z), chunk)])
                   for z, c in zip(latents, centres)])
     start = consensus_labels(labels, k, method="vote", member_q=q)
+    if int(start.max()) + 1 < k:
+        return None
+    return np.stack([centres_of(np.asarray(z), start) for z in latents]), start
+
+
+def joint_latent(latents: np.ndarray) -> np.ndarray:
+    """(n, N * d) float32: the members' latents (N, n, d) side by side, each centred and scaled to a
+    mean squared norm of 1, so that every member weighs alike in the squared distance between two
+    cells (the sum of the members' scaled squared distances)."""
+    parts = []
+    for z in latents:
+        z = np.asarray(z, np.float64)
+        z = z - z.mean(0)
+        parts.append(z / max(np.sqrt((z ** 2).sum(1).mean()), 1e-12))
+    return np.concatenate(parts, axis=1).astype(np.float32)
+
+
+def joint_start(latents: np.ndarray, k: int, *, n_init: int, seed: int, init_cells: int = 0):
+    """One starting partition for every member's DEC stage: k-means (``n_init`` restarts, ``seed``;
+    on ``init_cells`` cells, the others to the nearest centre) on the :func:`joint_latent` of the
+    members.  Returns (each member's centres of that partition in its own latent space (N, k, d),
+    the partition (n,)), or None when it has fewer than ``k`` clusters."""
+    joint = joint_latent(latents)
+    some = subsample(joint.shape[0], init_cells, seed)
+    c, start = kmeans(joint[some], k, n_init=n_init, seed=seed)
+    if len(some) < joint.shape[0]:
+        start = nearest_centre(joint, c)
+    start = by_size(start)
     if int(start.max()) + 1 < k:
         return None
     return np.stack([centres_of(np.asarray(z), start) for z in latents]), start
@@ -322,9 +351,10 @@ def _cluster(setup, ae, centres: np.ndarray, last: np.ndarray, seeds: list[int],
 def start_partition(setup, z, k: int, seeds: list[int]):
     """Where the members' DEC stage starts (stage 3 of the module docstring): k-means with the
     member's seed on its latent ``z[m]`` (on ``init_cells`` cells, the others to the nearest
-    centre), then with ``ensemble_init = "consensus"`` :func:`consensus_start`.  Returns (centres
-    (N, k, d), labels (N, n), ``"consensus"`` or ``"member"``, the members' k-means partitions'
-    mean pairwise ARI)."""
+    centre), then with ``ensemble_init = "joint"`` :func:`joint_start`, with ``"consensus"``
+    :func:`consensus_start`.  Returns (centres (N, k, d), labels (N, n), the start used (``"member"``
+    when the common partition has fewer than k clusters), the members' k-means partitions' mean
+    pairwise ARI)."""
     cfg = setup.cfg
     centres, last = [], []
     some = subsample(z.shape[1], cfg.init_cells, cfg.seed)
@@ -336,12 +366,16 @@ def start_partition(setup, z, k: int, seeds: list[int]):
         last.append(lab)
     centres, last = np.stack(centres), np.stack(last)
     agreement = mean_off_diagonal(pairwise_ari(last))
-    if cfg.ensemble_init == "consensus":
-        common = consensus_start(np.asarray(z), centres, last, k, alpha=cfg.alpha)
+    if cfg.ensemble_init in ("consensus", "joint"):
+        if cfg.ensemble_init == "joint":
+            common = joint_start(np.asarray(z), k, n_init=cfg.kmeans_n_init, seed=cfg.seed, init_cells=cfg.init_cells)
+        else:
+            common = consensus_start(np.asarray(z), centres, last, k, alpha=cfg.alpha)
         if common is not None:
-            return common[0], np.stack([common[1]] * len(seeds)), "consensus", agreement
-        setup.say(f"the vote of the members' k-means partitions has fewer than {k} clusters; each member "
-                  "starts from its own")
+            return common[0], np.stack([common[1]] * len(seeds)), cfg.ensemble_init, agreement
+        what = "k-means of the joint latent space" if cfg.ensemble_init == "joint" else \
+            "vote of the members' k-means partitions"
+        setup.say(f"the {what} has fewer than {k} clusters; each member starts from its own")
     return centres, last, "member", agreement
 
 
