@@ -33,17 +33,16 @@ DATASETS = {"bladder": ("mouse_bladder_cell_select_2100.h5", 16, 2000),
 def ensemble_setup(spec: tuple, members: int, seed: int, *, n_clusters: int | None = None):
     """(the pipeline's setup of an ensemble of ``members`` from ``seed`` on the shared file ``spec``
     = (file name, number of types, genes selected), the number of types); ``n_clusters``: that of
-    the config (default: the number of types).  The file name ``pbmc68k_reduced`` is scanpy's
-    bundled PBMCs (:func:`scdc_jax.io.pbmc68k_counts`, labels: its 10 bulk populations)."""
+    the config (default: the number of types); the file is read by :func:`benchmarks.accuracy.read_dataset`
+    (which also gives scanpy's bundled PBMCs)."""
+    from benchmarks.accuracy import read_dataset
     from scdc_jax.cluster import ClusterConfig, pipeline
     from scdc_jax.cluster.source import InMemory
     from scdc_jax.cluster.train import abstract_model, device_data
-    from scdc_jax.io import pbmc68k_counts, read_counts
     from scdc_jax.preprocess import prepare
 
     fname, k, sel = spec
-    data = pbmc68k_counts() if fname == "pbmc68k_reduced" else read_counts(os.path.join(DATA, fname))
-    prep = prepare(data, select_genes_n=sel)
+    prep = prepare(read_dataset(fname, DATA), select_genes_n=sel)
     cfg = ClusterConfig(n_clusters=k if n_clusters is None else n_clusters, select_genes=sel, ensemble=members,
                         seed=seed)
     g = prep.shape[1]
