@@ -51,6 +51,8 @@ DATASETS = {  # name: (file, true number of types, --select-genes)
     "pbmc68k": ("pbmc68k_reduced", 10, 0),  # scanpy's bundled PBMCs, 10 bulk populations (held out: no setting chosen)
 }
 BUNDLED = "pbmc68k_reduced"  # the one data set read from the installed packages, not from the shared folder
+METRICS = ("ari", "nmi", "acc", "k")
+SCDC_JAX = {"scdc_jax": "f32", "scdc_jax_bf16": "bf16"}  # implementation name: --precision
 
 
 def read_dataset(fname: str, data_dir: str = DATA):
@@ -59,8 +61,6 @@ def read_dataset(fname: str, data_dir: str = DATA):
     from scdc_jax.io import pbmc68k_counts, read_counts
 
     return pbmc68k_counts() if fname == BUNDLED else read_counts(os.path.join(data_dir, fname))
-METRICS = ("ari", "nmi", "acc", "k")
-SCDC_JAX = {"scdc_jax": "f32", "scdc_jax_bf16": "bf16"}  # implementation name: --precision
 
 
 def _ensemble_row(res) -> dict:

@@ -24,10 +24,9 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
-DATA = os.path.join(os.path.dirname(ROOT), "shared", "data")
-DATASETS = {"bladder": ("mouse_bladder_cell_select_2100.h5", 16, 2000),
-            "worm": ("worm_neuron_cell_select_2100.h5", 10, 2000),
-            "pbmc": ("10X_PBMC_select_2100_top2000.h5", 8, 0)}
+from benchmarks.accuracy import DATA, DATASETS as ALL, read_dataset  # noqa: E402
+
+DATASETS = {name: ALL[name] for name in ("bladder", "worm", "pbmc")}  # the scDeepCluster paper's three files
 
 
 def ensemble_setup(spec: tuple, members: int, seed: int, *, n_clusters: int | None = None):
@@ -35,7 +34,6 @@ def ensemble_setup(spec: tuple, members: int, seed: int, *, n_clusters: int | No
     = (file name, number of types, genes selected), the number of types); ``n_clusters``: that of
     the config (default: the number of types); the file is read by :func:`benchmarks.accuracy.read_dataset`
     (which also gives scanpy's bundled PBMCs)."""
-    from benchmarks.accuracy import read_dataset
     from scdc_jax.cluster import ClusterConfig, pipeline
     from scdc_jax.cluster.source import InMemory
     from scdc_jax.cluster.train import abstract_model, device_data

@@ -38,7 +38,7 @@ from ..losses import soft_assign
 from ..metrics import clustering_scores
 from ..optim import adadelta_torch, amsgrad_torch
 from .config import CHOICES
-from .init import by_size, centres_of, community_labels, kmeans, nearest_centre, subsample
+from .init import by_size, centres_of, community_labels, kmeans, kmeans_some, subsample
 from .train import build_model, cluster_loss, pretrain_loss, stage_key
 
 CONSENSUS = CHOICES["consensus"]
@@ -165,11 +165,7 @@ def joint_start(latents: np.ndarray, k: int, *, n_init: int, seed: int, init_cel
     members.  Returns (each member's centres of that partition in its own latent space (N, k, d),
     the partition (n,)), or None when it has fewer than ``k`` clusters."""
     joint = joint_latent(latents)
-    some = subsample(joint.shape[0], init_cells, seed)
-    c, start = kmeans(joint[some], k, n_init=n_init, seed=seed)
-    if len(some) < joint.shape[0]:
-        start = nearest_centre(joint, c)
-    start = by_size(start)
+    start = by_size(kmeans_some(joint, k, subsample(joint.shape[0], init_cells, seed), n_init=n_init, seed=seed)[1])
     if int(start.max()) + 1 < k:
         return None
     return np.stack([centres_of(np.asarray(z), start) for z in latents]), start
@@ -356,15 +352,9 @@ def start_partition(setup, z, k: int, seeds: list[int]):
     when the common partition has fewer than k clusters), the members' k-means partitions' mean
     pairwise ARI)."""
     cfg = setup.cfg
-    centres, last = [], []
     some = subsample(z.shape[1], cfg.init_cells, cfg.seed)
-    for m, s in enumerate(seeds):
-        c, lab = kmeans(z[m][some], k, n_init=cfg.kmeans_n_init, seed=s)
-        if len(some) < z.shape[1]:
-            lab = nearest_centre(z[m], c)
-        centres.append(c)
-        last.append(lab)
-    centres, last = np.stack(centres), np.stack(last)
+    centres, last = map(np.stack, zip(*[kmeans_some(np.asarray(z[m]), k, some, n_init=cfg.kmeans_n_init, seed=s)
+                                         for m, s in enumerate(seeds)]))
     agreement = mean_off_diagonal(pairwise_ari(last))
     if cfg.ensemble_init in ("consensus", "joint"):
         if cfg.ensemble_init == "joint":

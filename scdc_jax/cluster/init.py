@@ -18,6 +18,13 @@ def kmeans(z: np.ndarray, n_clusters: int, *, n_init: int = 20, seed: int = 0) -
     return km.cluster_centers_.astype(np.float32), km.labels_.astype(np.int64)
 
 
+def kmeans_some(z: np.ndarray, n_clusters: int, some: np.ndarray, *, n_init: int = 20, seed: int = 0):
+    """:func:`kmeans` on the rows ``some`` of ``z`` (from :func:`subsample`); when they are not all
+    rows, every row then takes its nearest centre.  Returns (centres (k, d), labels of all rows (n,))."""
+    c, labels = kmeans(z[some], n_clusters, n_init=n_init, seed=seed)
+    return c, (nearest_centre(z, c) if len(some) < z.shape[0] else labels)
+
+
 def knn_connectivities(z: np.ndarray, knn: int, *, seed: int = 0):
     """Symmetric (n, n) sparse UMAP connectivities of the ``knn`` nearest neighbours (scanpy's)."""
     import anndata
