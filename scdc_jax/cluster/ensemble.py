@@ -356,17 +356,18 @@ def start_partition(setup, z, k: int, seeds: list[int]):
     centres, last = map(np.stack, zip(*[kmeans_some(np.asarray(z[m]), k, some, n_init=cfg.kmeans_n_init, seed=s)
                                          for m, s in enumerate(seeds)]))
     agreement = mean_off_diagonal(pairwise_ari(last))
-    if cfg.ensemble_init in ("consensus", "joint"):
-        if cfg.ensemble_init == "joint":
-            common = joint_start(np.asarray(z), k, n_init=cfg.kmeans_n_init, seed=cfg.seed, init_cells=cfg.init_cells)
-        else:
-            common = consensus_start(np.asarray(z), centres, last, k, alpha=cfg.alpha)
-        if common is not None:
-            return common[0], np.stack([common[1]] * len(seeds)), cfg.ensemble_init, agreement
-        what = "k-means of the joint latent space" if cfg.ensemble_init == "joint" else \
-            "vote of the members' k-means partitions"
+    if cfg.ensemble_init == "member":
+        return centres, last, "member", agreement
+    if cfg.ensemble_init == "joint":
+        common = joint_start(np.asarray(z), k, n_init=cfg.kmeans_n_init, seed=cfg.seed, init_cells=cfg.init_cells)
+        what = "k-means of the joint latent space"
+    else:
+        common = consensus_start(np.asarray(z), centres, last, k, alpha=cfg.alpha)
+        what = "vote of the members' k-means partitions"
+    if common is None:
         setup.say(f"the {what} has fewer than {k} clusters; each member starts from its own")
-    return centres, last, "member", agreement
+        return centres, last, "member", agreement
+    return common[0], np.stack([common[1]] * len(seeds)), cfg.ensemble_init, agreement
 
 
 def train(setup, progress_cls, timings: dict) -> dict:
