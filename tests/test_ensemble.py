@@ -15,9 +15,9 @@ from conftest import run_module, synthetic_counts
 from sklearn.metrics import adjusted_rand_score
 
 from scdc_jax.cluster import ClusterConfig, run
-from scdc_jax.cluster.ensemble import (CONSENSUS, best_member, consensus_labels, consensus_start, estimate_k,
-                                       joint_latent, joint_start, membership, pairwise_ari, stack, stability_curve,
-                                       start_partition)
+from scdc_jax.cluster.ensemble import (CONSENSUS, RESOLUTIONS, best_member, consensus_labels, consensus_start,
+                                       estimate_k, joint_latent, joint_start, membership, pairwise_ari, stack,
+                                       stability_curve, start_partition)
 from scdc_jax.cluster.init import centres_of
 from scdc_jax.cluster.train import build_model, device_data, make_epoch, pretrain_loss, stage_key
 from scdc_jax.io import CountData
@@ -195,6 +195,26 @@ def test_stability_peaks_at_the_number_of_separated_groups_and_estimate_k_finds_
     assert k_l == int(np.round(np.median(info_l["louvain_k"]))) and "stability" not in info_l
 
 
+def test_resolution_estimate_finds_the_groups_louvain_at_its_resolution_cuts_up():
+    # 3 separated round groups in 2 dimensions, each member with its own noise and rotation: at
+    # resolution 0.8 Louvain cuts every group into pieces (12-14 communities), differently in
+    # each member; at low resolutions every member finds the 3 groups
+    rng = np.random.default_rng(0)
+    groups = np.arange(600) % 3
+    centres = rng.normal(0, 1, (3, 2))
+    centres *= 12 / np.linalg.norm(centres[0] - centres[1])
+    z = np.stack([((centres[groups] + rng.normal(0, 1, (600, 2))) @ np.linalg.qr(rng.normal(size=(2, 2)))[0])
+                  for _ in range(3)]).astype(np.float32)
+    said = []
+    k, info = estimate_k(z, ClusterConfig(ensemble=3, k_estimate="resolution", knn=15), [0, 1, 2], said.append)
+    assert min(info["louvain_k"]) > 6, info["louvain_k"]
+    assert k == 3 and info["resolution"][str(info["chosen_resolution"])]["k"] == [3, 3, 3]
+    curve = info["resolution"]
+    assert set(curve) == {str(r) for r in RESOLUTIONS}
+    assert curve[str(info["chosen_resolution"])]["stability"] == max(v["stability"] for v in curve.values())
+    assert curve["0.8"]["stability"] < 0.5 and "resolution 0.1" in said[0] and "estimate: 3 clusters" in said[0]
+
+
 SMALL = dict(pretrain_epochs=8, maxiter=15, batch_size=64)
 
 
@@ -328,6 +348,7 @@ def test_cli_ensemble_writes_member_labels_and_criteria(small_data, tmp_path, ca
     (["--ensemble", "0"], "--ensemble must be positive"),
     (["--ensemble", "2", "--resume"], "cannot be combined with --resume"),
     (["--k-estimate", "stability"], "compares the members of an ensemble"),
+    (["--k-estimate", "resolution"], "compares the members of an ensemble"),
     (["--ensemble", "2", "--consensus", "median"], "invalid choice: 'median'"),
     (["--ensemble", "2", "--ensemble-init", "best"], "invalid choice: 'best'"),
     (["--ensemble", "2", "--ae-weights", "."], "cannot be combined with --ae-weights"),

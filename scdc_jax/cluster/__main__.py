@@ -110,9 +110,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "k-means, so that each is exactly the single run of its seed)")
     e.add_argument("--k-estimate", choices=CHOICES["k_estimate"],
                    help="with --n-clusters 0 and --ensemble: one number of clusters for all members, the median "
-                        "of the members' Louvain counts (louvain, default) or the k from 2 to the largest "
+                        "of the members' Louvain counts (louvain, default), the k from 2 to the largest "
                         "Louvain count whose k-means labelings agree most between the members' latent spaces "
-                        "(stability; on the shared data it did worse than louvain, see the README)")
+                        "(stability; on the shared data it did worse than louvain) or the median of the members' "
+                        "Louvain counts at the resolution from 0.1 to 1.0 where their communities agree most "
+                        "(resolution); see the README for how each did")
     m.add_argument("--batch-mmd", type=float, metavar="WEIGHT",
                    help="with batches (--batch-key): add WEIGHT x the maximum mean discrepancy between the batches "
                         "within each cluster (latent space) to the clustering stage's loss, to mix batches within "

@@ -17,7 +17,7 @@ from ..errors import InputError, option
 CHOICES = {"community": ("louvain", "leiden"), "precision": ("f32", "bf16"),
            "ensemble_select": ("consensus", "agreement", "silhouette", "zinb"),
            "consensus": ("vote", "average", "kmeans"), "ensemble_init": ("joint", "consensus", "member"),
-           "k_estimate": ("louvain", "stability")}
+           "k_estimate": ("louvain", "stability", "resolution")}
 
 
 @dataclass
@@ -39,12 +39,13 @@ class ClusterConfig:
     :func:`scdc_jax.cluster.ensemble.consensus_labels`) or the best
     member by a label-free criterion (``"agreement"``, ``"silhouette"``, ``"zinb"``); with
     ``n_clusters = 0`` the members share one estimated number of clusters, ``k_estimate``
-    ``"louvain"`` (median of the members' Louvain counts) or ``"stability"`` (the k whose k-means
-    labelings agree most between the members).  ``ensemble_init``: the members' DEC stage starts
-    from k-means on their latent spaces side by side (``"joint"``, default) or from the vote of
-    their k-means partitions (``"consensus"``), each member from that partition's centres in its own
-    latent space, or each from its own k-means (``"member"``: every member is then exactly the
-    single run of its seed).  See :mod:`scdc_jax.cluster.ensemble`.
+    ``"louvain"`` (median of the members' Louvain counts), ``"stability"`` (the k whose k-means
+    labelings agree most between the members) or ``"resolution"`` (the members' Louvain counts
+    at the resolution whose communities agree most between them).  ``ensemble_init``: the
+    members' DEC stage starts from k-means on their latent spaces side by side (``"joint"``,
+    default) or from the vote of their k-means partitions (``"consensus"``), each member from that
+    partition's centres in its own latent space, or each from its own k-means (``"member"``: every
+    member is then exactly the single run of its seed).  See :mod:`scdc_jax.cluster.ensemble`.
 
     ``batch_mmd``: with batches, add this weight times the maximum mean discrepancy between the
     batches within each cluster of a minibatch (clean latent space, clusters weighted by the
@@ -107,8 +108,8 @@ class ClusterConfig:
             if value not in allowed:
                 listed = ", ".join(f"'{a}'" for a in allowed[:-1]) + f" or '{allowed[-1]}'"
                 raise InputError(f"{option(name)} must be {listed}, got '{value}'.")
-        if self.k_estimate == "stability" and self.ensemble < 2:
-            raise InputError(f"{option('k_estimate', 'stability')} compares the members of an ensemble; give "
+        if self.k_estimate != "louvain" and self.ensemble < 2:
+            raise InputError(f"{option('k_estimate', self.k_estimate)} compares the members of an ensemble; give "
                              f"{option('ensemble')} 2 or more.")
         return self
 

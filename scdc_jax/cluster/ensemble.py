@@ -38,7 +38,7 @@ from ..losses import soft_assign
 from ..metrics import clustering_scores
 from ..optim import adadelta_torch, amsgrad_torch
 from .config import CHOICES
-from .init import by_size, centres_of, community_labels, kmeans, kmeans_some, subsample
+from .init import by_size, centres_of, communities, kmeans, kmeans_some, knn_graph, subsample
 from .train import build_model, cluster_loss, pretrain_loss, stage_key
 
 CONSENSUS = CHOICES["consensus"]
@@ -230,6 +230,22 @@ def stability_curve(latents: np.ndarray, ks, *, n_init: int = 5, seed: int = 0,
     return curve
 
 
+RESOLUTIONS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0)
+
+
+def resolution_curve(graphs: list, seeds: list[int], *, resolutions=RESOLUTIONS, method: str = "louvain",
+                     keep_labels: bool = False) -> dict[float, dict]:
+    """For each resolution: Louvain/Leiden on every member's graph (its seed), the members'
+    labelings' mean pairwise ARI (``stability``), their numbers of communities (``k``) and, with
+    ``keep_labels``, the labelings (``labels``, (N, n))."""
+    curve = {}
+    for r in resolutions:
+        labels = np.stack([communities(g, resolution=r, method=method, seed=s) for g, s in zip(graphs, seeds)])
+        curve[float(r)] = {"stability": mean_off_diagonal(pairwise_ari(labels)),
+                           "k": [int(lab.max()) + 1 for lab in labels], **({"labels": labels} if keep_labels else {})}
+    return curve
+
+
 def estimate_k(latents: np.ndarray, cfg, seeds: list[int], say=None) -> tuple[int, dict]:
     """The number of clusters of all members from their pretrained latents (N, n, d).
 
@@ -237,23 +253,33 @@ def estimate_k(latents: np.ndarray, cfg, seeds: list[int], say=None) -> tuple[in
     the members' counts.  ``stability``: the k of 2..K with the highest :func:`stability_curve`,
     K the largest count Louvain finds in a member; stabilities within ``STABILITY_TIE`` of the
     highest count as ties and go to the larger k (merging well separated populations is as
-    stable as finding them).
+    stable as finding them).  ``resolution``: the resolution of ``RESOLUTIONS`` whose
+    communities agree most between the members (:func:`resolution_curve`; the lowest on exact
+    ties), the median of the members' counts there.
     Returns (k, what was measured).
     """
     some = subsample(latents.shape[1], cfg.init_cells, cfg.seed)
-    found = [int(community_labels(z[some], knn=cfg.knn, resolution=cfg.resolution, method=cfg.community,
-                                  seed=s).max()) + 1 for z, s in zip(latents, seeds)]
+    graphs = [knn_graph(z[some], cfg.knn, seed=s) for z, s in zip(latents, seeds)]
+    found = [int(communities(g, resolution=cfg.resolution, method=cfg.community, seed=s).max()) + 1
+             for g, s in zip(graphs, seeds)]
     info = {"method": cfg.k_estimate, "louvain_k": found}
+    how = ""
     if cfg.k_estimate == "louvain":
         k = int(np.round(np.median(found)))
-    else:
+    elif cfg.k_estimate == "stability":
         curve = stability_curve(latents, range(2, max(max(found), 2) + 1), seed=cfg.seed)
         best = max(curve.values())
         k = max(kk for kk, v in curve.items() if v >= best - STABILITY_TIE)
         info["stability"] = curve
+    else:
+        curve = resolution_curve(graphs, seeds, method=cfg.community)
+        chosen = max(curve, key=lambda r: curve[r]["stability"])
+        k = int(np.round(np.median(curve[chosen]["k"])))
+        info.update({"resolution": {str(r): v for r, v in curve.items()}, "chosen_resolution": chosen})
+        how = f" (their communities agree most at resolution {chosen}: mean ARI {curve[chosen]['stability']:.2f})"
     if say:
         say(f"{cfg.community} at resolution {cfg.resolution} found {found} clusters in the members' latent "
-            f"spaces; {cfg.k_estimate} estimate: {k} clusters")
+            f"spaces; {cfg.k_estimate} estimate: {k} clusters{how}")
     info["k"] = k
     return max(k, 2), info
 

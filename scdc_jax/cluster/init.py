@@ -37,16 +37,20 @@ def knn_connectivities(z: np.ndarray, knn: int, *, seed: int = 0):
     return ad.obsp["connectivities"]
 
 
-def community_labels(z: np.ndarray, *, knn: int = 20, resolution: float = 0.8, method: str = "louvain",
-                     seed: int = 0) -> np.ndarray:
-    """Louvain (igraph multilevel) or Leiden (leidenalg) communities of the kNN graph, relabelled
-    0..k-1 by decreasing size."""
+def knn_graph(z: np.ndarray, knn: int, *, seed: int = 0):
+    """The weighted igraph ``Graph`` of :func:`knn_connectivities` (one undirected edge per pair)."""
     import igraph as ig
 
     conn = knn_connectivities(z, knn, seed=seed).tocoo()
     upper = conn.row < conn.col
     g = ig.Graph(n=z.shape[0], edges=list(zip(conn.row[upper].tolist(), conn.col[upper].tolist())))
     g.es["weight"] = conn.data[upper].tolist()
+    return g
+
+
+def communities(g, *, resolution: float = 0.8, method: str = "louvain", seed: int = 0) -> np.ndarray:
+    """Louvain (igraph multilevel) or Leiden (leidenalg) communities of the weighted graph ``g``,
+    relabelled 0..k-1 by decreasing size."""
     if method == "leiden":
         import leidenalg
 
@@ -61,6 +65,12 @@ def community_labels(z: np.ndarray, *, knn: int = 20, resolution: float = 0.8, m
         finally:
             random.setstate(state)
     return by_size(membership)
+
+
+def community_labels(z: np.ndarray, *, knn: int = 20, resolution: float = 0.8, method: str = "louvain",
+                     seed: int = 0) -> np.ndarray:
+    """:func:`communities` of the ``knn``-nearest-neighbour graph of ``z`` (:func:`knn_graph`)."""
+    return communities(knn_graph(z, knn, seed=seed), resolution=resolution, method=method, seed=seed)
 
 
 def by_size(labels: np.ndarray) -> np.ndarray:
