@@ -19,3 +19,18 @@ def set_matmul_precision(name: str) -> None:
     except ImportError:
         return
     torch.set_float32_matmul_precision(torch_name)
+
+
+def write_results(out: str, stem: str, title: str, intro: str, table: list[str], payload: dict) -> str:
+    """``out/<stem>.md`` (the title, the intro paragraph, the table) and ``out/<stem>.json``
+    (``payload``); returns the markdown."""
+    import json
+    import os
+
+    text = "\n".join([f"# {title}", "", intro, ""] + table) + "\n"
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, f"{stem}.md"), "w") as fh:
+        fh.write(text)
+    with open(os.path.join(out, f"{stem}.json"), "w") as fh:
+        json.dump(payload, fh, indent=2)
+    return text

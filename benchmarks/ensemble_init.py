@@ -37,11 +37,8 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
-from benchmarks.accuracy import DATASETS as ACCURACY_DATASETS  # noqa: E402
-from benchmarks.k_estimate import DATA, ensemble_setup  # noqa: E402
-
-# the three files of the scDeepCluster paper and pbmc68k (accuracy.py's), and two more no setting was chosen on
-DATASETS = {**ACCURACY_DATASETS, "baron": ("baron_mouse1.h5", 13, 2000), "cellbench": ("cellbench_celseq2_5cl.h5", 5, 2000)}
+from benchmarks.common import write_results  # noqa: E402
+from benchmarks.k_estimate import DATA, DATASETS, ensemble_setup  # noqa: E402
 
 STARTS = ("member", "consensus", "joint")
 
@@ -74,32 +71,38 @@ def pretrained(setup, seeds: list[int], path: str | None):
 
 
 def one_ensemble(name: str, seed: int, members: int, cache: str | None, starts=STARTS, row: dict | None = None) -> dict:
+    setup, k = _setup(name, members, seed)
+    seeds = [seed + m for m in range(members)]
+    ae, pre_s = pretrained(setup, seeds, os.path.join(cache, f"{name}_{seed}_{members}.npz") if cache else None)
+    z = setup.source.encoder(setup.graphdef, members=True)(ae)
+    row = row or {"dataset": name, "seed": seed, "k": k, "members": members, "pretrain_s": pre_s}
+    for start in [s for s in starts if s not in row]:
+        row[start] = dec_vote(setup, ae, z, k, seeds, start)
+    return row
+
+
+def dec_vote(setup, ae, z, k: int, seeds: list[int], start: str) -> dict:
+    """The DEC stage of the pretrained members ``ae`` (latents ``z``) with ``k`` clusters from the
+    start ``start``, and the vote of the final members, scored against ``setup.labels``."""
     import jax
 
     from scdc_jax.cluster import ensemble, pipeline
     from scdc_jax.metrics import clustering_scores
 
-    setup, k = _setup(name, members, seed)
-    seeds = [seed + m for m in range(members)]
-    ae, pre_s = pretrained(setup, seeds, os.path.join(cache, f"{name}_{seed}_{members}.npz") if cache else None)
-    z = setup.source.encoder(setup.graphdef, members=True)(ae)
     truth = setup.labels
-    row = row or {"dataset": name, "seed": seed, "k": k, "members": members, "pretrain_s": pre_s}
-    for start in [s for s in starts if s not in row]:
-        s = dataclasses.replace(setup, cfg=dataclasses.replace(setup.cfg, ensemble_init=start))
-        t0 = time.perf_counter()
-        centres, last, used, agreement = ensemble.start_partition(s, z, k, seeds)
-        start_ari = [clustering_scores(truth, lab)["ari"] for lab in last]
-        fresh = jax.tree.map(lambda a: jax.numpy.array(a, copy=True), ae)  # the DEC stage donates its input
-        done = ensemble._cluster(s, fresh, centres, last, seeds, pipeline._Progress)
-        labels = np.stack([m["labels"] for m in done])
-        vote = ensemble.consensus_labels(labels, k, method="vote", member_q=np.stack([m["q"] for m in done]))
-        row[start] = {"used": used, "start_ari": start_ari, "kmeans_agreement": agreement,
-                      "member_ari": [clustering_scores(truth, lab)["ari"] for lab in labels],
-                      "cluster_epochs": [m["epochs"] for m in done],
-                      "agreement": ensemble.mean_off_diagonal(ensemble.pairwise_ari(labels)),
-                      "vote_ari": clustering_scores(truth, vote)["ari"], "cluster_s": time.perf_counter() - t0}
-    return row
+    s = dataclasses.replace(setup, cfg=dataclasses.replace(setup.cfg, ensemble_init=start, n_clusters=k))
+    t0 = time.perf_counter()
+    centres, last, used, agreement = ensemble.start_partition(s, z, k, seeds)
+    start_ari = [clustering_scores(truth, lab)["ari"] for lab in last]
+    fresh = jax.tree.map(lambda a: jax.numpy.array(a, copy=True), ae)  # the DEC stage donates its input
+    done = ensemble._cluster(s, fresh, centres, last, seeds, pipeline._Progress)
+    labels = np.stack([m["labels"] for m in done])
+    vote = ensemble.consensus_labels(labels, k, method="vote", member_q=np.stack([m["q"] for m in done]))
+    return {"used": used, "start_ari": start_ari, "kmeans_agreement": agreement,
+            "member_ari": [clustering_scores(truth, lab)["ari"] for lab in labels],
+            "cluster_epochs": [m["epochs"] for m in done],
+            "agreement": ensemble.mean_off_diagonal(ensemble.pairwise_ari(labels)),
+            "vote_ari": clustering_scores(truth, vote)["ari"], "cluster_s": time.perf_counter() - t0}
 
 
 def _ms(v) -> str:
@@ -166,18 +169,13 @@ def main():
                   flush=True)
     summary, table = summarise(rows)
     cmd = "python benchmarks/ensemble_init.py " + " ".join(sys.argv[1:])
-    text = "\n".join([
-        "# Seed ensembles: where the DEC stage starts", "",
+    print(write_results(
+        args.out, f"ensemble_init{args.tag}", "Seed ensembles: where the DEC stage starts",
         f"`{cmd}` ({time.strftime('%Y-%m-%d')}, CPU); k given.  Single model: the members of the member-start "
         "runs, each an exact single run of its seed.  Vote: the ensemble's consensus (default).  In brackets: "
         "distance from the single-model mean in single-model sds.  Paired: one start's vote minus another's, "
-        "the same pretrained members; won: ensembles where the first is larger.", ""] + table) + "\n"
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, f"ensemble_init{args.tag}.md"), "w") as fh:
-        fh.write(text)
-    with open(os.path.join(args.out, f"ensemble_init{args.tag}.json"), "w") as fh:
-        json.dump({"command": cmd, "summary": summary, "rows": rows}, fh, indent=2)
-    print(text)
+        "the same pretrained members; won: ensembles where the first is larger.", table,
+        {"command": cmd, "summary": summary, "rows": rows}))
 
 
 if __name__ == "__main__":

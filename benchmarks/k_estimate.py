@@ -2,14 +2,22 @@
 
     python benchmarks/k_estimate.py --members 4 --datasets pbmc worm bladder
 
-For each shared dataset: N autoencoders (seeds 0..N-1, the published pretraining) are trained as
-one ensemble, exactly as ``python -m scdc_jax.cluster --ensemble N`` does; then, on their latent
-spaces, Louvain at resolution 0.8 on the 20-NN graph (the reference's estimate, per member) and
-the ensemble's ``stability`` estimate (:func:`scdc_jax.cluster.ensemble.estimate_k`), with the
-whole stability curve.  ARI here is of the initial partition (Louvain's communities, or k-means
-with the estimated k) against the true types: the starting point of the DEC stage, not its end.
-Writes ``benchmarks/results/k_estimate.{json,md}``.  ``--cache DIR`` keeps the latents, so a
-rerun with other estimates skips the pretraining.
+For each shared dataset (the scDeepCluster paper's three files by default; ``baron``,
+``cellbench`` and scanpy's ``pbmc68k`` too): N autoencoders (seeds 0..N-1, the published
+pretraining) are trained as one ensemble, exactly as ``python -m scdc_jax.cluster --ensemble N``
+does; then, on their latent spaces,
+
+- ``louvain``: Louvain at resolution 0.8 on the 20-NN graph (the reference's estimate, per member);
+- ``stability``: the ensemble's k-means stability estimate
+  (:func:`scdc_jax.cluster.ensemble.estimate_k`), with the whole stability curve;
+- ``resolution``: Louvain at each resolution from 0.1 to 1.0 on every member's graph, the
+  resolution whose communities agree most between the members (mean pairwise ARI), its k the
+  median of the members' counts there, with the whole curve.
+
+ARI here is of the initial partition (Louvain's communities, or k-means with the estimated k)
+against the true types: the starting point of the DEC stage, not its end.  Writes
+``benchmarks/results/k_estimate<tag>.{json,md}``.  ``--cache DIR`` keeps the latents, so a rerun
+with other estimates skips the pretraining.
 """
 from __future__ import annotations
 
@@ -26,7 +34,8 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 from benchmarks.accuracy import DATA, DATASETS as ALL, read_dataset  # noqa: E402
 
-DATASETS = {name: ALL[name] for name in ("bladder", "worm", "pbmc")}  # the scDeepCluster paper's three files
+# accuracy.py's (the scDeepCluster paper's three files and scanpy's pbmc68k) and two more shared files
+DATASETS = {**ALL, "baron": ("baron_mouse1.h5", 13, 2000), "cellbench": ("cellbench_celseq2_5cl.h5", 5, 2000)}
 
 
 def ensemble_setup(spec: tuple, members: int, seed: int, *, n_clusters: int | None = None):
@@ -73,14 +82,15 @@ def main():
     ap.add_argument("--members", type=int, default=4)
     ap.add_argument("--cache", help="folder keeping the members' latents between runs")
     ap.add_argument("--out", default=os.path.join(HERE, "results"))
+    ap.add_argument("--tag", default="")
     args = ap.parse_args()
     if not os.path.isdir(DATA):
         sys.exit(f"skipped: {DATA} is absent (real data lives only on developer machines and CI)")
     from sklearn.metrics import adjusted_rand_score
 
     from scdc_jax.cluster import ClusterConfig
-    from scdc_jax.cluster.ensemble import estimate_k
-    from scdc_jax.cluster.init import community_labels, kmeans
+    from scdc_jax.cluster.ensemble import estimate_k, resolution_curve
+    from scdc_jax.cluster.init import community_labels, kmeans, knn_graph
 
     rows = []
     for name in args.datasets:
@@ -98,6 +108,12 @@ def main():
                "louvain_median_k": int(np.round(np.median([x.max() + 1 for x in louvain]))),
                "stability_k": k, "stability_kmeans_ari": km_ari, "true_k_kmeans_ari": km_true,
                "stability_curve": info["stability"]}
+        k_res, info_res = estimate_k(z, ClusterConfig(ensemble=args.members, k_estimate="resolution"), seeds)
+        scan = resolution_curve([knn_graph(zz, 20, seed=s) for zz, s in zip(z, seeds)], seeds, keep_labels=True)
+        row.update({"resolution_curve": {str(r): {"stability": v["stability"], "k": v["k"],
+                                                  "ari": [adjusted_rand_score(labels, x) for x in v["labels"]]}
+                                         for r, v in scan.items()},
+                    "resolution_stable": info_res["chosen_resolution"], "resolution_k": k_res})
         rows.append(row)
         print(json.dumps(row), flush=True)
     cmd = "python benchmarks/k_estimate.py " + " ".join(sys.argv[1:])
@@ -106,18 +122,25 @@ def main():
              "pretraining.  ARI: of the initial partition (before the DEC stage) against the true types, mean ± sd "
              "over the members.", "",
              "| dataset | true k | Louvain k (members) | Louvain ARI | stability k | k-means ARI at stability k "
-             "| k-means ARI at true k |", "|---|---|---|---|---|---|---|"]
+             "| k-means ARI at true k | most stable resolution: k | Louvain ARI there |", "|---" * 9 + "|"]
     ms = lambda v: f"{np.mean(v):.3f} ± {np.std(v, ddof=1) if len(v) > 1 else 0:.3f}"
     for r in rows:
         lines.append(f"| {r['dataset']} | {r['true_k']} | {r['louvain_k']} | {ms(r['louvain_ari'])} | {r['stability_k']} "
-                     f"| {ms(r['stability_kmeans_ari'])} | {ms(r['true_k_kmeans_ari'])} |")
+                     f"| {ms(r['stability_kmeans_ari'])} | {ms(r['true_k_kmeans_ari'])} | {r['resolution_stable']}: "
+                     f"{r['resolution_k']} | {ms(r['resolution_curve'][str(r['resolution_stable'])]['ari'])} |")
     lines += ["", "Stability curves (mean ARI between the members' k-means labelings):", ""]
     for r in rows:
         lines.append(f"- {r['dataset']}: " + ", ".join(f"{k}: {v:.2f}" for k, v in r["stability_curve"].items()))
+    lines += ["", "Resolution stability (Louvain at each resolution: mean ARI between the members' labelings, their "
+              "counts, their mean ARI against the true types):", ""]
+    for r in rows:
+        lines.append(f"- {r['dataset']}: " + ", ".join(f"{res}: {v['stability']:.2f} (k {'/'.join(map(str, v['k']))}, "
+                                                       f"ARI {np.mean(v['ari']):.2f})"
+                                                       for res, v in r["resolution_curve"].items()))
     os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "k_estimate.md"), "w") as fh:
+    with open(os.path.join(args.out, f"k_estimate{args.tag}.md"), "w") as fh:
         fh.write("\n".join(lines) + "\n")
-    with open(os.path.join(args.out, "k_estimate.json"), "w") as fh:
+    with open(os.path.join(args.out, f"k_estimate{args.tag}.json"), "w") as fh:
         json.dump({"command": cmd, "rows": rows}, fh, indent=2)
     print("\n".join(lines))
 

@@ -128,6 +128,24 @@ def test_ensemble_init_summary_pairs_the_starts_on_the_same_members():
     assert set(out["worm"]["paired_difference"]) == {"consensus-member"} and "joint" not in lines[0]
 
 
+def test_k_estimate_dec_summary_pairs_each_estimate_with_louvain_on_the_same_members():
+    from benchmarks import k_estimate_dec
+
+    def row(seed, k_l, k_r, votes):
+        return {"dataset": "pbmc", "seed": seed, "true_k": 8, "members": 4,
+                "estimates": {"louvain": {"k": k_l}, "resolution": {"k": k_r}},
+                "runs": {str(k): {"vote_ari": v} for k, v in votes.items()}}
+
+    # seed 4: the resolution estimate is the true k, so its run is the true k's
+    rows = [row(0, 11, 6, {8: 0.75, 11: 0.58, 6: 0.66}), row(4, 12, 8, {8: 0.74, 12: 0.56})]
+    out, lines = k_estimate_dec.summarise(rows, ["louvain", "resolution"])
+    assert out["pbmc"]["k"] == {"louvain": [11, 12], "resolution": [6, 8]}
+    assert out["pbmc"]["vote_ari"]["resolution"] == [0.66, 0.74] and out["pbmc"]["true_k_vote_ari"] == [0.75, 0.74]
+    assert out["pbmc"]["paired_difference"]["resolution"] == pytest.approx([0.08, 0.18])
+    assert "| pbmc | 8 | 2 x 4 | 11/12 | 0.570 ± 0.014 | 6/8 | 0.700 ± 0.057 |" in lines[2] and "2 of 2" in lines[2]
+    assert len(lines[0].split("|")) == len(lines[1].split("|")) == len(lines[2].split("|"))
+
+
 def test_ensemble_init_reads_scanpys_bundled_pbmcs_without_the_shared_data():
     from benchmarks import ensemble_init
 
