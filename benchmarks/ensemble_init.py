@@ -105,6 +105,19 @@ def dec_vote(setup, ae, z, k: int, seeds: list[int], start: str) -> dict:
             "vote_ari": clustering_scores(truth, vote)["ari"], "cluster_s": time.perf_counter() - t0}
 
 
+def cached_row(cache: str | None, stem: str, complete, compute) -> dict:
+    """The row kept in ``cache/<stem>.json`` when ``complete(row)``; else ``compute(row)`` (``row``
+    None when none is kept), then kept there."""
+    path = os.path.join(cache, f"{stem}.json") if cache else None
+    row = json.load(open(path)) if path and os.path.isfile(path) else None
+    if row is None or not complete(row):
+        row = compute(row)
+        if path:
+            with open(path, "w") as fh:
+                json.dump(row, fh)
+    return row
+
+
 def _ms(v) -> str:
     return f"{np.mean(v):.3f} ± {np.std(v, ddof=1) if len(v) > 1 else 0.0:.3f}"
 
@@ -156,14 +169,9 @@ def main():
     rows = []
     for name in args.datasets:
         for seed in args.seeds:
-            done = os.path.join(args.cache, f"{name}_{seed}_{args.members}.json") if args.cache else None
             starts = ["member"] + [s for s in args.starts if s != "member"]
-            row = json.load(open(done)) if done and os.path.isfile(done) else None
-            if row is None or any(s not in row for s in starts):
-                row = one_ensemble(name, seed, args.members, args.cache, starts, row)
-                if done:
-                    with open(done, "w") as fh:
-                        json.dump(row, fh)
+            row = cached_row(args.cache, f"{name}_{seed}_{args.members}", lambda r: all(s in r for s in starts),
+                             lambda r: one_ensemble(name, seed, args.members, args.cache, starts, r))
             rows.append(row)
             print(json.dumps({"dataset": name, "seed": seed, **{s: round(row[s]["vote_ari"], 4) for s in starts}}),
                   flush=True)

@@ -28,7 +28,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 from benchmarks.common import write_results  # noqa: E402
-from benchmarks.ensemble_init import _ms, _setup, dec_vote, pretrained  # noqa: E402
+from benchmarks.ensemble_init import _ms, _setup, cached_row, dec_vote, pretrained  # noqa: E402
 from benchmarks.k_estimate import DATA, DATASETS  # noqa: E402
 
 ESTIMATES = ("louvain", "resolution", "stability")
@@ -96,13 +96,9 @@ def main():
     rows = []
     for name in args.datasets:
         for seed in args.seeds:
-            done = os.path.join(args.cache, f"{name}_{seed}_{args.members}_k.json") if args.cache else None
-            row = json.load(open(done)) if done and os.path.isfile(done) else None
-            if row is None or any(e not in row["estimates"] for e in estimates):
-                row = one_ensemble(name, seed, args.members, estimates, args.cache, row)
-                if done:
-                    with open(done, "w") as fh:
-                        json.dump(row, fh)
+            row = cached_row(args.cache, f"{name}_{seed}_{args.members}_k",
+                             lambda r: all(e in r["estimates"] for e in estimates),
+                             lambda r: one_ensemble(name, seed, args.members, estimates, args.cache, r))
             rows.append(row)
             print(json.dumps({"dataset": name, "seed": seed, **{e: (row["estimates"][e]["k"], round(
                 row["runs"][str(row["estimates"][e]["k"])]["vote_ari"], 4)) for e in estimates}}), flush=True)
