@@ -21,9 +21,10 @@ def set_matmul_precision(name: str) -> None:
     torch.set_float32_matmul_precision(torch_name)
 
 
-def write_results(out: str, stem: str, title: str, intro: str, table: list[str], payload: dict) -> str:
+def write_results(out: str, stem: str, title: str, intro: str, table: list[str], payload: dict,
+                  indent: int | None = 2) -> str:
     """``out/<stem>.md`` (the title, the intro paragraph, the table) and ``out/<stem>.json``
-    (``payload``); returns the markdown."""
+    (``payload``, ``indent`` as :func:`json.dump`'s: None for one line); returns the markdown."""
     import json
     import os
 
@@ -32,5 +33,5 @@ def write_results(out: str, stem: str, title: str, intro: str, table: list[str],
     with open(os.path.join(out, f"{stem}.md"), "w") as fh:
         fh.write(text)
     with open(os.path.join(out, f"{stem}.json"), "w") as fh:
-        json.dump(payload, fh, indent=2)
+        json.dump(payload, fh, indent=indent)
     return text

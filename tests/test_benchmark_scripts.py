@@ -208,3 +208,48 @@ def test_ensemble_speed_times_one_model_and_an_ensemble_on_the_same_cells():
         row = ensemble_speed.epoch_seconds(prep, n, 1)
         assert row["members"] == n
         assert all(row[s][t] > 0 for s in ("pretrain", "cluster") for t in ("compile_s", "epoch_s"))
+
+
+def test_epoch_choice_scores_every_epoch_and_stops_each_member_where_a_single_run_stops():
+    import numpy as np
+    from conftest import synthetic_counts
+
+    from benchmarks import epoch_choice
+    from scdc_jax.cluster import ClusterConfig, ensemble, pipeline, run
+    from scdc_jax.cluster.source import InMemory
+    from scdc_jax.cluster.train import abstract_model, device_data
+    from scdc_jax.io import CountData
+    from scdc_jax.preprocess import prepare
+
+    counts, groups, _ = synthetic_counts(240, 80, n_groups=3)
+    data = CountData(X=counts, labels=groups)
+    small = dict(pretrain_epochs=8, maxiter=15, batch_size=64)
+    cfg = ClusterConfig(n_clusters=3, ensemble=2, seed=5, **small)
+    prep = prepare(data)
+    g = prep.shape[1]
+    setup = pipeline._Setup(cfg, InMemory(device_data(prep), batch_size=cfg.batch_size), abstract_model(cfg, g)[0],
+                            g, 0, prep.data.labels, None, False)
+    ae, _ = ensemble._pretrain(setup, [5, 6], pipeline._Progress)
+    z = setup.source.encoder(setup.graphdef, members=True)(ae)
+    rec = epoch_choice.trajectory(setup, ae, z, 3, [5, 6], "member", maxiter=15, sil_cells=200)
+    assert len(rec["member_ari"]) == len(rec["vote_ari"]) == len(rec["silhouette"]) == len(rec["delta"]) == 16
+    assert np.shape(rec["zinb"]) == (2, 15)  # epochs 0..15 scored, 15 trained
+    single = run(data, ClusterConfig(n_clusters=3, seed=6, **small), progress=False)
+    # member 1 is the single run of seed 6: the rule stops it where that run stopped, with its labels
+    published = rec["rules"]["0.001"]
+    assert single.stop_reason == "tol" and published["stop_epoch"][1] == single.history["scores"][-1]["epoch"] < 15
+    assert published["member_ari"][1] == pytest.approx(single.scores["ari"], abs=1e-6)
+    scored = single.history["scores"]
+    assert [d[1] for d in rec["delta"][1:len(scored)]] == pytest.approx([s["delta"] for s in scored[1:]])
+    # a larger tol never stops later
+    assert rec["rules"]["0.01"]["stop_epoch"][1] <= rec["rules"]["0.002"]["stop_epoch"][1] <= published["stop_epoch"][1]
+    assert rec["member_ari"][0][1] == pytest.approx(single.history["scores"][0]["ari"], abs=1e-6)  # its k-means start
+    row = {"dataset": "toy", "members": 2, "member": rec, "joint": rec}
+    c = epoch_choice.choices(row)
+    assert all(lab >= stop - 1e-12 for lab, stop in zip(c["single"]["labels"], c["single"]["tol 0.001"]))
+    assert c["single"]["labels"] == np.max(rec["member_ari"], axis=0).tolist()
+    assert c["single"]["last"] == rec["member_ari"][-1] and c["vote"]["labels"] == max(rec["vote_ari"])
+    out, lines = epoch_choice.summarise([row, {**row, "seed": 1}])
+    assert out["toy"]["difference_from_published_rule"]["single"]["tol 0.001"] == 0.0
+    assert len(out["toy"]["single"]["labels"]) == 4 and len(lines) == 4  # two runs of 2 members; single and vote rows
+    assert len({len(line.split("|")) for line in lines}) == 1

@@ -314,8 +314,11 @@ def _diverged(stage: str, epoch: int, m: int, seeds: list[int]) -> TrainingDiver
                             f"epoch {epoch}. Try a smaller {option('sigma')} or learning rate, or check the input counts.")
 
 
-def _cluster(setup, ae, centres: np.ndarray, last: np.ndarray, seeds: list[int], progress_cls) -> list[dict]:
-    """The DEC stage of all members; per member its final state as a single run would end."""
+def _cluster(setup, ae, centres: np.ndarray, last: np.ndarray, seeds: list[int], progress_cls,
+             on_update=None) -> list[dict]:
+    """The DEC stage of all members; per member its final state as a single run would end.
+    ``on_update(epoch, z0, q, pred)``, if given, sees every member's latent, soft assignments and
+    labels at each target update (before any member stops there)."""
     cfg = setup.cfg
     tx = adadelta_torch(cfg.lr_cluster)
     params = {"ae": ae, "mu": jnp.asarray(centres)}
@@ -342,6 +345,8 @@ def _cluster(setup, ae, centres: np.ndarray, last: np.ndarray, seeds: list[int],
             active = [m for m in range(n_members) if done[m] is None]
             if epoch % cfg.update_interval == 0 or epoch == cfg.maxiter:
                 z0, q, p, pred = assign(params)
+                if on_update is not None:
+                    on_update(epoch, z0, q, pred)
                 for m in active:
                     delta = float(np.mean(pred[m] != last[m]))
                     if setup.labels is not None:
