@@ -1,4 +1,4 @@
-"""Settings shared by the benchmark scripts."""
+"""Settings and helpers shared by the benchmark scripts."""
 from __future__ import annotations
 
 MATMUL = {"float32": ("float32", "highest"), "tf32": ("tensorfloat32", "high")}
@@ -35,3 +35,21 @@ def write_results(out: str, stem: str, title: str, intro: str, table: list[str],
     with open(os.path.join(out, f"{stem}.json"), "w") as fh:
         json.dump(payload, fh, indent=indent)
     return text
+
+
+def parse_cached(ap, data_dir: str, results_dir: str):
+    """Parse the command line of a benchmark that trains on the shared data and keeps its work in
+    a cache folder: adds ``--cache``, ``--out`` (default ``results_dir``) and ``--tag``; exits with
+    one sentence when ``data_dir`` is absent; creates the cache folder."""
+    import os
+    import sys
+
+    ap.add_argument("--cache", help="folder keeping the pretrained members and finished rows between runs")
+    ap.add_argument("--out", default=results_dir, help="folder the result files are written to")
+    ap.add_argument("--tag", default="", help="suffix of the result files' names")
+    args = ap.parse_args()
+    if not os.path.isdir(data_dir):
+        sys.exit(f"skipped: {data_dir} is absent (real data lives only on developer machines and CI)")
+    if args.cache:
+        os.makedirs(args.cache, exist_ok=True)
+    return args

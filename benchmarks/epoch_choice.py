@@ -32,7 +32,7 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
-from benchmarks.common import write_results  # noqa: E402
+from benchmarks.common import parse_cached, write_results  # noqa: E402
 from benchmarks.ensemble_init import _ms, _setup, cached_row, pretrained  # noqa: E402
 from benchmarks.k_estimate import DATA, DATASETS  # noqa: E402
 
@@ -180,14 +180,7 @@ def main():
     ap.add_argument("--members", type=int, default=4)
     ap.add_argument("--maxiter", type=int, default=150, help="DEC epochs run, past the stopping rule")
     ap.add_argument("--sil-cells", type=int, default=1000, help="cells the silhouettes are computed on")
-    ap.add_argument("--cache", help="folder keeping the pretrained members and finished rows between runs")
-    ap.add_argument("--out", default=os.path.join(HERE, "results"))
-    ap.add_argument("--tag", default="")
-    args = ap.parse_args()
-    if not os.path.isdir(DATA):
-        sys.exit(f"skipped: {DATA} is absent (real data lives only on developer machines and CI)")
-    if args.cache:
-        os.makedirs(args.cache, exist_ok=True)
+    args = parse_cached(ap, DATA, os.path.join(HERE, "results"))
     rows = []
     for name in args.datasets:
         for seed in args.seeds:

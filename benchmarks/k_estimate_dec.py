@@ -27,7 +27,7 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
-from benchmarks.common import write_results  # noqa: E402
+from benchmarks.common import parse_cached, write_results  # noqa: E402
 from benchmarks.ensemble_init import _ms, _setup, cached_row, dec_vote, pretrained  # noqa: E402
 from benchmarks.k_estimate import DATA, DATASETS  # noqa: E402
 
@@ -84,14 +84,7 @@ def main():
     ap.add_argument("--members", type=int, default=4)
     ap.add_argument("--estimates", nargs="+", default=["louvain", "resolution"], choices=ESTIMATES,
                     help="the estimates compared (louvain is always run: the others are paired against it)")
-    ap.add_argument("--cache", help="folder keeping the pretrained members and finished rows between runs")
-    ap.add_argument("--out", default=os.path.join(HERE, "results"))
-    ap.add_argument("--tag", default="")
-    args = ap.parse_args()
-    if not os.path.isdir(DATA):
-        sys.exit(f"skipped: {DATA} is absent (real data lives only on developer machines and CI)")
-    if args.cache:
-        os.makedirs(args.cache, exist_ok=True)
+    args = parse_cached(ap, DATA, os.path.join(HERE, "results"))
     estimates = ["louvain"] + [e for e in args.estimates if e != "louvain"]
     rows = []
     for name in args.datasets:

@@ -253,3 +253,18 @@ def test_epoch_choice_scores_every_epoch_and_stops_each_member_where_a_single_ru
     assert out["toy"]["difference_from_published_rule"]["single"]["tol 0.001"] == 0.0
     assert len(out["toy"]["single"]["labels"]) == 4 and len(lines) == 4  # two runs of 2 members; single and vote rows
     assert len({len(line.split("|")) for line in lines}) == 1
+
+
+def test_a_cached_benchmark_parses_its_flags_and_skips_in_one_sentence_without_the_data(tmp_path, monkeypatch):
+    import argparse
+    import sys
+
+    from benchmarks.common import parse_cached
+
+    monkeypatch.setattr(sys, "argv", ["bench", "--cache", str(tmp_path / "cache"), "--tag", "_x"])
+    with pytest.raises(SystemExit, match=r"^skipped: .*nodata is absent"):
+        parse_cached(argparse.ArgumentParser(), str(tmp_path / "nodata"), str(tmp_path / "results"))
+    assert not (tmp_path / "cache").exists()
+    (tmp_path / "data").mkdir()
+    args = parse_cached(argparse.ArgumentParser(), str(tmp_path / "data"), str(tmp_path / "results"))
+    assert (args.tag, args.out) == ("_x", str(tmp_path / "results")) and (tmp_path / "cache").is_dir()
