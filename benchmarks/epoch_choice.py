@@ -70,7 +70,7 @@ def trajectory(setup, ae, z, k: int, seeds: list[int], start: str, maxiter: int,
         vote = ensemble.consensus_labels(pred, k, method="vote", member_q=q)
         rec["member_ari"].append([clustering_scores(truth, lab)["ari"] for lab in pred])
         rec["vote_ari"].append(clustering_scores(truth, vote)["ari"])
-        rec["agreement"].append(ensemble.mean_off_diagonal(ensemble.pairwise_ari(pred)))
+        rec["agreement"].append(float(np.mean([c["agreement"] for c in crit])))  # = the mean pairwise ARI
         rec["silhouette"].append([c["silhouette"] for c in crit])
         rec["delta"].append(delta)
 

@@ -234,6 +234,7 @@ def test_epoch_choice_scores_every_epoch_and_stops_each_member_where_a_single_ru
     rec = epoch_choice.trajectory(setup, ae, z, 3, [5, 6], "member", maxiter=15, sil_cells=200)
     assert len(rec["member_ari"]) == len(rec["vote_ari"]) == len(rec["silhouette"]) == len(rec["delta"]) == 16
     assert np.shape(rec["zinb"]) == (2, 15)  # epochs 0..15 scored, 15 trained
+    assert all(-1 <= a <= 1 for a in rec["agreement"])
     single = run(data, ClusterConfig(n_clusters=3, seed=6, **small), progress=False)
     # member 1 is the single run of seed 6: the rule stops it where that run stopped, with its labels
     published = rec["rules"]["0.001"]
