@@ -21,7 +21,7 @@ versions, command) and ``.md``, and ``accuracy_compare<tag>.md`` (mean and sd si
 members ``s .. s+N-1`` as one program (give seeds N apart so that no member repeats); a row's
 ARI/NMI/ACC are its consensus's, and it carries every member's scores and label-free criteria.
 ``accuracy_ensemble<tag>.md`` then compares the consensus with the single models (the members,
-each an exact single run with ``--ensemble-init member``), the best member by each criterion, how each criterion ranks the
+each trained as the single run of its seed with ``--ensemble-init member``), the best member by each criterion, how each criterion ranks the
 members against their ARI (Spearman), and in ``estimated`` mode the number of clusters found.
 With ``--save-members DIR`` each ensemble's members are kept, for ``benchmarks/consensus.py`` to
 compare the consensus methods on them.
@@ -204,7 +204,8 @@ def write_ensemble_summary(rows, args, out_dir):
     cmd = "python benchmarks/accuracy.py " + " ".join(sys.argv[1:])
     lines = [f"# Seed ensembles of scDeepCluster ({rows[0]['impl']}): consensus against single models", "",
              f"`{cmd}` ({rows[0]['device']}, {time.strftime('%Y-%m-%d')}).  Single model: the ensembles' members, each "
-             "an exact single run of its seed when the ensembles started each member from its own k-means "
+             "trained as the single run of its seed (up to the rounding of batched products) when the ensembles started "
+             "each member from its own k-means "
              "(`--ensemble-init member`; from a common start (joint or consensus) the members are not single runs, so "
              "no distance is given: `benchmarks/ensemble_init.py` compares the starts on the same members).  Best by X: the member an ensemble would keep by criterion X "
              "(agreement: mean ARI with the other members; silhouette: of its labels in its latent; zinb: its "

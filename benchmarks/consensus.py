@@ -8,7 +8,7 @@
 true labels of the kept cells; this script makes every consensus of
 :func:`scdc_jax.cluster.ensemble.consensus_labels` from them (the same function a run calls, with
 the run's seed), and the member that agrees best with the others (``best by agreement``), and
-compares their ARI with the members' (each an exact single run of its seed).  Training is not
+compares their ARI with the members' (each trained as the single run of its seed).  Training is not
 repeated: a run with ``--consensus M`` trains the same members and returns exactly the labels of
 ``M`` here.  Writes ``benchmarks/results/consensus<tag>.{md,json}``.
 """
@@ -64,7 +64,7 @@ def main(argv=None):
     lines = ["# Consensus of seed ensembles: the methods on the same members", "",
              f"`python benchmarks/consensus.py {args.members_dir}` ({time.strftime('%Y-%m-%d')}), on the members "
              "saved by `benchmarks/accuracy.py --save-members`.  ARI mean ± sd over the ensembles (single: over "
-             "all members, each an exact single run); in brackets the difference from the single-run mean in "
+             "all members, each trained as a single run); in brackets the difference from the single-run mean in "
              "single-run sds.", "",
              "| dataset | k | ensembles x members | single run | " + " | ".join(methods) + " |",
              "|---" * (4 + len(methods)) + "|"]

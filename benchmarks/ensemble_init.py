@@ -11,7 +11,8 @@ trains them) are pretrained once; then the DEC stage runs from each start on the
 members:
 
 - ``member`` start (``--ensemble-init member``): each member from its own k-means, so every member
-  is exactly the single run of its seed (the "single model" column: the members of all ensembles);
+  trains as the single run of its seed (the "single model" column: the members of all ensembles;
+  the same run up to the rounding of batched matrix products, see the README);
 - ``consensus`` start (``--ensemble-init consensus``): every member from the vote of the members'
   k-means partitions (:func:`scdc_jax.cluster.ensemble.consensus_start`);
 - ``joint`` start (``--ensemble-init joint``, the default): every member from k-means on the
@@ -173,7 +174,7 @@ def main():
     print(write_results(
         args.out, f"ensemble_init{args.tag}", "Seed ensembles: where the DEC stage starts",
         f"`{cmd}` ({time.strftime('%Y-%m-%d')}, CPU); k given.  Single model: the members of the member-start "
-        "runs, each an exact single run of its seed.  Vote: the ensemble's consensus (default).  In brackets: "
+        "runs, each trained as the single run of its seed.  Vote: the ensemble's consensus (default).  In brackets: "
         "distance from the single-model mean in single-model sds.  Paired: one start's vote minus another's, "
         "the same pretrained members; won: ensembles where the first is larger.", table,
         {"command": cmd, "summary": summary, "rows": rows}))

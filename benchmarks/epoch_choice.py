@@ -14,7 +14,7 @@ member's silhouette in its own latent space.
 
 For each dataset and seed S, N autoencoders (seeds S..S+N-1, published pretraining) are pretrained
 once (``--cache`` shares them with ``benchmarks/ensemble_init.py``) and run their DEC stage from
-two starts: ``member`` (each its own k-means: every member is then exactly the single run of its
+two starts: ``member`` (each its own k-means: every member then trains as the single run of its
 seed) and ``joint`` (the ensemble default), with the true number of types.  Writes
 ``benchmarks/results/epoch_choice<tag>.{md,json}``.
 """

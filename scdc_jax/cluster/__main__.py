@@ -107,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "spaces side by side, each scaled alike; each member from its clusters' centres in its own "
                         "latent space), consensus (the vote of the members' own k-means partitions, each member "
                         "from its clusters' centres in its own latent space) or member (each member from its own "
-                        "k-means, so that each is exactly the single run of its seed)")
+                        "k-means, so that each trains as the single run of its seed)")
     e.add_argument("--k-estimate", choices=CHOICES["k_estimate"],
                    help="with --n-clusters 0 and --ensemble: one number of clusters for all members, the median "
                         "of the members' Louvain counts (louvain, default), the k from 2 to the largest "

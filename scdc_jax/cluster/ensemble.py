@@ -17,10 +17,11 @@ advances all of them (:func:`~scdc_jax.cluster.train.make_epoch` with ``members`
    (:func:`member_criteria`); the labels the run returns are the consensus or the best member by
    one criterion (``ensemble_select``).
 
-With ``ensemble_init = "member"`` each member starts from its own k-means and per-member results
-are exact single runs of the given number of clusters (up to the rounding of batched matrix
-products).  The network saved as the run's model is the member that agrees best
-with the returned labels, so ``predict`` works as for a single run.  An ensemble run writes no
+With ``ensemble_init = "member"`` each member starts from its own k-means and trains as the single
+run of its seed with the given number of clusters: the same weights, noise, cell order and start;
+only the batched matrix products round differently (on small data the same labels; over 300 epochs
+on real data the results drift apart: see the README).  The network saved as the run's model is
+the member that agrees best with the returned labels, so ``predict`` works as for a single run.  An ensemble run writes no
 periodic checkpoints (``--resume`` is refused for it).
 """
 from __future__ import annotations
