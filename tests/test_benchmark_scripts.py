@@ -210,12 +210,16 @@ def test_ensemble_speed_times_one_model_and_an_ensemble_on_the_same_cells():
         assert all(row[s][t] > 0 for s in ("pretrain", "cluster") for t in ("compile_s", "epoch_s"))
 
 
-def test_epoch_choice_scores_every_epoch_and_stops_each_member_where_a_single_run_stops():
-    import numpy as np
+SMALL = dict(pretrain_epochs=8, maxiter=15, batch_size=64)
+
+
+@pytest.fixture(scope="module")
+def pretrained_pair():
+    """Two members (seeds 5, 6) pretrained as one ensemble on small synthetic data of 3 groups:
+    (data, the ensemble's setup with k = 3, the stacked autoencoders, their latents)."""
     from conftest import synthetic_counts
 
-    from benchmarks import epoch_choice
-    from scdc_jax.cluster import ClusterConfig, ensemble, pipeline, run
+    from scdc_jax.cluster import ClusterConfig, ensemble, pipeline
     from scdc_jax.cluster.source import InMemory
     from scdc_jax.cluster.train import abstract_model, device_data
     from scdc_jax.io import CountData
@@ -223,19 +227,27 @@ def test_epoch_choice_scores_every_epoch_and_stops_each_member_where_a_single_ru
 
     counts, groups, _ = synthetic_counts(240, 80, n_groups=3)
     data = CountData(X=counts, labels=groups)
-    small = dict(pretrain_epochs=8, maxiter=15, batch_size=64)
-    cfg = ClusterConfig(n_clusters=3, ensemble=2, seed=5, **small)
+    cfg = ClusterConfig(n_clusters=3, ensemble=2, seed=5, **SMALL)
     prep = prepare(data)
     g = prep.shape[1]
     setup = pipeline._Setup(cfg, InMemory(device_data(prep), batch_size=cfg.batch_size), abstract_model(cfg, g)[0],
                             g, 0, prep.data.labels, None, False)
     ae, _ = ensemble._pretrain(setup, [5, 6], pipeline._Progress)
-    z = setup.source.encoder(setup.graphdef, members=True)(ae)
+    return data, setup, ae, setup.source.encoder(setup.graphdef, members=True)(ae)
+
+
+def test_epoch_choice_scores_every_epoch_and_stops_each_member_where_a_single_run_stops(pretrained_pair):
+    import numpy as np
+
+    from benchmarks import epoch_choice
+    from scdc_jax.cluster import ClusterConfig, run
+
+    data, setup, ae, z = pretrained_pair
     rec = epoch_choice.trajectory(setup, ae, z, 3, [5, 6], "member", maxiter=15, sil_cells=200)
     assert len(rec["member_ari"]) == len(rec["vote_ari"]) == len(rec["silhouette"]) == len(rec["delta"]) == 16
     assert np.shape(rec["zinb"]) == (2, 15)  # epochs 0..15 scored, 15 trained
     assert all(-1 <= a <= 1 for a in rec["agreement"])
-    single = run(data, ClusterConfig(n_clusters=3, seed=6, **small), progress=False)
+    single = run(data, ClusterConfig(n_clusters=3, seed=6, **SMALL), progress=False)
     # member 1 is the single run of seed 6: the rule stops it where that run stopped, with its labels
     published = rec["rules"]["0.001"]
     assert single.stop_reason == "tol" and published["stop_epoch"][1] == single.history["scores"][-1]["epoch"] < 15
@@ -269,3 +281,41 @@ def test_a_cached_benchmark_parses_its_flags_and_skips_in_one_sentence_without_t
     (tmp_path / "data").mkdir()
     args = parse_cached(argparse.ArgumentParser(), str(tmp_path / "data"), str(tmp_path / "results"))
     assert (args.tag, args.out) == ("_x", str(tmp_path / "results")) and (tmp_path / "cache").is_dir()
+
+
+def test_k_estimate_dec_single_runs_are_the_members_runs_without_a_number_of_clusters(pretrained_pair):
+    from benchmarks import k_estimate_dec
+    from scdc_jax.cluster import ClusterConfig, run
+
+    data, setup, ae, _ = pretrained_pair
+    runs = k_estimate_dec.single_runs(setup, ae, [5, 6])
+    single = run(data, ClusterConfig(n_clusters=0, seed=6, **SMALL), progress=False)
+    # member 1 run alone with its own Louvain estimate is the single run of seed 6 (small data: no drift)
+    assert runs[1]["seed"] == 6 and runs[1]["k"] == single.centers.shape[0]
+    assert runs[1]["ari"] == pytest.approx(single.scores["ari"], abs=1e-6)
+    assert runs[1]["epochs"] == len(single.history["cluster"])
+    assert runs[0]["seed"] == 5 and runs[0]["k"] >= 2
+
+
+def test_k_estimate_dec_compares_each_estimates_vote_with_the_single_runs():
+    from benchmarks import k_estimate_dec
+
+    def row(seed, k_l, k_r, votes, single):
+        return {"dataset": "pbmc", "seed": seed, "true_k": 8, "members": 2,
+                "estimates": {"louvain": {"k": k_l}, "resolution": {"k": k_r}},
+                "runs": {str(k): {"vote_ari": v} for k, v in votes.items()},
+                "single": [{"seed": seed + i, "k": k, "ari": a} for i, (k, a) in enumerate(single)]}
+
+    rows = [row(0, 11, 6, {8: 0.75, 11: 0.58, 6: 0.66}, [(11, 0.5), (12, 0.6)]),
+            row(2, 12, 8, {8: 0.74, 12: 0.56}, [(11, 0.55), (10, 0.55)])]
+    out, lines = k_estimate_dec.against_single(rows, ["louvain", "resolution"])
+    s = out["pbmc"]
+    assert s["single_mean"] == pytest.approx(0.55) and s["single_sd"] == pytest.approx(0.0408248, abs=1e-6)
+    assert s["single_k"] == [11, 12, 11, 10]
+    # louvain: votes 0.58, 0.56 (mean 0.57, +0.49 sd, not above one sd), each above its members' 0.55
+    assert s["louvain"]["sds_from_single"] == pytest.approx(0.02 / 0.0408248, abs=1e-4)
+    assert not s["louvain"]["above_one_sd"] and s["louvain"]["beats_own_members"] == 2
+    # resolution: 0.66, 0.74 (mean 0.70, above one sd), beats both
+    assert s["resolution"]["above_one_sd"] and s["resolution"]["beats_own_members"] == 2
+    assert "| pbmc | 4 | 10-12 (median 11) | 0.550 ± 0.041 |" in lines[2]
+    assert len(lines[0].split("|")) == len(lines[1].split("|")) == len(lines[2].split("|"))
