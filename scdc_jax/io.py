@@ -296,16 +296,22 @@ def to_anndata(data: CountData, label_key: str = "label"):
     return adata
 
 
-def read_h5ad(path: str, **kw) -> CountData:
+def read_anndata(path: str, fmt: str = "h5ad"):
+    """The whole AnnData of the .h5ad file (``fmt`` ``"h5ad"``) or .zarr store (``"zarr"``) ``path``,
+    as anndata reads it; one sentence (InputError) when it cannot be read."""
     import anndata
 
+    reader, what = {"h5ad": (anndata.read_h5ad, ".h5ad"), "zarr": (anndata.read_zarr, "a .zarr AnnData store")}[fmt]
     try:
         with warnings.catch_warnings():  # duplicate names are refused, with one sentence, where they matter
             warnings.filterwarnings("ignore", message=".*names are not unique")
-            adata = anndata.read_h5ad(path)
-    except Exception as exc:  # anndata raises many types for malformed files
-        raise InputError(f"{path} could not be read as .h5ad ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}).") from None
-    return from_anndata(adata, source=path, **kw)
+            return reader(path)
+    except Exception as exc:  # anndata and zarr raise many types for malformed files
+        raise InputError(f"{path} could not be read as {what} ({_first_line(exc)}).") from None
+
+
+def read_h5ad(path: str, **kw) -> CountData:
+    return from_anndata(read_anndata(path, "h5ad"), source=path, **kw)
 
 
 # Names that tell the rows of a table from its columns: cell barcodes (a run of 10 or more
@@ -544,15 +550,7 @@ def read_10x_mtx(path: str) -> CountData:
 
 
 def read_zarr(path: str, **kw) -> CountData:
-    import anndata
-
-    try:
-        with warnings.catch_warnings():  # duplicate names are refused, with one sentence, where they matter
-            warnings.filterwarnings("ignore", message=".*names are not unique")
-            adata = anndata.read_zarr(path)
-    except Exception as exc:  # anndata and zarr raise many types for malformed stores
-        raise InputError(f"{path} could not be read as a .zarr AnnData store ({_first_line(exc)}).") from None
-    return from_anndata(adata, source=path, **kw)
+    return from_anndata(read_anndata(path, "zarr"), source=path, **kw)
 
 
 def read_counts(path: str, *, layer: str | None = None, label_key: str | None = None,

@@ -112,6 +112,41 @@ def test_rerun_into_a_save_dir_is_refused_or_replaces_the_run_whole(tmp_path, ca
     assert sorted(os.listdir(tmp_path)) == ["a.h5", "b.h5", "res"]  # no staging folder left
 
 
+def test_out_writes_an_anndata_input_back_whole_with_the_results_added(tmp_path, capfd):
+    """An .h5ad user's file: log-normalised .X, counts in a layer, their own obs/var/obsm/uns and
+    a cell without counts; --out holds all of it as it was, plus the run's fields."""
+    import anndata
+    import pandas as pd
+    import scipy.sparse as sp
+
+    counts, groups, _ = synthetic_counts(60, 40)
+    counts[5] = 0  # removed before training: no cluster
+    logn = np.log1p(counts / np.maximum(counts.sum(1, keepdims=True), 1) * 1e4).astype(np.float32)
+    ad = anndata.AnnData(X=sp.csr_matrix(logn), layers={"counts": counts.astype(np.float32)},
+                         obs=pd.DataFrame({"cell_type": pd.Categorical([f"t{g}" for g in groups]),
+                                           "donor": ["d1", "d2"] * 30}, index=[f"c{i}" for i in range(60)]),
+                         var=pd.DataFrame({"symbol": [f"S{j}" for j in range(40)]}, index=[f"g{j}" for j in range(40)]))
+    ad.obsm["X_umap"] = np.arange(120, dtype=np.float32).reshape(60, 2)
+    ad.uns["mine"] = {"note": "kept"}
+    ad.write_h5ad(tmp_path / "in.h5ad")
+    out = cli_here(capfd, "--data-file", tmp_path / "in.h5ad", "--layer", "counts", "--label-key", "cell_type",
+                   "--n-clusters", "3", "--save-dir", tmp_path / "r", "--out", tmp_path / "out.h5ad", *TINY)
+    assert out.returncode == 0, out.stderr
+    res = anndata.read_h5ad(tmp_path / "out.h5ad")
+    assert sp.issparse(res.X) and np.allclose(res.X.toarray(), logn)  # the user's .X, not the counts
+    np.testing.assert_array_equal(res.layers["counts"], counts)
+    assert list(res.obs_names) == list(ad.obs_names) and list(res.var["symbol"]) == list(ad.var["symbol"])
+    assert list(res.obs["cell_type"]) == list(ad.obs["cell_type"]) and list(res.obs["donor"]) == list(ad.obs["donor"])
+    np.testing.assert_array_equal(res.obsm["X_umap"], ad.obsm["X_umap"])
+    assert res.uns["mine"]["note"] == "kept" and res.uns["scdc"]["params"]["n_clusters"] == 3
+    assert "label" not in res.obs  # no second copy of the labels
+    clusters = res.obs["scdc_cluster"]
+    assert pd.isna(clusters.iloc[5]) and clusters.drop(index="c5").notna().all()
+    assert np.isnan(res.obsm["X_scdc"][5]).all() and np.isfinite(np.delete(res.obsm["X_scdc"], 5, axis=0)).all()
+    labels = np.loadtxt(tmp_path / "r" / "pred_labels.txt")
+    assert labels[5] == -1 and (clusters.drop(index="c5").astype(int).to_numpy() == np.delete(labels, 5)).all()
+
+
 def test_config_file_and_paper_config(tmp_path, capfd):
     """The paper config holds the defaults, so a run of it could not tell whether the file was read:
     the run takes a copy of it with two values changed (flags still override the file)."""

@@ -249,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
         import jax
 
         args.devices = jax.device_count()  # every device of every process
-    from ..io import check_counts, pbmc68k_counts, read_counts, to_anndata
+    from ..io import check_counts, pbmc68k_counts, read_anndata, read_counts, sniff_format, to_anndata
     from ..outputs import (check_writable_dir, check_writable_file, provenance, write_h5ad, write_json,
                            write_labels, write_matrix_csv)
     from .config import load_config
@@ -325,7 +325,9 @@ def main(argv: list[str] | None = None) -> int:
                "read_by_process_rows": hold}
     write_json(os.path.join(save_dir, RUN_FILE), summary)
     if args.out:
-        adata = to_anndata(data)
+        # an AnnData input is written back whole (its .X, layers, obs, obsm, uns) with the results added
+        fmt = sniff_format(args.data_file) if args.data_file else None
+        adata = read_anndata(args.data_file, fmt) if fmt in ("h5ad", "zarr") else to_anndata(data)
         write_to_adata(adata, result, "scdc", extra={"seed": cfg.seed, "versions": prov["versions"],
                                                      "n_devices": cfg.devices, "data": data.source})
         write_h5ad(args.out, adata)

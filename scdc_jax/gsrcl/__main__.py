@@ -248,10 +248,11 @@ def cmd_annotate(args, argv) -> int:
                          1, "python -m scdc_jax.gsrcl " + shlex.join(argv)),
             "data": query.source, "n_cells": len(df), "cell_types": list(df.columns.drop("call"))}
     if out.endswith(".h5ad"):
-        import anndata
         import pandas as pd
 
-        adata = anndata.read_h5ad(args.data_file)
+        from ..io import read_anndata
+
+        adata = read_anndata(args.data_file)
         adata.obs["gsrcl_call"] = pd.Categorical(df["call"].to_numpy())
         for col in df.columns.drop("call"):
             adata.obs[f"gsrcl_prob_{col}"] = df[col].to_numpy()
