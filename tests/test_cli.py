@@ -114,7 +114,8 @@ def test_rerun_into_a_save_dir_is_refused_or_replaces_the_run_whole(tmp_path, ca
 
 def test_out_writes_an_anndata_input_back_whole_with_the_results_added(tmp_path, capfd):
     """An .h5ad user's file: log-normalised .X, counts in a layer, their own obs/var/obsm/uns and
-    a cell without counts; --out holds all of it as it was, plus the run's fields."""
+    a cell without counts; --out of the run and of predict hold all of it as it was, plus the
+    results."""
     import anndata
     import pandas as pd
     import scipy.sparse as sp
@@ -145,6 +146,16 @@ def test_out_writes_an_anndata_input_back_whole_with_the_results_added(tmp_path,
     assert np.isnan(res.obsm["X_scdc"][5]).all() and np.isfinite(np.delete(res.obsm["X_scdc"], 5, axis=0)).all()
     labels = np.loadtxt(tmp_path / "r" / "pred_labels.txt")
     assert labels[5] == -1 and (clusters.drop(index="c5").astype(int).to_numpy() == np.delete(labels, 5)).all()
+    # predict --out on the same file: written back whole too, the training cells in their clusters
+    pred = cli_here(capfd, "predict", "--model", tmp_path / "r", "--data-file", tmp_path / "in.h5ad", "--layer",
+                    "counts", "--save-dir", tmp_path / "p", "--out", tmp_path / "pred.h5ad")
+    assert pred.returncode == 0, pred.stderr
+    back = anndata.read_h5ad(tmp_path / "pred.h5ad")
+    assert sp.issparse(back.X) and list(back.obs["donor"]) == list(ad.obs["donor"]) and "X_umap" in back.obsm
+    np.testing.assert_array_equal(back.layers["counts"], counts)
+    assert back.obs["scdc_cluster"].astype(str).tolist() == clusters.astype(str).tolist()
+    assert cli_here(capfd, "predict", "--model", tmp_path / "r", "--data-file", tmp_path / "in.h5ad",
+                    "--out", tmp_path / "pred.csv").stderr.strip() == f"error: --out {tmp_path / 'pred.csv'} must end in .h5ad."
 
 
 def test_config_file_and_paper_config(tmp_path, capfd):

@@ -52,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "one holding another run is refused unless --overwrite or --resume")
     io.add_argument("--final-latent-file", help="latent CSV, cells x latent (default: SAVE_DIR/final_latent_file.txt)")
     io.add_argument("--predict-label-file", help="one cluster a line (default: SAVE_DIR/pred_labels.txt)")
-    io.add_argument("--out", help="write an .h5ad with .obs['scdc_cluster'], .obsm['X_scdc'] and the run in .uns")
+    io.add_argument("--out", help="write an .h5ad with .obs['scdc_cluster'], .obsm['X_scdc'] and the run in .uns: "
+                    "the input itself when it is an .h5ad or .zarr (everything in it kept), else its counts")
     io.add_argument("--ae-weights", help="folder of a pretrained autoencoder checkpoint (a previous SAVE_DIR); "
                     "skips pretraining")
     io.add_argument("--resume", action="store_true", help="continue the run in SAVE_DIR from its checkpoints (same "
@@ -142,8 +143,18 @@ def build_predict_parser() -> argparse.ArgumentParser:
     p.add_argument("--label-key", help="known labels of the query, to score the assignment")
     p.add_argument("--batch-key", help="batches of the query (batch-conditioned models)")
     p.add_argument("--save-dir", default="scdc_predict", help="output folder (default: %(default)s)")
-    p.add_argument("--out", help="also write an .h5ad with .obs['scdc_cluster'], .obsm['X_scdc'], .obsm['scdc_q']")
+    p.add_argument("--out", help="also write an .h5ad with .obs['scdc_cluster'], .obsm['X_scdc'], .obsm['scdc_q']: "
+                   "the query itself when it is an .h5ad or .zarr (everything in it kept), else its counts")
     return p
+
+
+def _out_anndata(data_file: str | None, data):
+    """The AnnData that ``--out`` writes the results into: an .h5ad or .zarr input whole, as it was
+    (its .X, layers, obs, var, obsm, uns), any other input an AnnData of its counts and labels."""
+    from ..io import read_anndata, sniff_format, to_anndata
+
+    fmt = sniff_format(data_file) if data_file else None
+    return read_anndata(data_file, fmt) if fmt in ("h5ad", "zarr") else to_anndata(data)
 
 
 def predict_main(argv: list[str]) -> int:
@@ -151,6 +162,8 @@ def predict_main(argv: list[str]) -> int:
     from ..io import read_counts
     from ..outputs import check_writable_dir, check_writable_file, write_labels, write_matrix_csv
 
+    if args.out and not args.out.endswith(".h5ad"):
+        raise InputError(f"--out {args.out} must end in .h5ad.")
     data = read_counts(args.data_file, layer=args.layer, label_key=args.label_key, batch_key=args.batch_key,
                        transpose=args.transpose)
     save_dir = check_writable_dir(args.save_dir, "save folder")
@@ -163,15 +176,12 @@ def predict_main(argv: list[str]) -> int:
     write_matrix_csv(os.path.join(save_dir, "q.csv"), res["q"])
     write_labels(os.path.join(save_dir, "pred_labels.txt"), res["labels"])
     if args.out:
-        import anndata
         import numpy as np
         import pandas as pd
 
         from ..outputs import write_h5ad
 
-        ad = anndata.AnnData(X=data.X.astype(np.float32))
-        if data.cell_names is not None:
-            ad.obs_names = data.cell_names
+        ad = _out_anndata(args.data_file, data)
         lab = res["labels"]
         ad.obs["scdc_cluster"] = pd.Categorical(np.where(lab >= 0, lab.astype(str), None),
                                                 categories=[str(i) for i in range(res["q"].shape[1])])
@@ -249,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
         import jax
 
         args.devices = jax.device_count()  # every device of every process
-    from ..io import check_counts, pbmc68k_counts, read_anndata, read_counts, sniff_format, to_anndata
+    from ..io import check_counts, pbmc68k_counts, read_counts
     from ..outputs import (check_writable_dir, check_writable_file, provenance, write_h5ad, write_json,
                            write_labels, write_matrix_csv)
     from .config import load_config
@@ -325,9 +335,7 @@ def main(argv: list[str] | None = None) -> int:
                "read_by_process_rows": hold}
     write_json(os.path.join(save_dir, RUN_FILE), summary)
     if args.out:
-        # an AnnData input is written back whole (its .X, layers, obs, obsm, uns) with the results added
-        fmt = sniff_format(args.data_file) if args.data_file else None
-        adata = read_anndata(args.data_file, fmt) if fmt in ("h5ad", "zarr") else to_anndata(data)
+        adata = _out_anndata(args.data_file, data)
         write_to_adata(adata, result, "scdc", extra={"seed": cfg.seed, "versions": prov["versions"],
                                                      "n_devices": cfg.devices, "data": data.source})
         write_h5ad(args.out, adata)
