@@ -53,15 +53,20 @@ def one_ensemble(name: str, seed: int, members: int, estimates, cache: str | Non
     for k in dict.fromkeys([true_k] + [row["estimates"][e]["k"] for e in estimates]):
         if str(k) not in row["runs"]:
             row["runs"][str(k)] = dec_vote(setup, ae, z, k, seeds, "joint")
-    if "single" not in row:
-        row["single"] = single_runs(setup, ae, seeds)
+    for key, start in SINGLE_STARTS.items():
+        if key not in row:
+            row[key] = single_runs(setup, ae, seeds, start)
     return row
 
 
-def single_runs(setup, ae, seeds: list[int]) -> list[dict]:
+# the single runs of the members without a number of clusters, by where their DEC stage starts
+SINGLE_STARTS = {"single": "communities", "single_kmeans": "kmeans"}
+
+
+def single_runs(setup, ae, seeds: list[int], init_from: str = "communities") -> list[dict]:
     """Each member as the single run of its seed without a number of clusters
-    (``python -m scdc_jax.cluster --n-clusters 0``: Louvain on its own latent, the centres of those
-    communities, its own DEC stage): its k and ARI."""
+    (``python -m scdc_jax.cluster --n-clusters 0 --init-from INIT_FROM``: Louvain on its own latent,
+    the centres of those communities or k-means with their number, its own DEC stage): its k and ARI."""
     import jax
 
     from scdc_jax.cluster import ensemble, pipeline
@@ -69,7 +74,8 @@ def single_runs(setup, ae, seeds: list[int]) -> list[dict]:
 
     out = []
     for m, s in enumerate(seeds):
-        one = dataclasses.replace(setup, cfg=dataclasses.replace(setup.cfg, ensemble=1, n_clusters=0, seed=s))
+        one = dataclasses.replace(setup, cfg=dataclasses.replace(setup.cfg, ensemble=1, n_clusters=0, seed=s,
+                                                                 init_from=init_from))
         state = {"stage": pipeline.INIT, "params": jax.tree.map(jax.numpy.asarray, ensemble.member(ae, m)),
                  "opt": None, "epoch": 0, "history": pipeline._new_history()}
         state = pipeline.cluster(one, pipeline.init_clusters(one, state))
@@ -102,21 +108,21 @@ def summarise(rows: list[dict], estimates) -> tuple[dict, list[str]]:
     return out, lines
 
 
-def against_single(rows: list[dict], estimates) -> tuple[dict, list[str]]:
-    """Per dataset: the members' single runs without a number of clusters (their k and ARI, mean
-    and sd over all members), and each estimate's vote: its distance from the single-run mean in
-    single-run sds, whether it is more than one sd above (the issue's target), and in how many
-    ensembles it beats the mean of its own members' single runs."""
+def against_single(rows: list[dict], estimates, key: str = "single") -> tuple[dict, list[str]]:
+    """Per dataset: the members' single runs without a number of clusters (``row[key]``: their k
+    and ARI, mean and sd over all members), and each estimate's vote: its distance from the
+    single-run mean in single-run sds, whether it is more than one sd above (the issue's target),
+    and in how many ensembles it beats the mean of its own members' single runs."""
     lines = ["| dataset | single runs | single: k | single: ARI | " + " | ".join(
         f"{e}: vote ARI (sds from single) | {e}: beats own members" for e in estimates) + " |",
         "|---" * (4 + 2 * len(estimates)) + "|"]
     out = {}
     for name in dict.fromkeys(r["dataset"] for r in rows):
         rs = [r for r in rows if r["dataset"] == name]
-        ari = np.array([s["ari"] for r in rs for s in r["single"]])
-        ks = [s["k"] for r in rs for s in r["single"]]
+        ari = np.array([s["ari"] for r in rs for s in r[key]])
+        ks = [s["k"] for r in rs for s in r[key]]
         mu, sd = float(ari.mean()), float(ari.std(ddof=1))
-        own = [np.mean([s["ari"] for s in r["single"]]) for r in rs]
+        own = [np.mean([s["ari"] for s in r[key]]) for r in rs]
         out[name] = {"single_ari": ari.tolist(), "single_k": ks, "single_mean": mu, "single_sd": sd}
         cells = []
         for e in estimates:
@@ -128,6 +134,20 @@ def against_single(rows: list[dict], estimates) -> tuple[dict, list[str]]:
             cells.append(f"{_ms(vote)} ({dist:+.2f}) | {wins} of {len(rs)}")
         lines.append(f"| {name} | {len(ari)} | {min(ks)}-{max(ks)} (median {int(np.median(ks))}) | {_ms(ari)} | "
                      + " | ".join(cells) + " |")
+    return out, lines
+
+
+def single_starts(rows: list[dict]) -> tuple[dict, list[str]]:
+    """Per dataset: the single runs' ARI from the k-means start minus from the communities' centres,
+    member by member (the same pretrained network and Louvain count)."""
+    lines = ["| dataset | single runs | communities' centres (published) | k-means start | k-means - centres, "
+             "paired | higher |", "|---" * 6 + "|"]
+    out = {}
+    for name in dict.fromkeys(r["dataset"] for r in rows):
+        rs = [r for r in rows if r["dataset"] == name]
+        a, b = (np.array([s["ari"] for r in rs for s in r[k]]) for k in SINGLE_STARTS)
+        out[name] = {"paired_difference": (b - a).tolist(), "higher": int((b > a).sum())}
+        lines.append(f"| {name} | {len(a)} | {_ms(a)} | {_ms(b)} | {_ms(b - a)} | {int((b > a).sum())} of {len(a)} |")
     return out, lines
 
 
@@ -145,18 +165,25 @@ def main():
     for name in args.datasets:
         for seed in args.seeds:
             row = cached_row(args.cache, f"{name}_{seed}_{args.members}_k",
-                             lambda r: all(e in r["estimates"] for e in estimates) and "single" in r,
+                             lambda r: all(e in r["estimates"] for e in estimates)
+                             and all(k in r for k in SINGLE_STARTS),
                              lambda r: one_ensemble(name, seed, args.members, estimates, args.cache, r))
             rows.append(row)
             print(json.dumps({"dataset": name, "seed": seed, **{e: (row["estimates"][e]["k"], round(
                 row["runs"][str(row["estimates"][e]["k"])]["vote_ari"], 4)) for e in estimates}}), flush=True)
     summary, table = summarise(rows, estimates)
     single, single_table = against_single(rows, estimates)
+    single_km, km_table = against_single(rows, estimates, "single_kmeans")
+    starts, starts_table = single_starts(rows)
     table += ["", "Against single runs without a number of clusters (each member run as the single run of "
               "its seed with `--n-clusters 0`: Louvain at 0.8 on its own latent space, the centres of its "
-              "communities as the start): ARI mean ± sd over all members; each estimate's vote and in brackets "
-              "its distance from the single-run mean in single-run sds; beats own members: ensembles whose "
-              "vote is above the mean of its own members' single runs.", "", *single_table]
+              "communities as the start, as published): ARI mean ± sd over all members; each estimate's vote and "
+              "in brackets its distance from the single-run mean in single-run sds; beats own members: ensembles "
+              "whose vote is above the mean of its own members' single runs.", "", *single_table,
+              "", "The same against single runs started from k-means with Louvain's number of clusters "
+              "(`--n-clusters 0 --init-from kmeans`):", "", *km_table,
+              "", "The two starts of the single runs, member by member (the same network and Louvain count):", "",
+              *starts_table]
     cmd = "python benchmarks/k_estimate_dec.py " + " ".join(sys.argv[1:])
     print(write_results(
         args.out, f"k_estimate_dec{args.tag}", "Seed ensembles with the number of clusters estimated: the vote "
@@ -164,7 +191,8 @@ def main():
         f"`{cmd}` ({time.strftime('%Y-%m-%d')}, CPU).  k: each ensemble's estimate; vote ARI: the consensus of the "
         "final members (joint start), mean ± sd over the ensembles.  Paired: an estimate's vote ARI minus "
         "Louvain's on the same pretrained members; won: ensembles where it is larger.", table,
-        {"command": cmd, "summary": summary, "against_single": single, "rows": rows}))
+        {"command": cmd, "summary": summary, "against_single": single,
+         "against_single_kmeans_start": single_km, "single_starts": starts, "rows": rows}))
 
 
 if __name__ == "__main__":

@@ -304,7 +304,8 @@ def test_k_estimate_dec_compares_each_estimates_vote_with_the_single_runs():
         return {"dataset": "pbmc", "seed": seed, "true_k": 8, "members": 2,
                 "estimates": {"louvain": {"k": k_l}, "resolution": {"k": k_r}},
                 "runs": {str(k): {"vote_ari": v} for k, v in votes.items()},
-                "single": [{"seed": seed + i, "k": k, "ari": a} for i, (k, a) in enumerate(single)]}
+                "single": [{"seed": seed + i, "k": k, "ari": a} for i, (k, a) in enumerate(single)],
+                "single_kmeans": [{"seed": seed + i, "k": k, "ari": a + 0.1 * i} for i, (k, a) in enumerate(single)]}
 
     rows = [row(0, 11, 6, {8: 0.75, 11: 0.58, 6: 0.66}, [(11, 0.5), (12, 0.6)]),
             row(2, 12, 8, {8: 0.74, 12: 0.56}, [(11, 0.55), (10, 0.55)])]
@@ -319,3 +320,9 @@ def test_k_estimate_dec_compares_each_estimates_vote_with_the_single_runs():
     assert s["resolution"]["above_one_sd"] and s["resolution"]["beats_own_members"] == 2
     assert "| pbmc | 4 | 10-12 (median 11) | 0.550 ± 0.041 |" in lines[2]
     assert len(lines[0].split("|")) == len(lines[1].split("|")) == len(lines[2].split("|"))
+    # the same against the k-means-start single runs (0.5, 0.7, 0.55, 0.65)
+    km, _ = k_estimate_dec.against_single(rows, ["louvain", "resolution"], "single_kmeans")
+    assert km["pbmc"]["single_mean"] == pytest.approx(0.6) and km["pbmc"]["louvain"]["beats_own_members"] == 0
+    starts, lines = k_estimate_dec.single_starts(rows)
+    assert starts["pbmc"]["paired_difference"] == pytest.approx([0.0, 0.1, 0.0, 0.1])
+    assert starts["pbmc"]["higher"] == 2 and "| 2 of 4 |" in lines[2]

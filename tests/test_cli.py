@@ -154,8 +154,9 @@ def test_out_writes_an_anndata_input_back_whole_with_the_results_added(tmp_path,
     assert sp.issparse(back.X) and list(back.obs["donor"]) == list(ad.obs["donor"]) and "X_umap" in back.obsm
     np.testing.assert_array_equal(back.layers["counts"], counts)
     assert back.obs["scdc_cluster"].astype(str).tolist() == clusters.astype(str).tolist()
-    assert cli_here(capfd, "predict", "--model", tmp_path / "r", "--data-file", tmp_path / "in.h5ad",
-                    "--out", tmp_path / "pred.csv").stderr.strip() == f"error: --out {tmp_path / 'pred.csv'} must end in .h5ad."
+    refused = cli_here(capfd, "predict", "--model", tmp_path / "r", "--data-file", tmp_path / "in.h5ad",
+                       "--out", tmp_path / "pred.csv")
+    assert refused.returncode == 2 and refused.stderr.strip() == f"error: --out {tmp_path / 'pred.csv'} must end in .h5ad."
 
 
 def test_config_file_and_paper_config(tmp_path, capfd):

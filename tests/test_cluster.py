@@ -1,6 +1,7 @@
 """scDeepCluster training and pipeline on small synthetic data."""
 from __future__ import annotations
 
+import dataclasses
 from functools import partial
 
 import jax
@@ -10,6 +11,7 @@ from conftest import synthetic_counts
 
 from scdc_jax.cluster import ClusterConfig, fit, run
 from scdc_jax.cluster.train import build_model, device_data, make_epoch, pretrain_loss, stage_key
+from scdc_jax.errors import InputError
 from scdc_jax.io import CountData
 from scdc_jax.optim import amsgrad_torch
 from scdc_jax.preprocess import prepare
@@ -106,12 +108,22 @@ def test_same_seed_same_labels_and_ae_weights_skip_pretraining(tmp_path, monkeyp
     np.testing.assert_array_equal(a.labels, c.labels)
 
 
-def test_louvain_estimates_number_of_clusters():
+def test_louvain_estimates_number_of_clusters(tmp_path):
     cfg = ClusterConfig(n_clusters=0, knn=15, resolution=0.3, **FAST)
-    res = run(small_data(2), cfg, progress=False)
+    res = run(small_data(2), cfg, progress=False, save_dir=str(tmp_path / "r"))
     k = res.centers.shape[0]
     assert 2 <= k <= 8
     assert res.scores["ari"] > 0.7, res.scores
+    # init_from="kmeans": Louvain's count, the start of a run given that count (the same pretraining)
+    km = run(small_data(2), dataclasses.replace(cfg, init_from="kmeans"), progress=False,
+             ae_weights=str(tmp_path / "r"))
+    given = run(small_data(2), dataclasses.replace(cfg, n_clusters=k), progress=False, ae_weights=str(tmp_path / "r"))
+    assert km.centers.shape[0] == k
+    np.testing.assert_array_equal(km.labels, given.labels)
+    np.testing.assert_allclose(km.centers, given.centers, rtol=1e-5, atol=1e-5)
+    for bad, words in ((dict(n_clusters=3), "always starts from k-means"), (dict(ensemble=2), "single runs")):
+        with pytest.raises(InputError, match=words):
+            ClusterConfig(init_from="kmeans", **bad).validate()
 
 
 def test_fit_writes_scanpy_fields(capfd):

@@ -17,7 +17,7 @@ from ..errors import InputError, option
 CHOICES = {"community": ("louvain", "leiden"), "precision": ("f32", "bf16"),
            "ensemble_select": ("consensus", "agreement", "silhouette", "zinb"),
            "consensus": ("vote", "average", "kmeans"), "ensemble_init": ("joint", "consensus", "member"),
-           "k_estimate": ("louvain", "stability", "resolution")}
+           "k_estimate": ("louvain", "stability", "resolution"), "init_from": ("communities", "kmeans")}
 
 
 @dataclass
@@ -45,7 +45,11 @@ class ClusterConfig:
     members' DEC stage starts from k-means on their latent spaces side by side (``"joint"``,
     default) or from the vote of their k-means partitions (``"consensus"``), each member from that
     partition's centres in its own latent space, or each from its own k-means (``"member"``: every
-    member is then exactly the single run of its seed).  See :mod:`scdc_jax.cluster.ensemble`.
+    member then trains as the single run of its seed).  See :mod:`scdc_jax.cluster.ensemble`.
+
+    ``init_from``: with ``n_clusters = 0``, where a single run's DEC stage starts: the centres of
+    the Louvain/Leiden communities (``"communities"``, the published start) or k-means with their
+    number of clusters (``"kmeans"``, as a run given that number starts).
 
     ``batch_mmd``: with batches, add this weight times the maximum mean discrepancy between the
     batches within each cluster of a minibatch (clean latent space, clusters weighted by the
@@ -84,6 +88,7 @@ class ClusterConfig:
     consensus: str = "vote"
     ensemble_init: str = "joint"
     k_estimate: str = "louvain"
+    init_from: str = "communities"
     batch_mmd: float = 0.0
 
     def validate(self) -> "ClusterConfig":
@@ -111,6 +116,12 @@ class ClusterConfig:
         if self.k_estimate != "louvain" and self.ensemble < 2:
             raise InputError(f"{option('k_estimate', self.k_estimate)} compares the members of an ensemble; give "
                              f"{option('ensemble')} 2 or more.")
+        if self.init_from != "communities" and self.n_clusters > 0:
+            raise InputError(f"{option('init_from', self.init_from)} applies with {option('n_clusters', 0)}; a run "
+                             "given the number of clusters always starts from k-means.")
+        if self.init_from != "communities" and self.ensemble > 1:
+            raise InputError(f"{option('init_from', self.init_from)} applies to single runs; the members of an "
+                             f"ensemble start as {option('ensemble_init')} says.")
         return self
 
     def to_dict(self) -> dict:

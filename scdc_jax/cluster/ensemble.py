@@ -21,8 +21,8 @@ With ``ensemble_init = "member"`` each member starts from its own k-means and tr
 run of its seed with the given number of clusters: the same weights, noise, cell order and start;
 only the batched matrix products round differently (on small data the same labels; over 300 epochs
 on real data the results drift apart: see the README).  The network saved as the run's model is
-the member that agrees best with the returned labels, so ``predict`` works as for a single run.  An ensemble run writes no
-periodic checkpoints (``--resume`` is refused for it).
+the member that agrees best with the returned labels, so ``predict`` works as for a single run.  An
+ensemble run writes no periodic checkpoints (``--resume`` is refused for it).
 """
 from __future__ import annotations
 

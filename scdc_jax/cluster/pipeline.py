@@ -334,7 +334,8 @@ def pretrain(setup: _Setup, state: dict) -> dict:
 
 def init_clusters(setup: _Setup, state: dict) -> dict:
     """Centres of k-means (``n_clusters`` > 0) or of a Louvain/Leiden partition on the clean latent
-    (of ``init_cells`` random cells, the others then in their nearest centre's cluster)."""
+    (with ``init_from = "kmeans"``: of k-means with the partition's number of clusters), of
+    ``init_cells`` random cells, the others then in their nearest centre's cluster."""
     cfg = setup.cfg
     z0 = setup.source.encoder(setup.graphdef)(state["params"])
     some = subsample(len(z0), cfg.init_cells, cfg.seed)
@@ -347,7 +348,10 @@ def init_clusters(setup: _Setup, state: dict) -> dict:
                                 seed=cfg.seed)
         centers = centres_of(z0[some], last)
         setup.say(f"{cfg.community} at resolution {cfg.resolution} on a {cfg.knn}-NN graph found "
-                  f"{centers.shape[0]} clusters")
+                  f"{centers.shape[0]} clusters" + (", started from k-means with that many" if
+                                                    cfg.init_from == "kmeans" else ""))
+        if cfg.init_from == "kmeans":
+            centers, last = kmeans(z0[some], centers.shape[0], n_init=cfg.kmeans_n_init, seed=cfg.seed)
     if len(some) < len(z0):
         last = nearest_centre(z0, centers)
     params = {"ae": state["params"], "mu": jnp.asarray(centers)}
