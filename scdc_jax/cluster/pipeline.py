@@ -341,17 +341,17 @@ def init_clusters(setup: _Setup, state: dict) -> dict:
     some = subsample(len(z0), cfg.init_cells, cfg.seed)
     if len(some) < len(z0):
         setup.say(f"initial clusters from {len(some)} of the {len(z0)} cells (init_cells), the rest to the nearest centre")
-    if cfg.n_clusters > 0:
-        centers, last = kmeans(z0[some], cfg.n_clusters, n_init=cfg.kmeans_n_init, seed=cfg.seed)
-    else:
+    k, from_kmeans = cfg.n_clusters, cfg.n_clusters > 0 or cfg.init_from == "kmeans"
+    if k == 0:
         last = community_labels(z0[some], knn=cfg.knn, resolution=cfg.resolution, method=cfg.community,
                                 seed=cfg.seed)
+        k = int(last.max()) + 1  # communities are numbered 0..k-1
+        setup.say(f"{cfg.community} at resolution {cfg.resolution} on a {cfg.knn}-NN graph found {k} clusters"
+                  + (", started from k-means with that many" if from_kmeans else ""))
+    if from_kmeans:
+        centers, last = kmeans(z0[some], k, n_init=cfg.kmeans_n_init, seed=cfg.seed)
+    else:
         centers = centres_of(z0[some], last)
-        setup.say(f"{cfg.community} at resolution {cfg.resolution} on a {cfg.knn}-NN graph found "
-                  f"{centers.shape[0]} clusters" + (", started from k-means with that many" if
-                                                    cfg.init_from == "kmeans" else ""))
-        if cfg.init_from == "kmeans":
-            centers, last = kmeans(z0[some], centers.shape[0], n_init=cfg.kmeans_n_init, seed=cfg.seed)
     if len(some) < len(z0):
         last = nearest_centre(z0, centers)
     params = {"ae": state["params"], "mu": jnp.asarray(centers)}
