@@ -310,6 +310,13 @@ def read_anndata(path: str, fmt: str = "h5ad"):
         raise InputError(f"{path} could not be read as {what} ({_first_line(exc)}).") from None
 
 
+def output_anndata(data_file: str | None, data: CountData):
+    """The AnnData a command writes its results into: an .h5ad or .zarr input whole, as it was
+    (its .X, layers, obs, var, obsm, uns), any other input :func:`to_anndata` of ``data``."""
+    fmt = sniff_format(data_file) if data_file else None
+    return read_anndata(data_file, fmt) if fmt in ("h5ad", "zarr") else to_anndata(data)
+
+
 def read_h5ad(path: str, **kw) -> CountData:
     return from_anndata(read_anndata(path, "h5ad"), source=path, **kw)
 

@@ -121,6 +121,8 @@ def write_inputs(tmp) -> dict[str, str]:
     os.makedirs(f["not_ref"])
     f["model_dir"] = str(tmp / "has_model")  # a folder with a 'model' folder that is no reference
     os.makedirs(os.path.join(f["model_dir"], "model"))
+    f["interrupted"] = str(tmp / "interrupted")  # an evaluation killed with its folds kept
+    os.makedirs(os.path.join(f["interrupted"], "folds"))
     f["ref"] = str(tmp / "ref")
     _train_reference(f["good"], f["ref"])
     f["cluster_model"] = str(tmp / "cluster_model")
@@ -321,6 +323,12 @@ CASES = {
                                       "exists and is not a folder"),
     "train-reference out holds a foreign model": ("train-reference", ["--data-file", "{good}", "--out",
                                                                       "{model_dir}"], "not a GsRCL reference"),
+    "train-reference out holds a reference": ("train-reference", ["--data-file", "{good}", "--out", "{ref}"],
+                                              "already holds a GsRCL reference"),
+    "train-reference resume and overwrite": ("train-reference", ["--data-file", "{good}", "--resume",
+                                                                 "--overwrite"], "give one of them"),
+    "evaluate out-dir holds an interrupted run": ("evaluate", ["--data-file", "{good}", "--out-dir",
+                                                               "{interrupted}"], "already holds a GsRCL evaluation"),
     # GsRCL annotate
     "annotate no data file": ("annotate", ["--reference", "{ref}"], "a query data file is needed"),
     "annotate missing query": ("annotate", ["--reference", "{ref}", "--data-file", "{nope}"], "does not exist"),
@@ -349,8 +357,6 @@ CASES = {
                           "--cutoff must lie in [0, 1)"),
     "annotate cutoff negative": ("annotate", ["--reference", "{ref}", "--data-file", "{h5ad}", "--cutoff", "-0.1"],
                                  "--cutoff must lie in [0, 1)"),
-    "annotate h5ad out for a csv query": ("annotate", ["--reference", "{ref}", "--data-file", "{csv}", "--out",
-                                                       "calls.h5ad"], "needs an .h5ad query"),
     "annotate unwritable out": ("annotate", ["--reference", "{ref}", "--data-file", "{h5ad}", "--out",
                                              "{good}/calls.csv"], "exists and is not a folder"),
     "annotate out is a folder": ("annotate", ["--reference", "{ref}", "--data-file", "{h5ad}", "--out", "{not_ref}"],

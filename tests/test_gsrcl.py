@@ -244,6 +244,27 @@ def test_cli_four_devices_tiny_run(tmp_path, capfd):
     assert res["n_devices"] == 4 and res["tasks"][0]["cell_type"] == "type0"
     assert (out / "results.csv").read_text().startswith("dataset,cell_type")
     assert "MCC raw" in (out / "summary.txt").read_text()
+    again = ["-m", "scdc_jax.gsrcl", "--data-file", path, "--epochs", "4", "--eval-every", "2", "--quiet",
+             "--cell-type", "type1", "--out-dir", str(out), "--config", str(tiny_toml(tmp_path))]
+    code, _, err = run_module(again, capfd)  # a second run does not replace the first unasked
+    assert code == 2 and "already holds a GsRCL evaluation" in err
+    assert json.loads((out / "results.json").read_text()) == res
+    code, _, err = run_module([*again, "--overwrite"], capfd)
+    assert code == 0, err[-3000:]
+    assert [t["cell_type"] for t in json.loads((out / "results.json").read_text())["tasks"]] == ["type1"]
+
+
+def test_a_note_when_the_input_looks_log_transformed_already():
+    import scipy.sparse as sp
+
+    from scdc_jax.gsrcl.__main__ import log_transformed_note
+
+    counts, _, _ = synthetic_counts(40, 30, n_groups=2, seed=1)
+    lognorm = np.log1p(counts / counts.sum(1, keepdims=True) * 1e4)
+    assert "log-transformed" in log_transformed_note(sp.csr_matrix(lognorm.astype(np.float32)))
+    assert log_transformed_note(counts.astype(np.float32)) is None  # counts, in floats
+    assert log_transformed_note(counts) is None
+    assert log_transformed_note(counts / counts.sum(1, keepdims=True) * 1e6) is None  # CPM: not logged
 
 
 def tiny_toml(tmp_path, n_folds=2):
@@ -578,6 +599,10 @@ def test_sigkill_inside_a_fold_then_resume_gives_the_same_results(tmp_path, capf
     done = len(list(folds.glob("*_*.json")))
     assert 2 <= done < 4 and not (out / "results.csv").exists()
     assert in_fold_steps(folds) and max(in_fold_steps(folds)) < 60
+    kept = sorted(p.name for p in folds.rglob("*"))
+    code, _, err = run_module(["-m", "scdc_jax.gsrcl", *common, "--out-dir", str(out)], capfd)  # --resume forgotten
+    assert code == 2 and "already holds a GsRCL evaluation" in err and "--resume" in err
+    assert sorted(p.name for p in folds.rglob("*")) == kept  # nothing of the interrupted run was lost
     code, stdout, err = run_module(["-m", "scdc_jax.gsrcl", *common, "--out-dir", str(out), "--resume"], capfd)
     assert code == 0, err[-2000:]
     assert "from its checkpoint at epoch" in stdout

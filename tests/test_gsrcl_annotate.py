@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -91,7 +92,7 @@ def test_cli_train_reference_and_annotate_record_their_provenance(tmp_path, capf
     import anndata
 
     counts, y, _ = synthetic_counts(60, 30, n_groups=2, seed=5)
-    ref = write_h5(tmp_path / "ref.h5", counts, y, ["T", "B"])
+    ref = write_h5(tmp_path / "ref.h5", counts, y, ["T", "B/plasma"])  # a '/' cannot be an HDF5 key
     toml = tmp_path / "t.toml"
     toml.write_text("[gsrcl]\nencoder = [16, 8]\nhead = [8, 4]\nepochs = 10\neval_every = 10\nsvm_cv = 2\n"
                     "svm_gamma = ['scale']\nsvm_c = [1.0]\nlr = 1e-3\n")
@@ -105,15 +106,22 @@ def test_cli_train_reference_and_annotate_record_their_provenance(tmp_path, capf
     adata = anndata.AnnData(X=counts[:20].astype(np.float32))
     adata.var_names = [f"g{i}" for i in range(30)]
     adata.obs_names = [f"q{i}" for i in range(20)]
-    adata.obs["known"] = np.array(["T", "B"])[y[:20]]
+    adata.obs["known"] = np.array(["T", "B/plasma"])[y[:20]]
     adata.write_h5ad(tmp_path / "q.h5ad")
     r = cli_here(["annotate", "--reference", str(tmp_path / "model"), "--data-file", str(tmp_path / "q.h5ad"),
                   "--out", str(tmp_path / "out.h5ad"), "--plot", str(tmp_path / "calls.png"), "--cutoff", "0.6",
                   "--label-key", "known"], capfd)
     assert r.returncode == 0, r.stderr[-3000:]
-    out = anndata.read_h5ad(tmp_path / "out.h5ad")
-    assert "gsrcl_call" in out.obs and {"gsrcl_prob_T", "gsrcl_prob_B"} <= set(out.obs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)  # anndata's warning that it will refuse '/' in a key
+        out = anndata.read_h5ad(tmp_path / "out.h5ad")
+    assert "gsrcl_call" in out.obs and {"gsrcl_prob_T", "gsrcl_prob_B_plasma"} <= set(out.obs)
     prov = out.uns["gsrcl"]
+    assert list(prov["cell_types"]) == ["T", "B/plasma"]
+    assert list(prov["prob_columns"]) == ["gsrcl_prob_T", "gsrcl_prob_B_plasma"]
+    assert out.obs["known"].tolist() == adata.obs["known"].tolist()  # the query's own columns kept
+    np.testing.assert_array_equal(out.obsm["gsrcl_probs"], out.obs[list(prov["prob_columns"])].to_numpy(np.float32))
+    assert out.obsm["X_gsrcl"].shape == (20, 8)
     assert prov["seed"] == 7 and prov["config"]["cutoff"] == 0.6 and prov["config"]["reference_config"]["seed"] == 7
     assert prov["n_devices"] == 1 and "jax" in prov["versions"] and prov["n_cells"] == 20
     assert os.path.getsize(tmp_path / "calls.png") > 1000
@@ -122,15 +130,33 @@ def test_cli_train_reference_and_annotate_record_their_provenance(tmp_path, capf
                     "--out", str(tmp_path / "calls.csv")])
     assert exc.value.code == 0
     df = pd.read_csv(tmp_path / "calls.csv", index_col=0)
-    assert list(df.columns) == ["T", "B", "call"] and len(df) == 20 and df.index[0] == "q0"
+    assert list(df.columns) == ["T", "B/plasma", "call"] and len(df) == 20 and df.index[0] == "q0"
     side = json.loads((tmp_path / "calls.json").read_text())
-    assert side["seed"] == 7 and side["config"]["cutoff"] == 0.5 and side["cell_types"] == ["T", "B"]
+    assert side["seed"] == 7 and side["config"]["cutoff"] == 0.5 and side["cell_types"] == ["T", "B/plasma"]
     assert side["n_devices"] == 1 and "numpy" in side["versions"] and side["data"].endswith("q.h5ad")
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no temporary files left
     capfd.readouterr()  # (pytest allows capfd or capsys in one test, not both; cli_error reads either)
     err = cli_error(["annotate", "--reference", str(tmp_path / "nothing"), "--data-file", str(tmp_path / "q.h5ad")],
                     capfd)
     assert "not a GsRCL reference" in err
+    # a CSV query can be written as an .h5ad too (its counts, the calls of the .h5ad query)
+    pd.DataFrame(counts[:20], index=adata.obs_names, columns=adata.var_names).to_csv(tmp_path / "q.csv")
+    r = cli_here(["annotate", "--reference", str(tmp_path / "model"), "--data-file", str(tmp_path / "q.csv"),
+                  "--out", str(tmp_path / "from_csv.h5ad"), "--cutoff", "0.6"], capfd)
+    assert r.returncode == 0, r.stderr[-3000:]
+    csv_out = anndata.read_h5ad(tmp_path / "from_csv.h5ad")
+    assert csv_out.obs["gsrcl_call"].tolist() == out.obs["gsrcl_call"].tolist()
+    np.testing.assert_array_equal(csv_out.X, counts[:20])
+    # a second training into the reference's folder is refused unless --overwrite
+    before = (tmp_path / "model" / "reference.json").read_text()
+    retrain = ["train-reference", "--data-file", ref, "--out", str(tmp_path / "model"), "--config", str(toml),
+               "--seed", "8"]
+    r = cli_here(retrain, capfd)
+    assert r.returncode == 2 and "already holds a GsRCL reference" in r.stderr and "--overwrite" in r.stderr
+    assert (tmp_path / "model" / "reference.json").read_text() == before
+    r = cli_here([*retrain, "--overwrite"], capfd)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert json.loads((tmp_path / "model" / "reference.json").read_text())["seed"] == 8
 
 
 def test_sigkill_during_train_reference_then_resume_gives_the_same_reference(tmp_path, capfd):

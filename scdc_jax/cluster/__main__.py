@@ -152,15 +152,6 @@ def build_predict_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _out_anndata(data_file: str | None, data):
-    """The AnnData that ``--out`` writes the results into: an .h5ad or .zarr input whole, as it was
-    (its .X, layers, obs, var, obsm, uns), any other input an AnnData of its counts and labels."""
-    from ..io import read_anndata, sniff_format, to_anndata
-
-    fmt = sniff_format(data_file) if data_file else None
-    return read_anndata(data_file, fmt) if fmt in ("h5ad", "zarr") else to_anndata(data)
-
-
 def predict_main(argv: list[str]) -> int:
     args = build_predict_parser().parse_args(argv)
     from ..io import read_counts
@@ -183,9 +174,10 @@ def predict_main(argv: list[str]) -> int:
         import numpy as np
         import pandas as pd
 
+        from ..io import output_anndata
         from ..outputs import write_h5ad
 
-        ad = _out_anndata(args.data_file, data)
+        ad = output_anndata(args.data_file, data)
         lab = res["labels"]
         ad.obs["scdc_cluster"] = pd.Categorical(np.where(lab >= 0, lab.astype(str), None),
                                                 categories=[str(i) for i in range(res["q"].shape[1])])
@@ -263,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
         import jax
 
         args.devices = jax.device_count()  # every device of every process
-    from ..io import check_counts, pbmc68k_counts, read_counts
+    from ..io import check_counts, output_anndata, pbmc68k_counts, read_counts
     from ..outputs import (check_writable_dir, check_writable_file, provenance, write_h5ad, write_json,
                            write_labels, write_matrix_csv)
     from .config import load_config
@@ -340,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
                "read_by_process_rows": hold}
     write_json(os.path.join(save_dir, RUN_FILE), summary)
     if args.out:
-        adata = _out_anndata(args.data_file, data)
+        adata = output_anndata(args.data_file, data)
         write_to_adata(adata, result, "scdc", extra={"seed": cfg.seed, "versions": prov["versions"],
                                                      "n_devices": cfg.devices, "data": data.source})
         write_h5ad(args.out, adata)

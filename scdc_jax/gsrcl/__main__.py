@@ -16,6 +16,7 @@ from ..distributed import add_distributed_arguments
 from ..errors import CliParser, InputError, run_cli
 
 COMMANDS = ("evaluate", "train-reference", "annotate")
+RESULTS = ("results.csv", "summary.txt", "results.json", "folds")  # what an evaluation writes in --out-dir
 
 EPILOG = """examples:
   python -m scdc_jax.gsrcl --data-file baron_mouse1.h5 --config configs/gsrcl_cpu.toml
@@ -98,6 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--resume", action="store_true", help="reuse the finished folds in --out-dir/folds of an "
                     "interrupted run with the same settings and data, and continue the interrupted fold from its "
                     "last checkpoint")
+    ev.add_argument("--overwrite", action="store_true", help="replace the results (and kept folds) of a previous "
+                    "run in --out-dir; without it, or --resume, a folder holding them is refused")
     _method_args(ev)
     add_distributed_arguments(ev, SEVERAL_PROCESSES)
     tr = sub.add_parser("train-reference", help="train an encoder and per-type SVMs on a labelled reference",
@@ -108,6 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "its .partial/ subfolder while training")
     tr.add_argument("--resume", action="store_true", help="continue an interrupted training from the checkpoint in "
                     "--out/.partial (same settings and data)")
+    tr.add_argument("--overwrite", action="store_true", help="replace the reference (or the interrupted training) "
+                    "in --out when it has trained; without it, or --resume, a folder holding one is refused")
     _method_args(tr)
     add_distributed_arguments(tr, SEVERAL_PROCESSES)
     an = sub.add_parser("annotate", help="label query cells with a trained reference",
@@ -118,8 +123,10 @@ def build_parser() -> argparse.ArgumentParser:
     an.add_argument("--cutoff", type=float, default=0.5, help="top probability at or below which a cell is "
                     "Unassigned (default: %(default)s)")
     an.add_argument("--out", help="output: .csv of probabilities and calls (default annotations.csv) with the run's "
-                    "provenance in a .json beside it, or .h5ad (copy of an .h5ad query with .obs columns gsrcl_call "
-                    "and gsrcl_prob_<type>, provenance in .uns['gsrcl'])")
+                    "provenance in a .json beside it, or .h5ad (the query with .obs columns gsrcl_call and "
+                    "gsrcl_prob_<type>, a '/' in a type written '_', .obsm['X_gsrcl'] the representation and "
+                    ".obsm['gsrcl_probs'] the probabilities, provenance in .uns['gsrcl']; an .h5ad or .zarr query "
+                    "is written whole, any other as its counts)")
     an.add_argument("--plot", help="write a 2-D PCA picture of the query coloured by call (e.g. calls.png), with a "
                     "second panel coloured by the query's known labels when it has them (--label-key, --labels-csv, "
                     "or Y of an .h5)")
@@ -129,6 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _read(args, labels: bool = True):
     """The command's data file, with labels when it has them; ``labels``: whether the command needs
     them (for the message when no file is given)."""
+    from .. import distributed
     from ..io import read_counts
 
     if args.data_file is None:
@@ -140,7 +148,38 @@ def _read(args, labels: bool = True):
     from ..io import check_counts
 
     check_counts(data.X, require_integer=False)
+    if (note := log_transformed_note(data.X)) and distributed.is_primary():
+        print(note, file=sys.stderr)
     return data
+
+
+def log_transformed_note(X) -> str | None:
+    """A note when ``X`` looks log-transformed already (non-integer values, none above 20, which
+    is log1p of some 5e8 counts): GsRCL takes log(x + 1) of its input itself."""
+    import numpy as np
+    import scipy.sparse as sp
+
+    vals = X.data if sp.issparse(X) else np.asarray(X)
+    if not vals.size or vals.dtype.kind != "f":
+        return None
+    top = float(vals.max())
+    if top > 20 or np.all(vals == np.round(vals)):
+        return None
+    return (f"note: the values look log-transformed already (not integers, the largest {top:.3g}); GsRCL takes "
+            "log(x + 1) of its input itself, so give counts (e.g. --layer counts, or --layer raw for .raw.X) "
+            "unless these values are meant.")
+
+
+def _check_previous(path: str, entries, what: str, args, flag: str) -> None:
+    """Refuse, before any work, a folder that holds ``what`` (one of ``entries``) of an earlier run
+    unless the user said to continue it (``--resume``) or replace it (``--overwrite``)."""
+    if args.resume and args.overwrite:
+        raise InputError(f"--resume continues the run in {path} and --overwrite replaces it; give one of them.")
+    if args.resume or args.overwrite or not os.path.isdir(path):
+        return
+    if any(os.path.lexists(os.path.join(path, e)) for e in entries):
+        raise InputError(f"{path} already holds {what}; give --overwrite to replace it, --resume to continue it, "
+                         f"or choose another {flag}.")
 
 
 def _join(args) -> None:
@@ -179,6 +218,8 @@ def cmd_evaluate(args, argv) -> int:
     _join(args)
     cfg = _config(args)
     out_dir = check_writable_dir(args.out_dir, "results folder")
+    _check_previous(out_dir, RESULTS, "a GsRCL evaluation (finished, or interrupted with its folds kept)", args,
+                    "--out-dir")
     distributed.barrier("results folder checked")  # by every process before the first one writes there
     data = _read(args)
     from .protocol import evaluate, results_table, text_summary
@@ -215,6 +256,11 @@ def cmd_train_reference(args, argv) -> int:
     _join(args)
     cfg = _config(args)
     check_writable_dir(args.out, "reference folder")
+    from .. import manifest
+    from .annotate import OLD_SVMS
+
+    _check_previous(args.out, ("reference.json", "svms.npz", OLD_SVMS, manifest.NAME, ".partial"),
+                    "a GsRCL reference (or an interrupted training of one)", args, "--out")
     data = _read(args)
     from .annotate import train_reference
 
@@ -238,8 +284,6 @@ def cmd_annotate(args, argv) -> int:
         check_writable_file(sidecar, "provenance file")
     if args.plot:
         check_writable_file(args.plot, "--plot file")
-    if out.endswith(".h5ad") and not (args.data_file or "").endswith(".h5ad"):
-        raise InputError("--out .h5ad needs an .h5ad query (it writes a copy of it); use a .csv --out instead.")
     ref = load_reference(args.reference)  # checked against its manifest once, before the query is read
     query = _read(args, labels=False)
     df, h = annotate(ref, query, cutoff=args.cutoff)
@@ -248,15 +292,20 @@ def cmd_annotate(args, argv) -> int:
                          1, "python -m scdc_jax.gsrcl " + shlex.join(argv)),
             "data": query.source, "n_cells": len(df), "cell_types": list(df.columns.drop("call"))}
     if out.endswith(".h5ad"):
+        import numpy as np
         import pandas as pd
 
-        from ..io import read_anndata
+        from ..io import output_anndata
 
-        adata = read_anndata(args.data_file)
+        adata = output_anndata(args.data_file, query)
         adata.obs["gsrcl_call"] = pd.Categorical(df["call"].to_numpy())
-        for col in df.columns.drop("call"):
-            adata.obs[f"gsrcl_prob_{col}"] = df[col].to_numpy()
-        adata.uns["gsrcl"] = prov
+        columns = prob_columns(prov["cell_types"])
+        for col, name in zip(columns, prov["cell_types"]):
+            adata.obs[col] = df[name].to_numpy()
+        # as scdc_jax.tl.gsrcl_annotate writes them: the representation, the probabilities as one array
+        adata.obsm["X_gsrcl"] = np.asarray(h, np.float32)
+        adata.obsm["gsrcl_probs"] = df[prov["cell_types"]].to_numpy(np.float32)
+        adata.uns["gsrcl"] = {**prov, "prob_columns": columns}
         write_h5ad(out, adata)
     else:
         with atomic_path(out) as tmp:
@@ -271,6 +320,17 @@ def cmd_annotate(args, argv) -> int:
     written = [p for p in (out, sidecar, args.plot) if p]
     print(f"annotated {len(df)} cells ({int(counts.get(UNASSIGNED, 0))} Unassigned); wrote {', '.join(written)}")
     return 0
+
+
+def prob_columns(cell_types: list[str]) -> list[str]:
+    """The .obs column of each cell type's probability: ``gsrcl_prob_<type>``, a '/' in the name
+    written '_' (an HDF5 key cannot hold one; anndata warns, and will refuse)."""
+    columns = [f"gsrcl_prob_{t}".replace("/", "_") for t in cell_types]
+    if len(set(columns)) < len(columns):
+        twins = sorted({t for t, c in zip(cell_types, columns) if columns.count(c) > 1})
+        raise InputError(f"the reference's cell types {', '.join(map(repr, twins))} differ only in '/' and '_', "
+                         "so their .obs columns would share a name; write the annotations to a .csv --out instead.")
+    return columns
 
 
 def main(argv: list[str] | None = None) -> int:
