@@ -383,15 +383,16 @@ def cluster(setup: _Setup, state: dict) -> dict:
             if epoch % cfg.update_interval == 0 or epoch == cfg.maxiter:
                 z0, q, p, pred = assign(params)
                 pred = pred.astype(np.int64)
-                delta = float(np.mean(pred != last))
+                delta, prev = float(np.mean(pred != last)), last
                 if setup.labels is not None:
                     history["scores"].append({"epoch": epoch, **clustering_scores(setup.labels, pred),
                                               "delta": delta})
                 last = pred
                 if epoch > 0 and delta < cfg.tol:
                     stop_reason = "tol"
-                    bar.write(f"clustering stopped at epoch {epoch}: {delta:.5f} of the labels changed "
-                              f"(< tol {cfg.tol})")
+                    bar.write(f"clustering stopped at epoch {epoch}: {int(np.sum(pred != prev))} of {len(pred)} "
+                              f"cells changed cluster since the last target update (fewer than tol {cfg.tol} of "
+                              "them)")
                     break
             if epoch == cfg.maxiter:
                 break
