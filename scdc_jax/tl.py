@@ -73,9 +73,10 @@ def gsrcl_annotate(adata, reference: str, *, layer: str | None = None, cutoff: f
                    key_added: str = "gsrcl", copy: bool = False):
     """Annotate the cells with a GsRCL reference (``python -m scdc_jax.gsrcl train-reference``).
 
-    The query's genes are aligned to the reference's by name (missing ones zero; refused when
-    half or fewer match), the cells encoded, and each called the type of highest probability, or
-    ``"Unassigned"`` when that probability is at or below ``cutoff``.
+    The query's genes are aligned to the reference's by name (missing ones zero, extra ones
+    dropped; refused when half or fewer of the reference's genes are in the query), the cells
+    encoded, and each called the type of highest probability, or ``"Unassigned"`` when that
+    probability is at or below ``cutoff``.
 
     Parameters
     ----------

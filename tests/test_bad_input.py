@@ -341,7 +341,7 @@ CASES = {
     "annotate duplicate genes csv": ("annotate", ["--reference", "{ref}", "--data-file", "{dup_csv}"],
                                      "duplicate gene names (g0)"),
     "annotate half the genes": ("annotate", ["--reference", "{ref}", "--data-file", "{half_h5ad}"],
-                                "only 20 of the query's 40 genes"),
+                                "only 20 of the reference's 40 genes are in the query"),
     "annotate missing layer": ("annotate", ["--reference", "{ref}", "--data-file", "{h5ad}", "--layer", "counts"],
                                "no layer 'counts'"),
     "annotate missing reference": ("annotate", ["--reference", "{dir}/nothing", "--data-file", "{h5ad}"],

@@ -41,9 +41,15 @@ def test_align_genes_refuses_duplicates_and_poor_overlap():
         zero_fill_genes(np.ones((1, 3)), ["a", "a", "b"], ["a", "b"])
     with pytest.raises(InputError, match="duplicate"):
         zero_fill_genes(np.ones((1, 2)), ["a", "b"], ["a", "a", "b"])
-    with pytest.raises(InputError, match="more than half"):  # exactly half matching is refused
-        zero_fill_genes(np.ones((1, 4)), ["a", "b", "x", "y"], ["a", "b", "c"])
+    with pytest.raises(InputError, match="more than half"):  # half of the reference's genes found is refused
+        zero_fill_genes(np.ones((1, 3)), ["a", "b", "x"], ["a", "b", "c", "d"])
+    with pytest.raises(InputError, match="more than half"):  # a query of a few reference genes, all matching
+        zero_fill_genes(np.ones((1, 1)), ["a"], ["a", "b", "c"])
     zero_fill_genes(np.ones((1, 3)), ["a", "b", "x"], ["a", "b", "c"])
+    # a whole transcriptome against a reference of fewer genes: the reference's genes taken, the rest dropped
+    X = np.arange(14).reshape(2, 7)
+    out = zero_fill_genes(X, ["x1", "c", "x2", "a", "x3", "b", "x4"], ["a", "b", "c"])
+    np.testing.assert_array_equal(out, X[:, [3, 5, 1]])
 
 
 def test_calls_normalise_and_respect_the_cutoff():
@@ -117,7 +123,7 @@ def test_cli_train_reference_and_annotate_record_their_provenance(tmp_path, capf
         out = anndata.read_h5ad(tmp_path / "out.h5ad")
     assert "gsrcl_call" in out.obs and {"gsrcl_prob_T", "gsrcl_prob_B_plasma"} <= set(out.obs)
     prov = out.uns["gsrcl"]
-    assert list(prov["cell_types"]) == ["T", "B/plasma"]
+    assert list(prov["cell_types"]) == ["T", "B/plasma"] and prov["reference_genes_missing"] == 0
     assert list(prov["prob_columns"]) == ["gsrcl_prob_T", "gsrcl_prob_B_plasma"]
     assert out.obs["known"].tolist() == adata.obs["known"].tolist()  # the query's own columns kept
     np.testing.assert_array_equal(out.obsm["gsrcl_probs"], out.obs[list(prov["prob_columns"])].to_numpy(np.float32))

@@ -290,7 +290,8 @@ def cmd_annotate(args, argv) -> int:
     prov = {**provenance(ref.cfg.seed, {"reference": os.path.abspath(args.reference), "cutoff": args.cutoff,
                                         "layer": args.layer or "", "reference_config": dataclasses.asdict(ref.cfg)},
                          1, "python -m scdc_jax.gsrcl " + shlex.join(argv)),
-            "data": query.source, "n_cells": len(df), "cell_types": list(df.columns.drop("call"))}
+            "data": query.source, "n_cells": len(df), "cell_types": list(df.columns.drop("call")),
+            "reference_genes_missing": len(set(map(str, ref.genes)) - set(map(str, query.gene_names)))}
     if out.endswith(".h5ad"):
         import numpy as np
         import pandas as pd
@@ -318,6 +319,8 @@ def cmd_annotate(args, argv) -> int:
         plot_calls(h, df["call"].to_numpy(), args.plot, labels=known)
     counts = df["call"].value_counts()
     written = [p for p in (out, sidecar, args.plot) if p]
+    if missing := prov["reference_genes_missing"]:
+        print(f"{missing} of the reference's {len(ref.genes)} genes are not in the query and were set to zero")
     print(f"annotated {len(df)} cells ({int(counts.get(UNASSIGNED, 0))} Unassigned); wrote {', '.join(written)}")
     return 0
 

@@ -39,7 +39,9 @@ def zero_fill_genes(X, query_genes, reference_genes) -> np.ndarray:
     """Reorder the query's columns to the reference genes: missing genes zero, extra genes dropped.
 
     X : (n, q) counts with ``query_genes`` (q,); returns dense (n, r) float32 for the r reference
-    genes.  Raises InputError for duplicate gene names or when half or fewer query genes match.
+    genes.  Raises InputError for duplicate gene names or when half or fewer of the reference
+    genes are in the query (counting the query's genes instead would refuse a whole-transcriptome
+    query against a reference of a few thousand genes, and pass a query of a handful).
     """
     query_genes = np.asarray(query_genes, dtype=str)
     reference_genes = np.asarray(reference_genes, dtype=str)
@@ -50,9 +52,10 @@ def zero_fill_genes(X, query_genes, reference_genes) -> np.ndarray:
             raise InputError(f"the {what} has duplicate gene names ({dup}); make them unique first.")
     pos = {g: i for i, g in enumerate(reference_genes)}
     q_idx = np.array([i for i, g in enumerate(query_genes) if g in pos], dtype=np.int64)
-    if len(q_idx) * 2 <= len(query_genes):
-        raise InputError(f"only {len(q_idx)} of the query's {len(query_genes)} genes are in the reference; "
-                         "more than half must match (same gene naming, e.g. symbols vs Ensembl ids?).")
+    if len(q_idx) * 2 <= len(reference_genes):
+        raise InputError(f"only {len(q_idx)} of the reference's {len(reference_genes)} genes are in the query (the "
+                         "others would be set to zero); more than half must be (the same gene naming, e.g. symbols "
+                         "vs Ensembl ids?).")
     r_idx = np.array([pos[query_genes[i]] for i in q_idx], dtype=np.int64)
     X = X.toarray() if hasattr(X, "toarray") else np.asarray(X)
     out = np.zeros((X.shape[0], len(reference_genes)), np.float32)
