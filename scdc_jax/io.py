@@ -145,6 +145,20 @@ def check_counts(X, *, require_integer: bool = True, what: str = "X") -> None:
         raise InputError(f"{what} is all zeros; there are no counts to learn from.")
 
 
+def log_transformed_note(X) -> str | None:
+    """A sentence when ``X`` looks log-transformed already (non-integer values, none above 20,
+    which is log1p of some 5e8 counts), for GsRCL, which takes log(x + 1) of its input itself."""
+    vals = X.data if sp.issparse(X) else np.asarray(X)
+    if not vals.size or vals.dtype.kind != "f":
+        return None
+    top = float(vals.max())
+    if top > 20 or np.all(vals == np.round(vals)):
+        return None
+    return (f"the values look log-transformed already (not integers, the largest {top:.3g}); GsRCL takes "
+            f"log(x + 1) of its input itself, so give counts (e.g. {option('layer', 'counts')}, or "
+            f"{option('layer', 'raw')} for .raw.X) unless these values are meant.")
+
+
 def _check_length(n: int, arr, what: str) -> None:
     if arr is not None and len(arr) != n:
         raise InputError(f"the {what} have {len(arr)} entries but X has {n} cells; they must match.")

@@ -7,6 +7,7 @@ results go to ``.obs[key_added]`` (categorical), ``.obsm["X_" + key_added]`` and
 from __future__ import annotations
 
 import os
+import warnings
 
 import numpy as np
 
@@ -111,12 +112,14 @@ def gsrcl_annotate(adata, reference: str, *, layer: str | None = None, cutoff: f
     import pandas as pd
 
     from .gsrcl.annotate import UNASSIGNED, annotate
-    from .io import check_anndata_fields, check_counts, from_anndata
+    from .io import check_anndata_fields, check_counts, from_anndata, log_transformed_note
 
     check_anndata_fields(adata, layer=layer)
     adata = adata.copy() if copy else adata
     query = from_anndata(adata, layer=layer)
     check_counts(query.X, require_integer=False)
+    if note := log_transformed_note(query.X):  # scanpy's .X is often log-normalised: logged twice here
+        warnings.warn(note[0].upper() + note[1:], UserWarning, stacklevel=2)
     df, h = annotate(reference, query, cutoff=cutoff)
     types = [str(c) for c in df.columns.drop("call")]
     calls = df["call"].to_numpy()

@@ -257,7 +257,7 @@ def test_cli_four_devices_tiny_run(tmp_path, capfd):
 def test_a_note_when_the_input_looks_log_transformed_already():
     import scipy.sparse as sp
 
-    from scdc_jax.gsrcl.__main__ import log_transformed_note
+    from scdc_jax.io import log_transformed_note
 
     counts, _, _ = synthetic_counts(40, 30, n_groups=2, seed=1)
     lognorm = np.log1p(counts / counts.sum(1, keepdims=True) * 1e4)

@@ -211,6 +211,10 @@ def test_tl_gsrcl_annotate_writes_the_scanpy_fields_and_copy_leaves_the_input(tm
     assert q.obs["ann"].tolist() == calls.tolist() and "X_ann" in q.obsm and "params" in q.uns["ann"]
     out.write_h5ad(tmp_path / "annotated.h5ad")
     assert anndata.read_h5ad(tmp_path / "annotated.h5ad").obs["gsrcl"].tolist() == calls.tolist()
+    c = q.layers["counts"]
+    q.X = np.log1p(c / np.maximum(c.sum(1, keepdims=True), 1) * 1e4).astype(np.float32)  # as scanpy leaves .X
+    with pytest.warns(UserWarning, match=r'log-transformed already.*layer="counts"'):
+        scdc_jax.tl.gsrcl_annotate(q, str(tmp_path / "ref"), copy=True)
 
 
 def test_pbmc68k_counts_are_counts_with_bulk_labels():

@@ -137,7 +137,7 @@ def _read(args, labels: bool = True):
     """The command's data file, with labels when it has them; ``labels``: whether the command needs
     them (for the message when no file is given)."""
     from .. import distributed
-    from ..io import read_counts
+    from ..io import log_transformed_note, read_counts
 
     if args.data_file is None:
         raise InputError("a labelled data file is needed: give --data-file (.h5 with Y, .h5ad with "
@@ -149,25 +149,8 @@ def _read(args, labels: bool = True):
 
     check_counts(data.X, require_integer=False)
     if (note := log_transformed_note(data.X)) and distributed.is_primary():
-        print(note, file=sys.stderr)
+        print(f"note: {note}", file=sys.stderr)
     return data
-
-
-def log_transformed_note(X) -> str | None:
-    """A note when ``X`` looks log-transformed already (non-integer values, none above 20, which
-    is log1p of some 5e8 counts): GsRCL takes log(x + 1) of its input itself."""
-    import numpy as np
-    import scipy.sparse as sp
-
-    vals = X.data if sp.issparse(X) else np.asarray(X)
-    if not vals.size or vals.dtype.kind != "f":
-        return None
-    top = float(vals.max())
-    if top > 20 or np.all(vals == np.round(vals)):
-        return None
-    return (f"note: the values look log-transformed already (not integers, the largest {top:.3g}); GsRCL takes "
-            "log(x + 1) of its input itself, so give counts (e.g. --layer counts, or --layer raw for .raw.X) "
-            "unless these values are meant.")
 
 
 def _check_previous(path: str, entries, what: str, args, flag: str) -> None:
