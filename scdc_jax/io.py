@@ -264,12 +264,24 @@ def obs_annotations(obs, label_key: str | None, batch_key: str | None, source: s
             raise InputError(f"{source} has no .obs column '{key}' for the {what}s "
                              f"(columns: {', '.join(map(str, obs.columns)) or 'none'}).")
     if label_key is not None:
-        out["labels"], out["label_names"] = encode_labels(np.asarray(obs[label_key].astype(str)),
-                                                          what=f"labels '{label_key}'")
+        what = f"labels '{label_key}'"
+        out["labels"], out["label_names"] = encode_labels(_names(obs[label_key], what), what=what)
     if batch_key is not None:
-        out["batch"], out["batch_names"] = one_hot_from_labels(np.asarray(obs[batch_key].astype(str)),
-                                                               what=f"batch '{batch_key}'")
+        what = f"batch '{batch_key}'"
+        out["batch"], out["batch_names"] = one_hot_from_labels(_names(obs[batch_key], what), what=what)
     return out
+
+
+def _names(values, what: str) -> np.ndarray:
+    """A label or batch column's values as strings; missing ones (NaN, None, pandas' NA) are
+    refused, as str() would make them one more category, 'nan'."""
+    import pandas as pd
+
+    missing = np.asarray(pd.isna(values), bool)
+    if missing.any():
+        raise InputError(f"{int(missing.sum())} of {len(missing)} cells have no value for the {what} (NaN or "
+                         "empty); give every cell one, or leave those cells out first.")
+    return np.asarray(values.astype(str))
 
 
 def check_anndata_fields(adata, *, layer: str | None = None, **obs_keys: str | None) -> None:
@@ -397,7 +409,7 @@ def attach_csv_labels(data: CountData, labels_csv: str) -> CountData:
     else:
         values = lab.iloc[:, -1].to_numpy()
     _check_length(data.n_cells, values, f"labels in {labels_csv}")
-    data.labels, data.label_names = encode_labels(values.astype(str), what="labels")
+    data.labels, data.label_names = encode_labels(_names(values, f"labels in {labels_csv}"), what="labels")
     return data
 
 

@@ -88,6 +88,9 @@ def write_inputs(tmp) -> dict[str, str]:
     f["h5ad"] = _h5ad(tmp / "cells.h5ad", X, genes, obs)
     f["dup_h5ad"] = _h5ad(tmp / "dup.h5ad", X, ["g0", "g0"] + genes[2:])
     f["half_h5ad"] = _h5ad(tmp / "half.h5ad", X, genes[:20] + [f"other{i}" for i in range(20)])
+    gaps = obs.assign(celltype=obs["celltype"].where(np.arange(60) >= 3),  # three cells without an annotation
+                      plate=np.where(np.arange(60) % 2, "p1", None))  # and thirty without a batch
+    f["gaps_h5ad"] = _h5ad(tmp / "gaps.h5ad", X, genes, gaps)
     f["csv"] = str(tmp / "cells.csv")
     pd.DataFrame(X, index=cells, columns=genes).to_csv(f["csv"])
     f["tall_csv"] = str(tmp / "tall.csv")  # 400 rows x 40 columns, names telling nothing: genes as rows?
@@ -106,6 +109,8 @@ def write_inputs(tmp) -> dict[str, str]:
     pd.DataFrame(X, index=cells, columns=genes).astype(str).replace("0", "none").to_csv(f["text_csv"])
     f["ids_csv"] = str(tmp / "wrong_ids.csv")
     pd.DataFrame({"cell": [f"x{i}" for i in range(60)], "label": groups}).to_csv(f["ids_csv"], index=False)
+    f["gaps_csv"] = str(tmp / "gap_labels.csv")  # one empty label
+    pd.DataFrame({"label": [""] + [f"t{g}" for g in groups[1:]]}).to_csv(f["gaps_csv"], index=False)
     f["short_csv"] = str(tmp / "short_labels.csv")
     pd.DataFrame({"label": groups[:59]}).to_csv(f["short_csv"], index=False)
     f["tiny"] = str(tmp / "tiny.toml")
@@ -221,6 +226,10 @@ CASES = {
     "cluster missing label dataset": ("cluster", ["--data-file", "{good}", "--label-key", "celltype"],
                                       "no dataset 'celltype'"),
     "cluster infinite": ("cluster", ["--data-file", "{inf}"], "infinite"),
+    "cluster h5ad labels with gaps": ("cluster", ["--data-file", "{gaps_h5ad}", "--label-key", "celltype"],
+                                      "3 of 60 cells have no value for the labels 'celltype'"),
+    "cluster h5ad batches with gaps": ("cluster", ["--data-file", "{gaps_h5ad}", "--batch-key", "plate"],
+                                       "30 of 60 cells have no value for the batch 'plate'"),
     "cluster h5ad missing label key": ("cluster", ["--data-file", "{h5ad}", "--label-key", "cell_type"],
                                        "no .obs column 'cell_type'"),
     "cluster h5ad missing batch key": ("cluster", ["--data-file", "{h5ad}", "--batch-key", "plate"],
@@ -266,6 +275,10 @@ CASES = {
     "evaluate csv without labels": ("evaluate", ["--data-file", "{csv}"], "needs cell-type labels"),
     "evaluate labels csv ids": ("evaluate", ["--data-file", "{csv}", "--labels-csv", "{ids_csv}"],
                                 "do not match the cell ids"),
+    "evaluate labels csv with a gap": ("evaluate", ["--data-file", "{csv}", "--labels-csv", "{gaps_csv}"],
+                                       "1 of 60 cells have no value"),
+    "train-reference h5ad labels with gaps": ("train-reference", ["--data-file", "{gaps_h5ad}", "--label-key",
+                                                                  "celltype"], "3 of 60 cells have no value"),
     "evaluate labels csv length": ("evaluate", ["--data-file", "{csv}", "--labels-csv", "{short_csv}"],
                                    "59 entries but X has 60 cells"),
     "evaluate csv orientation unclear": ("evaluate", ["--data-file", "{tall_csv}"],
