@@ -3,13 +3,29 @@
 A diagnostic, not product code: it swaps functions inside scdc_jax.cluster.train (restored after
 each compile) and times the variants alternately.  python benchmarks/profile_pretrain.py ROUNDS
 """
+import argparse
 import os
 import statistics
 import sys
 import time
 from functools import partial
 
+VARIANTS = ["baseline", "autodiff_zinb", "no_lgamma", "no_noise", "rbg", "unsafe_rbg", "uniform_noise", "mse_only",
+            "no_noise_mse"]
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DATA = os.path.join(os.path.dirname(ROOT), 'shared', 'data', 'mouse_bladder_cell_select_2100.h5')
+ap = argparse.ArgumentParser(description="Time a pretraining epoch's variants (loss, noise, PRNG) against the "
+                             "product's, alternately, on the bladder file (2100 cells, 2000 genes).")
+ap.add_argument("rounds", nargs="?", type=int, default=5, help="timed epochs per variant (default 5)")
+ap.add_argument("variants", nargs="?", default=",".join(VARIANTS),
+                help=f"comma-separated, 'baseline' always included (default: all: {','.join(VARIANTS)})")
+args = ap.parse_args()
+variants = ["baseline"] + [v for v in args.variants.split(",") if v != "baseline"]
+unknown = sorted(set(variants) - set(VARIANTS))
+if unknown or args.rounds < 1:
+    ap.error(f"unknown variants {unknown}" if unknown else "rounds must be 1 or more")
+if not os.path.isfile(DATA):
+    sys.exit(f"needs {DATA} (the shared data folder beside the repository)")
 sys.path.insert(0, ROOT)
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -20,7 +36,7 @@ from scdc_jax.preprocess import prepare
 from scdc_jax.optim import amsgrad_torch
 from scdc_jax import losses
 
-prep = prepare(read_counts(os.path.join(os.path.dirname(ROOT), 'shared', 'data', 'mouse_bladder_cell_select_2100.h5')), select_genes_n=2000)
+prep = prepare(read_counts(DATA), select_genes_n=2000)
 n, g = prep.shape
 cfg = ClusterConfig()
 graphdef, state = train.build_model(cfg, g, 0)
@@ -85,9 +101,8 @@ def make(variant):
     train.zinb_nll_logits, train._noisy_zinb = orig_zinb, orig_noisy
     return run
 
-variants = sys.argv[2].split(",") if len(sys.argv) > 2 else ["baseline", "autodiff_zinb", "no_lgamma", "no_noise", "rbg", "unsafe_rbg", "uniform_noise", "mse_only", "no_noise_mse"]
 runs = {v: make(v) for v in variants}
-R = int(sys.argv[1]) if len(sys.argv) > 1 else 5
+R = args.rounds
 times = {v: [] for v in variants}
 for r in range(R):
     for v in variants:

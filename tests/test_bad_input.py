@@ -226,6 +226,7 @@ CASES = {
     "cluster missing label dataset": ("cluster", ["--data-file", "{good}", "--label-key", "celltype"],
                                       "no dataset 'celltype'"),
     "cluster infinite": ("cluster", ["--data-file", "{inf}"], "infinite"),
+    "cluster tol above 1": ("cluster", ["--tol", "2"], "must lie in (0, 1]; got 2.0"),
     "cluster h5ad labels with gaps": ("cluster", ["--data-file", "{gaps_h5ad}", "--label-key", "celltype"],
                                       "3 of 60 cells have no value for the labels 'celltype'"),
     "cluster h5ad batches with gaps": ("cluster", ["--data-file", "{gaps_h5ad}", "--batch-key", "plate"],

@@ -103,6 +103,9 @@ class ClusterConfig:
             value = getattr(self, name)
             if not value > 0:
                 raise InputError(f"{option(name)} must be positive, got {value}.")
+        if self.tol > 1:
+            raise InputError(f"{option('tol')} is the fraction of cells changing cluster below which the clustering "
+                             f"stops, so it must lie in (0, 1]; got {self.tol}.")
         for name in ("n_clusters", "select_genes", "gamma", "ridge_lambda", "init_cells", "batch_mmd"):
             if getattr(self, name) < 0:
                 raise InputError(f"{option(name)} must be zero or positive, got {getattr(self, name)}.")
