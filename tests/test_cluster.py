@@ -357,3 +357,27 @@ def test_plot_colours_give_each_true_label_its_matched_clusters_colour():
     rows, cols = matched_order(y_true, y_pred)
     assert cols == [0, 1, 2] and rows == [1, 2, 0, 3]  # matched pairs on the diagonal, then the rest
     assert cluster_acc(y_true, y_pred) == (25 + 20 + 25) / 85
+
+
+def test_query_batches_are_placed_by_name_and_unknown_ones_refused():
+    from scdc_jax.cluster.inference import _align_batches
+    from scdc_jax.io import one_hot_from_labels
+
+    meta = {"n_batches": 3, "batch_names": ["p1", "p2", "p3"]}
+
+    def query(batches):
+        onehot, names = one_hot_from_labels(np.array(batches))
+        return CountData(X=np.ones((len(batches), 4)), batch=onehot, batch_names=names)
+
+    # a query of some of the model's batches: each cell in its batch's column
+    np.testing.assert_array_equal(_align_batches(query(["p3", "p1", "p3"]), meta), [[0, 0, 1], [1, 0, 0], [0, 0, 1]])
+    # as many batches as the model, but other ones: refused, not matched by position
+    with pytest.raises(InputError, match=r"the query's batches 'p4' are not among the model's \('p1', 'p2', 'p3'\)"):
+        _align_batches(query(["p1", "p2", "p4"]), meta)
+    with pytest.raises(InputError, match="trained with 3 batches; give the query's batches"):
+        _align_batches(CountData(X=np.ones((2, 4))), meta)
+    unnamed = CountData(X=np.ones((2, 4)), batch=np.eye(3, dtype=np.float32)[[0, 2]])  # a one-hot B without names
+    np.testing.assert_array_equal(_align_batches(unnamed, meta), unnamed.batch)
+    with pytest.raises(InputError, match="the query has 2 batches, the model 3"):
+        _align_batches(CountData(X=np.ones((2, 4)), batch=np.eye(2, dtype=np.float32)), meta)
+    assert _align_batches(CountData(X=np.ones((2, 4))), {"n_batches": 0}) is None

@@ -73,8 +73,14 @@ def _align_batches(data: CountData, meta: dict) -> np.ndarray | None:
         raise InputError(f"the model was trained with {nb} batches; give the query's batches "
                          f"(B or {option('batch_key')}).")
     names = meta.get("batch_names")
-    if data.batch_names is not None and names is not None and set(data.batch_names) <= set(names):
-        cols = [names.index(b) for b in data.batch_names]
+    if data.batch_names is not None and names is not None:
+        names = [str(b) for b in names]
+        unknown = [str(b) for b in data.batch_names if str(b) not in names]
+        if unknown:
+            raise InputError(f"the query's batches {', '.join(map(repr, unknown[:5]))} are not among the model's "
+                             f"({', '.join(map(repr, names[:10]))}); a batch-conditioned model places cells of "
+                             "the batches it was trained on.")
+        cols = [names.index(str(b)) for b in data.batch_names]
         out = np.zeros((data.n_cells, nb), np.float32)
         out[:, cols] = data.batch
         return out
