@@ -25,7 +25,7 @@ for step in "$@"; do
     # the published GsRCL protocol (4096-wide encoder, 3000 full-batch epochs, selection at 0 and every 50,
     # all types, 5 folds, shared encoders, SVM grids on all cores but one), bf16 matmuls
     timeout 420 python -m scdc_jax.gsrcl --config configs/gsrcl_paper.toml --precision bf16 \
-      --data-file $D/$step.h5 --out-dir /tmp/paper_$step --quiet > "$OUT/paper_$step.log" 2>&1
+      --data-file $D/$step.h5 --out-dir /tmp/paper_$step --resume --quiet > "$OUT/paper_$step.log" 2>&1
     cat /tmp/paper_$step/summary.txt
     tar -C /tmp -cf "$OUT/paper_$step.tar" --exclude folds paper_$step
   fi
