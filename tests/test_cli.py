@@ -192,3 +192,28 @@ def test_system_refusal_mid_run_is_one_sentence(capsys):
     assert exc.value.code == 1
     err = capsys.readouterr().err.strip()
     assert err == "error: the system refused an operation: No space left on device (out/final_latent_file.txt)."
+
+
+def test_labels_csv_scores_a_csv_run_and_its_predict(tmp_path, capfd):
+    """A CSV of counts with its annotation in a second CSV (cell id, label): the run is scored
+    against those labels, and so is ``predict`` on the same file."""
+    import pandas as pd
+
+    from scdc_jax.metrics import clustering_scores
+
+    X, groups, _ = synthetic_counts(60, 30, n_groups=3, seed=2)
+    cells = [f"cell{i}" for i in range(60)]
+    pd.DataFrame(X, index=cells, columns=[f"g{j}" for j in range(30)]).to_csv(tmp_path / "counts.csv")
+    order = np.random.default_rng(0).permutation(60)  # rows in another order than the counts: matched by id
+    pd.DataFrame({"cell": np.array(cells)[order], "type": np.array(["a", "b", "c"])[groups[order]]}).to_csv(
+        tmp_path / "labels.csv", index=False)
+    common = ["--data-file", str(tmp_path / "counts.csv"), "--labels-csv", str(tmp_path / "labels.csv")]
+    r = cli_here(capfd, *common, "--n-clusters", "3", "--save-dir", str(tmp_path / "res"), *TINY)
+    assert r.returncode == 0, r.stderr
+    pred = np.loadtxt(tmp_path / "res" / "pred_labels.txt").astype(int)
+    scores = json.loads((tmp_path / "res" / "run.json").read_text())["scores"]
+    assert scores["ari"] == clustering_scores(groups, pred)["ari"] and f"ARI {scores['ari']:.4f}" in r.stdout
+    r = cli_here(capfd, "predict", "--model", str(tmp_path / "res"), *common, "--save-dir", str(tmp_path / "pred"))
+    assert r.returncode == 0, r.stderr
+    again = np.loadtxt(tmp_path / "pred" / "pred_labels.txt").astype(int)
+    assert f"against the known labels: ARI {clustering_scores(groups, again)['ari']:.4f}" in r.stdout

@@ -46,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     io.add_argument("--layer", help=".h5ad, .zarr: layer holding the raw counts ('raw' for .raw.X); default .X")
     io.add_argument("--transpose", "--genes-as-rows", action=argparse.BooleanOptionalAction, help=TRANSPOSE_HELP)
     io.add_argument("--label-key", help="known labels: .obs column (.h5ad) or dataset name (.h5, default Y)")
+    io.add_argument("--labels-csv", help="known labels of a CSV or 10x Genomics data file: (cell id or barcode, "
+                    "label) rows, or one label a line in the cells' order")
     io.add_argument("--batch-key", help="batches: .obs column (.h5ad) or 1-D dataset (.h5); an .h5 with a one-hot "
                     "B uses it automatically; switches on the batch-conditioned model")
     io.add_argument("--save-dir", default="scdc_results", help="checkpoints and outputs (default: %(default)s); "
@@ -145,6 +147,8 @@ def build_predict_parser() -> argparse.ArgumentParser:
     p.add_argument("--layer", help=".h5ad layer with the counts ('raw' for .raw.X)")
     p.add_argument("--transpose", "--genes-as-rows", action=argparse.BooleanOptionalAction, help=TRANSPOSE_HELP)
     p.add_argument("--label-key", help="known labels of the query, to score the assignment")
+    p.add_argument("--labels-csv", help="the same for a CSV or 10x Genomics query: (cell id or barcode, label) rows, "
+                   "or one label a line in the cells' order")
     p.add_argument("--batch-key", help="batches of the query (batch-conditioned models)")
     p.add_argument("--save-dir", default="scdc_predict", help="output folder (default: %(default)s)")
     p.add_argument("--out", help="also write an .h5ad with .obs['scdc_cluster'], .obsm['X_scdc'], .obsm['scdc_q']: "
@@ -160,7 +164,7 @@ def predict_main(argv: list[str]) -> int:
     if args.out and not args.out.endswith(".h5ad"):
         raise InputError(f"--out {args.out} must end in .h5ad.")
     data = read_counts(args.data_file, layer=args.layer, label_key=args.label_key, batch_key=args.batch_key,
-                       transpose=args.transpose)
+                       labels_csv=args.labels_csv, transpose=args.transpose)
     save_dir = check_writable_dir(args.save_dir, "save folder")
     if args.out:
         check_writable_file(args.out, "--out file")
@@ -190,7 +194,7 @@ def predict_main(argv: list[str]) -> int:
 
         ok = res["labels"] >= 0
         s = clustering_scores(data.labels[ok], res["labels"][ok])
-        print(f"against --label-key: ARI {s['ari']:.4f}  NMI {s['nmi']:.4f}  ACC {s['acc']:.4f}")
+        print(f"against the known labels: ARI {s['ari']:.4f}  NMI {s['nmi']:.4f}  ACC {s['acc']:.4f}")
     return 0
 
 
@@ -208,6 +212,11 @@ def _open_store(args, n_processes: int):
 
     may_hold = n_processes > 1 and not (args.out or args.plot) and args.transpose is None
     if args.stream is False and not may_hold:
+        return None, False
+    if args.labels_csv is not None:  # CSV and 10x data, read whole (the reader refuses it for any other)
+        if args.stream:
+            raise InputError("--labels-csv applies to CSV and 10x Genomics data, which are read whole; --stream "
+                             "reads .h5ad, .zarr and .h5 files, whose labels --label-key names.")
         return None, False
     if not args.stream and sniff_format(args.data_file) not in ("h5ad", "zarr", "h5"):
         return None, False
@@ -272,8 +281,8 @@ def main(argv: list[str] | None = None) -> int:
     distributed.barrier("save folder checked")  # by every process before the first one writes there
     streamed = False
     if args.data_file is None:
-        if args.layer or args.label_key or args.batch_key or args.transpose is not None:
-            raise InputError("--layer, --label-key, --batch-key and --transpose need --data-file.")
+        if args.layer or args.label_key or args.labels_csv or args.batch_key or args.transpose is not None:
+            raise InputError("--layer, --label-key, --labels-csv, --batch-key and --transpose need --data-file.")
         if args.stream:
             raise InputError("--stream needs --data-file (the bundled demo is held in memory).")
         data = pbmc68k_counts()
@@ -281,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
         data, streamed = _open_store(args, n_processes)
         if data is None:
             data = read_counts(args.data_file, layer=args.layer, label_key=args.label_key,
-                               batch_key=args.batch_key, transpose=args.transpose)
+                               batch_key=args.batch_key, labels_csv=args.labels_csv, transpose=args.transpose)
     hold = not streamed and not hasattr(data, "X")  # several processes, each holding its own rows
     if streamed:
         if args.out or args.plot:
