@@ -74,6 +74,18 @@ def atomic_path(path: str):
             os.remove(tmp)
 
 
+def check_reuse(path: str, held: bool, what: str, folder_option: str, *, resume: bool, overwrite: bool) -> None:
+    """Refuse, before any work, to write into ``path`` when it ``held`` ``what`` of an earlier run
+    and the user said neither to continue it (``resume``) nor to replace it (``overwrite``), or
+    said both; ``folder_option`` names the option choosing the folder."""
+    if resume and overwrite:
+        raise InputError(f"{option('resume', True)} continues the run in {path} and {option('overwrite', True)} "
+                         "replaces it; give one of them.")
+    if held and not (resume or overwrite):
+        raise InputError(f"{path} already holds {what}; give {option('overwrite', True)} to replace it, "
+                         f"{option('resume', True)} to continue it, or choose another {folder_option}.")
+
+
 class RunFolder:
     """The folder of one run's checkpoints and outputs, which never holds parts of two runs.
 
@@ -90,10 +102,7 @@ class RunFolder:
     FINGERPRINT = "fingerprint.json"
 
     def __init__(self, path: str, entries, *, resume: bool = False, overwrite: bool = False):
-        if resume and overwrite:
-            raise InputError(f"{option('resume', True)} continues the run in {path} (or an interrupted "
-                             f"{option('overwrite', True)} of it) and {option('overwrite', True)} replaces it; "
-                             "give one of them.")
+        check_reuse(path, False, "", "", resume=resume, overwrite=overwrite)
         check_writable_dir(path, "save folder")
         self.path, self.resume = path, resume
         self.entries = (*entries, self.FINGERPRINT)
@@ -103,10 +112,7 @@ class RunFolder:
         if resume and os.path.isdir(self.staging):
             self.work = self.staging
         elif self.holds_run():
-            if not (resume or overwrite):
-                raise InputError(f"{path} already holds a scdc_jax run; give {option('overwrite', True)} to replace "
-                                 f"it, {option('resume', True)} to continue it, or choose another "
-                                 f"{option('save_dir')}.")
+            check_reuse(path, True, "a scdc_jax run", option("save_dir"), resume=resume, overwrite=overwrite)
             if overwrite:
                 check_writable_dir(parent, "folder of the save folder")
                 self.work = self.staging

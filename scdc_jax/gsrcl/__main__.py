@@ -154,15 +154,12 @@ def _read(args, labels: bool = True):
 
 
 def _check_previous(path: str, entries, what: str, args, flag: str) -> None:
-    """Refuse, before any work, a folder that holds ``what`` (one of ``entries``) of an earlier run
-    unless the user said to continue it (``--resume``) or replace it (``--overwrite``)."""
-    if args.resume and args.overwrite:
-        raise InputError(f"--resume continues the run in {path} and --overwrite replaces it; give one of them.")
-    if args.resume or args.overwrite or not os.path.isdir(path):
-        return
-    if any(os.path.lexists(os.path.join(path, e)) for e in entries):
-        raise InputError(f"{path} already holds {what}; give --overwrite to replace it, --resume to continue it, "
-                         f"or choose another {flag}.")
+    """Refuse, before any work, a folder holding ``what`` (one of ``entries``) of an earlier run
+    unless ``--resume`` or ``--overwrite`` says what to do with it (:func:`~scdc_jax.outputs.check_reuse`)."""
+    from ..outputs import check_reuse
+
+    held = os.path.isdir(path) and any(os.path.lexists(os.path.join(path, e)) for e in entries)
+    check_reuse(path, held, what, flag, resume=args.resume, overwrite=args.overwrite)
 
 
 def _join(args) -> None:
