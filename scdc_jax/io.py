@@ -159,6 +159,50 @@ def log_transformed_note(X) -> str | None:
             f"{option('layer', 'raw')} for .raw.X) unless these values are meant.")
 
 
+def align_genes(X, query_genes, target_genes, *, what: str, fill_missing: bool, flag: str = "") -> tuple:
+    """The query's columns ``X`` (n, q), named ``query_genes``, put in the order of
+    ``target_genes`` (t,): extra genes dropped and, with ``fill_missing``, missing genes given
+    zero counts.  CSR stays CSR (nothing densified), a dense array stays dense.  Returns
+    ``(X aligned (n, t), number of target genes missing from the query)``.
+
+    Refused in one sentence (``what`` names the target's owner: "model", "reference"): duplicate
+    names on either side; a missing gene without ``fill_missing`` (the sentence names ``flag``,
+    the option that fills them, if given); and, with ``fill_missing``, half or fewer of the target
+    genes present (counting the query's genes instead would refuse a whole-transcriptome query
+    against a target of a few thousand genes, and pass a query of a handful).
+    """
+    query_genes = np.asarray(query_genes).astype(str)
+    target_genes = np.asarray(target_genes).astype(str)
+    for genes, side in ((query_genes, "query"), (target_genes, what)):
+        uniq, counts = np.unique(genes, return_counts=True)
+        if (counts > 1).any():
+            raise InputError(f"the {side} has duplicate gene names ({', '.join(uniq[counts > 1][:5])}); make them "
+                             "unique first.")
+    pos = {g: i for i, g in enumerate(query_genes)}
+    t_idx = np.array([j for j, g in enumerate(target_genes) if g in pos], np.int64)
+    missing = len(target_genes) - len(t_idx)
+    if missing and not fill_missing:
+        first = next(g for g in target_genes if g not in pos)
+        fill = f"; give {flag} to count them as zero" if flag else ""
+        raise InputError(f"the query lacks {missing} of the {what}'s {len(target_genes)} genes (e.g. '{first}'), and "
+                         f"the {what} needs all of its genes{fill}.")
+    if len(t_idx) * 2 <= len(target_genes):
+        raise InputError(f"only {len(t_idx)} of the {what}'s {len(target_genes)} genes are in the query (the others "
+                         "would be set to zero); more than half must be (the same gene naming, e.g. symbols vs "
+                         "Ensembl ids?).")
+    q_idx = np.array([pos[target_genes[j]] for j in t_idx], np.int64)
+    if not missing:
+        return X[:, q_idx], 0
+    if sp.issparse(X):  # the kept columns moved to their places by a 0/1 matrix: sparse, exact for counts
+        move = sp.csr_matrix((np.ones(len(t_idx), X.dtype), (np.arange(len(t_idx)), t_idx)),
+                             shape=(len(t_idx), len(target_genes)))
+        return sp.csr_matrix(sp.csr_matrix(X)[:, q_idx] @ move), missing
+    X = np.asarray(X)
+    out = np.zeros((X.shape[0], len(target_genes)), X.dtype)
+    out[:, t_idx] = X[:, q_idx]
+    return out, missing
+
+
 def _check_length(n: int, arr, what: str) -> None:
     if arr is not None and len(arr) != n:
         raise InputError(f"the {what} have {len(arr)} entries but X has {n} cells; they must match.")

@@ -326,3 +326,24 @@ def test_k_estimate_dec_compares_each_estimates_vote_with_the_single_runs():
     starts, lines = k_estimate_dec.single_starts(rows)
     assert starts["pbmc"]["paired_difference"] == pytest.approx([0.0, 0.1, 0.0, 0.1])
     assert starts["pbmc"]["higher"] == 2 and "| 2 of 4 |" in lines[2]
+
+
+def test_missing_genes_mean_fill_with_no_gene_missing_is_predict(tmp_path):
+    """The benchmark's alternative fill is computed outside the product: with nothing missing it
+    must give predict's own labels, so that the comparison measures the fill alone."""
+    import numpy as np
+    from conftest import synthetic_counts
+
+    from benchmarks import missing_genes
+    from scdc_jax.cluster import ClusterConfig, predict, run
+    from scdc_jax.io import CountData
+
+    X, groups, _ = synthetic_counts(200, 60, seed=5)
+    data = CountData(X=X, labels=groups, gene_names=np.array([f"g{i}" for i in range(60)]))
+    cfg = ClusterConfig(n_clusters=3, pretrain_epochs=5, maxiter=2, batch_size=64, encoder=[32, 16], decoder=[16, 32],
+                        latent=4)
+    run(data.subset(cells=np.arange(150)), cfg, save_dir=str(tmp_path), progress=False)
+    query = data.subset(cells=np.arange(150, 200))
+    share = np.full(60, 1 / 60)
+    got = missing_genes.mean_fill_labels(str(tmp_path), query, np.array([], np.int64), share)
+    np.testing.assert_array_equal(got, predict(str(tmp_path), query)["labels"])

@@ -217,3 +217,20 @@ def test_labels_csv_scores_a_csv_run_and_its_predict(tmp_path, capfd):
     assert r.returncode == 0, r.stderr
     again = np.loadtxt(tmp_path / "pred" / "pred_labels.txt").astype(int)
     assert f"against the known labels: ARI {clustering_scores(groups, again)['ari']:.4f}" in r.stdout
+    # a query lacking two of the model's genes: refused, naming the flag that counts them as zero
+    from scdc_jax.cluster import predict
+    from scdc_jax.io import read_counts
+
+    pd.read_csv(tmp_path / "counts.csv", index_col=0).drop(columns=["g4", "g9"]).to_csv(tmp_path / "fewer.csv")
+    fewer = ["predict", "--model", str(tmp_path / "res"), "--data-file", str(tmp_path / "fewer.csv"), "--save-dir",
+             str(tmp_path / "fewer")]
+    r = cli_here(capfd, *fewer)
+    assert r.returncode == 2 and "lacks 2 of the model's 30 genes (e.g. 'g4')" in r.stderr
+    assert "give --fill-missing-genes to count them as zero." in r.stderr and not (tmp_path / "fewer").exists()
+    r = cli_here(capfd, *fewer, "--fill-missing-genes")
+    assert r.returncode == 0, r.stderr
+    assert "2 of the model's 30 genes are not in the query and were counted as zero" in r.stdout
+    zeroed = read_counts(str(tmp_path / "counts.csv"))
+    zeroed.X[:, [4, 9]] = 0
+    np.testing.assert_array_equal(np.loadtxt(tmp_path / "fewer" / "pred_labels.txt").astype(int),
+                                  predict(str(tmp_path / "res"), zeroed)["labels"])

@@ -7,6 +7,7 @@ from functools import partial
 import jax
 import numpy as np
 import pytest
+import scipy.sparse as sp
 from conftest import synthetic_counts
 
 from scdc_jax.cluster import ClusterConfig, fit, run
@@ -190,8 +191,22 @@ def test_predict_held_out_cells_matches_full_run(tmp_path):
     assert np.mean(again["labels"] == res.labels) > 0.95
     from scdc_jax.errors import InputError
 
-    with pytest.raises(InputError, match="lacks 1 of the model"):
+    with pytest.raises(InputError, match="lacks 1 of the model.*; give fill_missing_genes=True to count them as zero"):
         predict(str(tmp_path), full.subset(genes=np.arange(119)))
+    # fill_missing_genes: the genes the query lacks count as zero, as in a query holding them at zero,
+    # from dense and CSR counts alike
+    gone = np.isin(query.gene_names, ["g5", "g77"])
+    lacking = query.subset(genes=np.flatnonzero(~gone))
+    zeroed = query.subset(genes=np.arange(120))
+    zeroed.X[:, gone] = 0
+    filled, ref = predict(str(tmp_path), lacking, fill_missing_genes=True), predict(str(tmp_path), zeroed)
+    assert (filled["genes_missing"], ref["genes_missing"], filled["n_genes"]) == (2, 0, 120)
+    np.testing.assert_array_equal(filled["latent"], ref["latent"])
+    np.testing.assert_array_equal(filled["labels"], ref["labels"])
+    sparse = predict(str(tmp_path), dataclasses.replace(lacking, X=sp.csr_matrix(lacking.X)), fill_missing_genes=True)
+    np.testing.assert_allclose(sparse["latent"], ref["latent"], rtol=1e-5, atol=1e-5)
+    with pytest.raises(InputError, match="^only 60 of the model's 120 genes are in the query"):
+        predict(str(tmp_path), full.subset(genes=np.arange(60)), fill_missing_genes=True)
     dup = full.subset(cells=np.arange(10))
     dup.gene_names = np.array(["g0"] * 120)
     with pytest.raises(InputError, match="duplicate gene names"):

@@ -114,6 +114,15 @@ def test_latent_of_new_cells_is_that_of_predict(trained):
     assert np.isfinite(direct["latent"]).all() and direct["latent"].shape == (40, 8)
     with pytest.raises(InputError, match=r'^layer="counts" names no layer of this AnnData \(its layers: none\)\.$'):
         model.get_latent_representation(anndata.AnnData(new.layers["counts"]))
+    # genes missing from adata: refused, or with fill_missing_genes counted as zero, with a warning
+    lacking, zeroed = new[:, 3:].copy(), new.copy()
+    zeroed.layers["counts"][:, :3] = 0
+    with pytest.raises(InputError, match="lacks 3 of the model's 100 genes .*give fill_missing_genes=True") as exc:
+        model.predict(lacking)
+    assert one_sentence(exc)
+    with pytest.warns(UserWarning, match="^3 of the model's 100 genes are not in adata and were counted as zero"):
+        filled = model.get_latent_representation(lacking, fill_missing_genes=True)
+    np.testing.assert_array_equal(filled, predict(folder, from_anndata(zeroed, layer="counts"))["latent"])
 
 
 def test_load_refuses_a_folder_that_is_not_a_model_in_one_sentence(tmp_path, trained):

@@ -140,7 +140,7 @@ def build_predict_parser() -> argparse.ArgumentParser:
     p = CliParser(prog="python -m scdc_jax.cluster predict",
                                 description="Assign new cells with a saved model: latent coordinates, soft "
                                 "assignments q and hard labels. The query needs the model's genes (matched by name "
-                                "when both have names).")
+                                "when both have names; see --fill-missing-genes).")
     p.add_argument("--model", required=True, help="a finished run's --save-dir (or its model/ folder)")
     p.add_argument("--data-file", required=True, help="query counts (.h5, .h5ad, .zarr, CSV, or a 10x Genomics "
                    ".h5 or matrix folder)")
@@ -150,6 +150,10 @@ def build_predict_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels-csv", help="the same for a CSV or 10x Genomics query: (cell id or barcode, label) rows, "
                    "or one label a line in the cells' order")
     p.add_argument("--batch-key", help="batches of the query (batch-conditioned models)")
+    p.add_argument("--fill-missing-genes", action="store_true",
+                   help="count the model's genes that the query lacks as zero instead of refusing the query (fewer "
+                   "than half of them; with 10%% of them missing, the labels agree with the full query's at ARI 0.95 "
+                   "on the shared 10X PBMC and 0.90 on worm: see the README)")
     p.add_argument("--save-dir", default="scdc_predict", help="output folder (default: %(default)s)")
     p.add_argument("--out", help="also write an .h5ad with .obs['scdc_cluster'], .obsm['X_scdc'], .obsm['scdc_q']: "
                    "the query itself when it is an .h5ad or .zarr (everything in it kept), else its counts")
@@ -170,7 +174,7 @@ def predict_main(argv: list[str]) -> int:
         check_writable_file(args.out, "--out file")
     from .inference import predict
 
-    res = predict(args.model, data)
+    res = predict(args.model, data, fill_missing_genes=args.fill_missing_genes)
     write_matrix_csv(os.path.join(save_dir, "latent.csv"), res["latent"])
     write_matrix_csv(os.path.join(save_dir, "q.csv"), res["q"])
     write_labels(os.path.join(save_dir, "pred_labels.txt"), res["labels"])
@@ -187,6 +191,9 @@ def predict_main(argv: list[str]) -> int:
                                                 categories=[str(i) for i in range(res["q"].shape[1])])
         ad.obsm["X_scdc"], ad.obsm["scdc_q"] = res["latent"], res["q"]
         write_h5ad(args.out, ad)
+    if res["genes_missing"]:
+        print(f"{res['genes_missing']} of the model's {res['n_genes']} genes are not in the "
+              "query and were counted as zero")
     print(f"assigned {int((res['labels'] >= 0).sum())} of {data.n_cells} cells to {res['q'].shape[1]} clusters; "
           f"wrote {save_dir}/latent.csv, q.csv, pred_labels.txt" + (f", {args.out}" if args.out else ""))
     if data.labels is not None:

@@ -5,7 +5,9 @@ someone else); it holds orbax arrays and JSON only.
 
 The query must hold the model's genes: matched by name (and reordered) when both sides have
 names, otherwise by position: either the model's genes alone, or every column of the training
-input, from which the model's columns are taken as in training.  Cells are normalised with the TRAINING
+input, from which the model's columns are taken as in training.  Genes missing from a named
+query are refused, or counted as zero when asked (``fill_missing_genes``; what that does to the
+assignment is measured by ``benchmarks/missing_genes.py``).  Cells are normalised with the TRAINING
 statistics (median total, gene means and spreads) and encoded by the clean encoder pass.
 """
 from __future__ import annotations
@@ -19,7 +21,7 @@ import numpy as np
 
 from .. import checkpoint, manifest
 from ..errors import InputError, option
-from ..io import CountData, check_counts
+from ..io import CountData, align_genes, check_counts
 from ..preprocess import prepare_query
 from .config import ClusterConfig
 from .pipeline import MODEL, MODEL_KIND, RETRAIN
@@ -37,28 +39,25 @@ def _model_dir(path: str) -> str:
 
 
 def require_model_genes(data: CountData, model_genes: list[str] | None, n_genes: int, *,
-                kept: list[int] | None = None, n_input: int | None = None) -> CountData:
-    """Reorder the query's genes to the model's; refuse when they cannot be matched.
+                        kept: list[int] | None = None, n_input: int | None = None,
+                        fill_missing: bool = False) -> tuple[CountData, int]:
+    """Reorder the query's genes to the model's; refuse when they cannot be matched.  Returns the
+    query on the model's genes and how many of them it lacked.
 
-    Without names on both sides, a query of ``n_input`` genes (the training input's count, of
-    which the model kept the columns ``kept``: genes without counts and unselected genes were
-    dropped) gets the same columns by position; one of ``n_genes`` genes is taken as it is.
+    With names on both sides, genes the query lacks are refused, or with ``fill_missing`` given
+    zero counts (:func:`scdc_jax.io.align_genes`).  Without names on both sides, a query of
+    ``n_input`` genes (the training input's count, of which the model kept the columns ``kept``:
+    genes without counts and unselected genes were dropped) gets the same columns by position;
+    one of ``n_genes`` genes is taken as it is.
     """
     if model_genes is not None and data.gene_names is not None:
-        names = np.asarray(data.gene_names).astype(str)
-        uniq, counts = np.unique(names, return_counts=True)
-        if np.any(counts > 1):
-            raise InputError(f"the query has duplicate gene names (e.g. '{uniq[counts > 1][0]}'); make them unique first.")
-        pos = {g: i for i, g in enumerate(names)}
-        missing = [g for g in model_genes if g not in pos]
-        if missing:
-            raise InputError(f"the query lacks {len(missing)} of the model's {len(model_genes)} genes "
-                             f"(e.g. '{missing[0]}'); the model needs all of its genes.")
-        return data.subset(genes=np.array([pos[g] for g in model_genes]))
+        X, missing = align_genes(data.X, data.gene_names, model_genes, what="model", fill_missing=fill_missing,
+                                 flag=option("fill_missing_genes", True))
+        return replace(data, X=X, gene_names=np.asarray(model_genes).astype(str)), missing
     if data.n_genes == n_genes:
-        return data
+        return data, 0
     if kept is not None and data.n_genes == n_input:
-        return data.subset(genes=np.asarray(kept, np.int64))
+        return data.subset(genes=np.asarray(kept, np.int64)), 0
     trained_on = f" (the training data had {n_input} before filtering)" if n_input not in (None, n_genes) else ""
     raise InputError(f"the query has {data.n_genes} genes and the model {n_genes}{trained_on}, and without gene "
                      "names on both sides they cannot be matched; give gene names or the same genes in the same "
@@ -89,18 +88,21 @@ def _align_batches(data: CountData, meta: dict) -> np.ndarray | None:
     return data.batch
 
 
-def predict(model: str, data: CountData) -> dict:
+def predict(model: str, data: CountData, *, fill_missing_genes: bool = False) -> dict:
     """Latent coordinates, soft assignments and labels of ``data``'s cells under a saved model.
 
-    Returns ``{"latent": (n, d), "q": (n, k), "labels": (n,)}`` for every query cell; cells with
-    no counts in the model's genes get NaN rows and label -1.
+    Returns ``{"latent": (n, d), "q": (n, k), "labels": (n,)}`` for every query cell (cells with no
+    counts in the model's genes get NaN rows and label -1), and the model's ``n_genes`` of which
+    ``genes_missing`` were not in the query.  A query lacking some of the model's genes (matched
+    by name) is refused unless ``fill_missing_genes``, which counts them as zero (refused still
+    when half or more are missing).
     """
     where = _model_dir(model)
     meta = checkpoint.read_meta(where)
     cfg = ClusterConfig(**meta["config"])
     n_genes, k = int(meta["n_genes"]), int(meta["n_clusters"])
-    data = require_model_genes(data, meta.get("gene_names"), n_genes, kept=meta.get("kept_genes"),
-                       n_input=meta.get("n_input_genes"))
+    data, genes_missing = require_model_genes(data, meta.get("gene_names"), n_genes, kept=meta.get("kept_genes"),
+                                              n_input=meta.get("n_input_genes"), fill_missing=fill_missing_genes)
     check_counts(data.X, require_integer=True)
     b = _align_batches(data, meta)
     graphdef, ae = abstract_model(cfg, n_genes, n_batches=int(meta["n_batches"]))
@@ -115,7 +117,8 @@ def predict(model: str, data: CountData) -> dict:
     z0, q, _, labels = make_assign(graphdef, cfg.alpha)(state["params"], query)
     n = data.n_cells
     out = {"latent": np.full((n, cfg.latent), np.nan, np.float32), "q": np.full((n, k), np.nan, np.float32),
-           "labels": np.full(n, -1, np.int64)}
+           "labels": np.full(n, -1, np.int64), "genes_missing": genes_missing,
+           "n_genes": n_genes}
     ok = prep.cells
     out["latent"][ok], out["q"][ok], out["labels"][ok] = np.asarray(z0), np.asarray(q), np.asarray(labels)
     return out

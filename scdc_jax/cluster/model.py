@@ -21,6 +21,7 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 
 import numpy as np
 
@@ -153,25 +154,32 @@ class SCDeepCluster:
             raise InputError(f"the model is not trained yet; call model.train() before model.{what}().")
         return self._train_out
 
-    def _predict(self, adata, what: str) -> dict:
+    def _predict(self, adata, what: str, fill_missing_genes: bool) -> dict:
         out = self._trained(what)
         if adata is None:
             return out
-        return predict(self._run_dir, self._data(adata, labels=False))
+        out = predict(self._run_dir, self._data(adata, labels=False), fill_missing_genes=fill_missing_genes)
+        if out["genes_missing"]:
+            warnings.warn(f"{out['genes_missing']} of the model's {out['n_genes']} genes are not in adata and were "
+                          "counted as zero.", UserWarning, stacklevel=3)
+        return out
 
-    def get_latent_representation(self, adata=None) -> np.ndarray:
+    def get_latent_representation(self, adata=None, *, fill_missing_genes: bool = False) -> np.ndarray:
         """The latent coordinates, (n_cells, latent) float32.
 
         ``adata=None``: the training cells (rows of NaN for cells removed for having no counts).
         Otherwise the cells of ``adata`` (read with the registered layer and batch key; genes
-        matched by name), encoded with the training normalisation, as ``predict`` does.
+        matched by name), encoded with the training normalisation, as ``predict`` does.  The
+        model's genes that ``adata`` lacks are refused, or counted as zero (with a warning) with
+        ``fill_missing_genes=True``, when fewer than half are missing.
         """
-        return self._predict(adata, "get_latent_representation")["latent"]
+        return self._predict(adata, "get_latent_representation", fill_missing_genes)["latent"]
 
-    def predict(self, adata=None, *, soft: bool = False) -> np.ndarray:
+    def predict(self, adata=None, *, soft: bool = False, fill_missing_genes: bool = False) -> np.ndarray:
         """Cluster labels (n_cells,) int64, -1 for cells without counts; with ``soft=True`` the soft
-        assignments q (n_cells, n_clusters).  ``adata`` as in :meth:`get_latent_representation`."""
-        return self._predict(adata, "predict")["q" if soft else "labels"]
+        assignments q (n_cells, n_clusters).  ``adata`` and ``fill_missing_genes`` as in
+        :meth:`get_latent_representation`."""
+        return self._predict(adata, "predict", fill_missing_genes)["q" if soft else "labels"]
 
     def save(self, dir_path: str, overwrite: bool = False) -> str:
         """Write the model to ``dir_path`` (layout in the module docstring); a folder that exists is

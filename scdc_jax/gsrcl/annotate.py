@@ -23,6 +23,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ..errors import InputError, option
+from ..io import align_genes
 from ..outputs import atomic_path, write_json
 from .config import GsRCLConfig
 from ..preprocess import log_transform
@@ -36,31 +37,15 @@ OLD_SVMS = "svms.joblib"  # the pickled classifiers of references written before
 
 
 def zero_fill_genes(X, query_genes, reference_genes) -> np.ndarray:
-    """Reorder the query's columns to the reference genes: missing genes zero, extra genes dropped.
+    """Reorder the query's columns to the reference genes: missing genes zero, extra genes dropped
+    (:func:`scdc_jax.io.align_genes`, refused as there).
 
     X : (n, q) counts with ``query_genes`` (q,); returns dense (n, r) float32 for the r reference
-    genes.  Raises InputError for duplicate gene names or when half or fewer of the reference
-    genes are in the query (counting the query's genes instead would refuse a whole-transcriptome
-    query against a reference of a few thousand genes, and pass a query of a handful).
+    genes.
     """
-    query_genes = np.asarray(query_genes, dtype=str)
-    reference_genes = np.asarray(reference_genes, dtype=str)
-    for genes, what in ((query_genes, "query"), (reference_genes, "reference")):
-        uniq, counts = np.unique(genes, return_counts=True)
-        if (counts > 1).any():
-            dup = ", ".join(uniq[counts > 1][:5])
-            raise InputError(f"the {what} has duplicate gene names ({dup}); make them unique first.")
-    pos = {g: i for i, g in enumerate(reference_genes)}
-    q_idx = np.array([i for i, g in enumerate(query_genes) if g in pos], dtype=np.int64)
-    if len(q_idx) * 2 <= len(reference_genes):
-        raise InputError(f"only {len(q_idx)} of the reference's {len(reference_genes)} genes are in the query (the "
-                         "others would be set to zero); more than half must be (the same gene naming, e.g. symbols "
-                         "vs Ensembl ids?).")
-    r_idx = np.array([pos[query_genes[i]] for i in q_idx], dtype=np.int64)
-    X = X.toarray() if hasattr(X, "toarray") else np.asarray(X)
-    out = np.zeros((X.shape[0], len(reference_genes)), np.float32)
-    out[:, r_idx] = X[:, q_idx]
-    return out
+    X, _ = align_genes(X, query_genes, reference_genes, what="reference", fill_missing=True)
+    X = X.toarray() if hasattr(X, "toarray") else X
+    return np.asarray(X, np.float32)
 
 
 def call_types(probs: np.ndarray, names: list[str], cutoff: float = 0.5):
