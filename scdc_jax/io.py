@@ -165,19 +165,30 @@ def align_genes(X, query_genes, target_genes, *, what: str, fill_missing: bool, 
     zero counts.  CSR stays CSR (nothing densified), a dense array stays dense.  Returns
     ``(X aligned (n, t), number of target genes missing from the query)``.
 
-    Refused in one sentence (``what`` names the target's owner: "model", "reference"): duplicate
-    names on either side; a missing gene without ``fill_missing`` (the sentence names ``flag``,
-    the option that fills them, if given); and, with ``fill_missing``, half or fewer of the target
-    genes present (counting the query's genes instead would refuse a whole-transcriptome query
-    against a target of a few thousand genes, and pass a query of a handful).
+    Names repeated in the target (a model trained on an AnnData whose ``var_names`` were not
+    unique) match only a query with the very same names in the same order (the training file
+    itself, say), which is taken as it is; names repeated in the query matter only among the
+    target's genes.  Refused in one sentence (``what`` names the target's owner: "model",
+    "reference"): a repeated name that makes the match ambiguous; a missing gene without
+    ``fill_missing`` (the sentence names ``flag``, the option that fills them, if given); and,
+    with ``fill_missing``, half or fewer of the target genes present (counting the query's genes
+    instead would refuse a whole-transcriptome query against a target of a few thousand genes,
+    and pass a query of a handful).
     """
     query_genes = np.asarray(query_genes).astype(str)
     target_genes = np.asarray(target_genes).astype(str)
-    for genes, side in ((query_genes, "query"), (target_genes, what)):
-        uniq, counts = np.unique(genes, return_counts=True)
-        if (counts > 1).any():
-            raise InputError(f"the {side} has duplicate gene names ({', '.join(uniq[counts > 1][:5])}); make them "
-                             "unique first.")
+    if np.array_equal(query_genes, target_genes):
+        return X, 0
+    uniq, counts = np.unique(target_genes, return_counts=True)
+    if (counts > 1).any():
+        raise InputError(f"the {what}'s genes have duplicate names ({', '.join(uniq[counts > 1][:5])}), so it matches "
+                         f"only a query with the same names in the same order, which this query does not have; make "
+                         f"the names unique (e.g. adata.var_names_make_unique()) and train the {what} again.")
+    uniq, counts = np.unique(query_genes, return_counts=True)
+    repeated = uniq[(counts > 1) & np.isin(uniq, target_genes)]
+    if repeated.size:
+        raise InputError(f"the query has duplicate gene names ({', '.join(repeated[:5])}) among the {what}'s genes; "
+                         "make them unique first.")
     pos = {g: i for i, g in enumerate(query_genes)}
     t_idx = np.array([j for j, g in enumerate(target_genes) if g in pos], np.int64)
     missing = len(target_genes) - len(t_idx)

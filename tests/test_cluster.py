@@ -216,6 +216,24 @@ def test_predict_held_out_cells_matches_full_run(tmp_path):
         predict(str(tmp_path), nameless)
 
 
+def test_a_model_trained_on_repeated_gene_names_predicts_its_training_layout(tmp_path):
+    """var_names that are not unique (AnnData allows them) are trained on; the model then matches
+    a query laid out as its training input (one gene without counts dropped by training), and
+    refuses one in another order, whose genes it cannot tell apart."""
+    from scdc_jax.cluster import predict
+
+    X, groups, _ = synthetic_counts(200, 60, seed=4)
+    X[:, 7] = 0
+    genes = np.array([f"g{i}" for i in range(60)])
+    genes[[3, 30]] = "dup"
+    data = CountData(X=X, labels=groups, label_names=["a", "b", "c"], gene_names=genes)
+    res = run(data, ClusterConfig(n_clusters=3, **FAST), save_dir=str(tmp_path), progress=False)
+    assert len(res.genes) == 59
+    assert np.mean(predict(str(tmp_path), data)["labels"] == res.labels) > 0.95
+    with pytest.raises(InputError, match="^the model's genes have duplicate names \\(dup\\), so it matches only"):
+        predict(str(tmp_path), data.subset(genes=np.arange(60)[::-1]))
+
+
 def test_predict_without_gene_names_takes_the_training_columns_by_position(tmp_path):
     """Training dropped 6 genes without counts; the other cells of the same nameless file, with all
     its columns, get the model's columns by position."""

@@ -50,6 +50,13 @@ def test_align_genes_refuses_duplicates_and_poor_overlap():
     X = np.arange(14).reshape(2, 7)
     out = zero_fill_genes(X, ["x1", "c", "x2", "a", "x3", "b", "x4"], ["a", "b", "c"])
     np.testing.assert_array_equal(out, X[:, [3, 5, 1]])
+    # names repeated outside the reference's genes do not matter; a reference with repeated names
+    # (trained on var_names that were not unique) takes a query with its very names in its order only
+    out = zero_fill_genes(X, ["x1", "c", "x1", "a", "x3", "b", "x3"], ["a", "b", "c"])
+    np.testing.assert_array_equal(out, X[:, [3, 5, 1]])
+    np.testing.assert_array_equal(zero_fill_genes(X[:, :3], ["a", "b", "a"], ["a", "b", "a"]), X[:, :3])
+    with pytest.raises(InputError, match=r"^the reference's genes have duplicate names \(a\), so it matches only a "):
+        zero_fill_genes(X[:, :3], ["b", "a", "a"], ["a", "b", "a"])
 
 
 def test_calls_normalise_and_respect_the_cutoff():

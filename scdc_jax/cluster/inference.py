@@ -44,13 +44,18 @@ def require_model_genes(data: CountData, model_genes: list[str] | None, n_genes:
     """Reorder the query's genes to the model's; refuse when they cannot be matched.  Returns the
     query on the model's genes and how many of them it lacked.
 
-    With names on both sides, genes the query lacks are refused, or with ``fill_missing`` given
-    zero counts (:func:`scdc_jax.io.align_genes`).  Without names on both sides, a query of
+    With names on both sides, a query laid out as the training input (its columns ``kept`` carry
+    the model's names) gets those columns, even where names repeat; otherwise genes are matched by
+    name (:func:`scdc_jax.io.align_genes`) and those the query lacks are refused, or with
+    ``fill_missing`` given zero counts.  Without names on both sides, a query of
     ``n_input`` genes (the training input's count, of which the model kept the columns ``kept``:
     genes without counts and unselected genes were dropped) gets the same columns by position;
     one of ``n_genes`` genes is taken as it is.
     """
     if model_genes is not None and data.gene_names is not None:
+        names = np.asarray(data.gene_names).astype(str)
+        if kept is not None and data.n_genes == n_input and np.array_equal(names[kept], np.asarray(model_genes, str)):
+            return data.subset(genes=np.asarray(kept, np.int64)), 0  # the training input's layout, names and all
         X, missing = align_genes(data.X, data.gene_names, model_genes, what="model", fill_missing=fill_missing,
                                  flag=option("fill_missing_genes", True))
         return replace(data, X=X, gene_names=np.asarray(model_genes).astype(str)), missing
