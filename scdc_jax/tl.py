@@ -77,7 +77,8 @@ def gsrcl_annotate(adata, reference: str, *, layer: str | None = None, cutoff: f
     The query's genes are aligned to the reference's by name (missing ones zero, extra ones
     dropped; refused when half or fewer of the reference's genes are in the query), the cells
     encoded, and each called the type of highest probability, or ``"Unassigned"`` when that
-    probability is at or below ``cutoff``.
+    probability is at or below ``cutoff`` or the cell has no counts in the reference's genes
+    (its probabilities NaN).
 
     Parameters
     ----------

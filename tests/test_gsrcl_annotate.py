@@ -131,6 +131,7 @@ def test_cli_train_reference_and_annotate_record_their_provenance(tmp_path, capf
     assert "gsrcl_call" in out.obs and {"gsrcl_prob_T", "gsrcl_prob_B_plasma"} <= set(out.obs)
     prov = out.uns["gsrcl"]
     assert list(prov["cell_types"]) == ["T", "B/plasma"] and prov["reference_genes_missing"] == 0
+    assert prov["cells_without_counts"] == 0
     assert list(prov["prob_columns"]) == ["gsrcl_prob_T", "gsrcl_prob_B_plasma"]
     assert out.obs["known"].tolist() == adata.obs["known"].tolist()  # the query's own columns kept
     np.testing.assert_array_equal(out.obsm["gsrcl_probs"], out.obs[list(prov["prob_columns"])].to_numpy(np.float32))
@@ -378,3 +379,20 @@ def test_annotating_imports_neither_joblib_nor_scikit_learn(shared):
                        capture_output=True, text=True, timeout=150)
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_cells_without_counts_in_the_reference_genes_are_unassigned(shared):
+    """An empty droplet, or a cell whose counts all lie in genes the reference lacks, has nothing
+    to be called by: Unassigned with NaN probabilities; the other cells are called as without it."""
+    q = shared["query"]
+    X = np.hstack([np.asarray(q.X), np.zeros((20, 1), np.int64)])
+    X[[2, 7]] = 0
+    X[7, -1] = 5  # counts only in a gene the reference does not have
+    with_empty = CountData(X=X, gene_names=np.append(q.gene_names, "extra"))
+    df, _ = annotate(str(shared["ref"]), with_empty)
+    types = ["T", "B"]
+    assert df[types].iloc[[2, 7]].isna().all(axis=None) and (df["call"].iloc[[2, 7]] == UNASSIGNED).all()
+    rest = np.setdiff1d(np.arange(20), [2, 7])
+    alone, _ = annotate(str(shared["ref"]), q.subset(cells=rest))
+    np.testing.assert_allclose(df[types].to_numpy()[rest], alone[types].to_numpy(), rtol=1e-6)
+    assert list(df["call"].to_numpy()[rest]) == list(alone["call"])

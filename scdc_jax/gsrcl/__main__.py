@@ -271,7 +271,8 @@ def cmd_annotate(args, argv) -> int:
                                         "layer": args.layer or "", "reference_config": dataclasses.asdict(ref.cfg)},
                          1, "python -m scdc_jax.gsrcl " + shlex.join(argv)),
             "data": query.source, "n_cells": len(df), "cell_types": list(df.columns.drop("call")),
-            "reference_genes_missing": len(set(map(str, ref.genes)) - set(map(str, query.gene_names)))}
+            "reference_genes_missing": len(set(map(str, ref.genes)) - set(map(str, query.gene_names))),
+            "cells_without_counts": int(df[ref.cell_types].isna().all(axis=1).sum())}
     if out.endswith(".h5ad"):
         import numpy as np
         import pandas as pd
@@ -301,6 +302,8 @@ def cmd_annotate(args, argv) -> int:
     written = [p for p in (out, sidecar, args.plot) if p]
     if missing := prov["reference_genes_missing"]:
         print(f"{missing} of the reference's {len(ref.genes)} genes are not in the query and were set to zero")
+    if empty := prov["cells_without_counts"]:
+        print(f"{empty} cells have no counts in the reference's genes: called {UNASSIGNED}, probabilities left empty")
     print(f"annotated {len(df)} cells ({int(counts.get(UNASSIGNED, 0))} Unassigned); wrote {', '.join(written)}")
     return 0
 

@@ -194,7 +194,9 @@ def annotate(reference, query, cutoff: float = 0.5):
     folder from ``train_reference``, or a :class:`Reference` already loaded from one).
 
     Returns (pandas DataFrame of per-type probabilities plus ``call``, indexed by cell, and the
-    (n, d) representation).
+    (n, d) representation).  A cell without counts in the reference's genes (an empty droplet, or
+    one whose counts all lie in other genes) has no expression to go by: it is called
+    "Unassigned" and its probabilities are NaN.
     """
     import pandas as pd
 
@@ -209,6 +211,8 @@ def annotate(reference, query, cutoff: float = 0.5):
     h = make_encode(ref.graphdef)(ref.params, x)
     _, raw = svm_scores(ref.svms, h)
     probs, calls = call_types(raw, ref.cell_types, cutoff)
+    empty = ~(x > 0).any(1)
+    probs[empty], calls[empty] = np.nan, UNASSIGNED
     index = query.cell_names if query.cell_names is not None else [f"cell{i}" for i in range(len(x))]
     df = pd.DataFrame(probs, columns=ref.cell_types, index=pd.Index(index, name="cell"))
     df["call"] = calls
