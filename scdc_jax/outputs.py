@@ -228,12 +228,13 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
-def provenance(seed: int, config: dict, n_devices: int, command: str | None = None) -> dict:
-    """Seed, configuration, package versions, devices, machine and time of a run."""
+def provenance(seed: int | None, config: dict, n_devices: int, command: str | None = None) -> dict:
+    """Seed (left out when None: a run that draws nothing), configuration, package versions,
+    devices, machine and time of a run."""
     import jax
 
     return {
-        "seed": seed,
+        **({} if seed is None else {"seed": seed}),
         "config": config,
         "versions": package_versions(),
         "n_devices": n_devices,

@@ -217,6 +217,9 @@ def test_labels_csv_scores_a_csv_run_and_its_predict(tmp_path, capfd):
     assert r.returncode == 0, r.stderr
     again = np.loadtxt(tmp_path / "pred" / "pred_labels.txt").astype(int)
     assert f"against the known labels: ARI {clustering_scores(groups, again)['ari']:.4f}" in r.stdout
+    record = json.loads((tmp_path / "pred" / "predict.json").read_text())  # what made the files beside it
+    assert record["scores"] == clustering_scores(groups, again) and record["n_assigned"] == 60
+    assert record["config"]["model"] == str(tmp_path / "res") and record["command"].startswith("python -m scdc_jax")
     # a query lacking two of the model's genes: refused, naming the flag that counts them as zero
     from scdc_jax.cluster import predict
     from scdc_jax.io import read_counts
@@ -230,6 +233,8 @@ def test_labels_csv_scores_a_csv_run_and_its_predict(tmp_path, capfd):
     r = cli_here(capfd, *fewer, "--fill-missing-genes")
     assert r.returncode == 0, r.stderr
     assert "2 of the model's 30 genes are not in the query and were counted as zero" in r.stdout
+    record = json.loads((tmp_path / "fewer" / "predict.json").read_text())
+    assert (record["genes_missing"], record["n_genes"], record["config"]["fill_missing_genes"]) == (2, 30, True)
     zeroed = read_counts(str(tmp_path / "counts.csv"))
     zeroed.X[:, [4, 9]] = 0
     np.testing.assert_array_equal(np.loadtxt(tmp_path / "fewer" / "pred_labels.txt").astype(int),

@@ -163,7 +163,8 @@ def build_predict_parser() -> argparse.ArgumentParser:
 def predict_main(argv: list[str]) -> int:
     args = build_predict_parser().parse_args(argv)
     from ..io import read_counts
-    from ..outputs import check_writable_dir, check_writable_file, write_labels, write_matrix_csv
+    from ..outputs import (check_writable_dir, check_writable_file, provenance, write_json, write_labels,
+                           write_matrix_csv)
 
     if args.out and not args.out.endswith(".h5ad"):
         raise InputError(f"--out {args.out} must end in .h5ad.")
@@ -175,9 +176,22 @@ def predict_main(argv: list[str]) -> int:
     from .inference import predict
 
     res = predict(args.model, data, fill_missing_genes=args.fill_missing_genes)
+    assigned = int((res["labels"] >= 0).sum())
+    record = {**provenance(None, {"model": os.path.abspath(args.model), "fill_missing_genes": args.fill_missing_genes,
+                                  **{k: getattr(args, k) for k in ("layer", "label_key", "labels_csv", "batch_key")
+                                     if getattr(args, k)}},
+                           1, "python -m scdc_jax.cluster predict " + shlex.join(argv)),
+              "data": data.source, "n_cells": data.n_cells, "n_assigned": assigned, "n_clusters": res["q"].shape[1],
+              "n_genes": res["n_genes"], "genes_missing": res["genes_missing"]}
+    if data.labels is not None:
+        from ..metrics import clustering_scores
+
+        ok = res["labels"] >= 0
+        record["scores"] = clustering_scores(data.labels[ok], res["labels"][ok])
     write_matrix_csv(os.path.join(save_dir, "latent.csv"), res["latent"])
     write_matrix_csv(os.path.join(save_dir, "q.csv"), res["q"])
     write_labels(os.path.join(save_dir, "pred_labels.txt"), res["labels"])
+    write_json(os.path.join(save_dir, "predict.json"), record)
     if args.out:
         import numpy as np
         import pandas as pd
@@ -190,17 +204,15 @@ def predict_main(argv: list[str]) -> int:
         ad.obs["scdc_cluster"] = pd.Categorical(np.where(lab >= 0, lab.astype(str), None),
                                                 categories=[str(i) for i in range(res["q"].shape[1])])
         ad.obsm["X_scdc"], ad.obsm["scdc_q"] = res["latent"], res["q"]
+        ad.uns["scdc"] = record  # what made the fields above, as predict.json
         write_h5ad(args.out, ad)
     if res["genes_missing"]:
         print(f"{res['genes_missing']} of the model's {res['n_genes']} genes are not in the "
               "query and were counted as zero")
-    print(f"assigned {int((res['labels'] >= 0).sum())} of {data.n_cells} cells to {res['q'].shape[1]} clusters; "
-          f"wrote {save_dir}/latent.csv, q.csv, pred_labels.txt" + (f", {args.out}" if args.out else ""))
-    if data.labels is not None:
-        from ..metrics import clustering_scores
-
-        ok = res["labels"] >= 0
-        s = clustering_scores(data.labels[ok], res["labels"][ok])
+    print(f"assigned {assigned} of {data.n_cells} cells to {res['q'].shape[1]} clusters; "
+          f"wrote {save_dir}/latent.csv, q.csv, pred_labels.txt, predict.json" + (f", {args.out}" if args.out else ""))
+    if "scores" in record:
+        s = record["scores"]
         print(f"against the known labels: ARI {s['ari']:.4f}  NMI {s['nmi']:.4f}  ACC {s['acc']:.4f}")
     return 0
 
