@@ -227,7 +227,8 @@ def test_a_model_trained_on_repeated_gene_names_predicts_its_training_layout(tmp
     genes = np.array([f"g{i}" for i in range(60)])
     genes[[3, 30]] = "dup"
     data = CountData(X=X, labels=groups, label_names=["a", "b", "c"], gene_names=genes)
-    res = run(data, ClusterConfig(n_clusters=3, **FAST), save_dir=str(tmp_path), progress=False)
+    cfg = ClusterConfig(n_clusters=3, **{**FAST, "pretrain_epochs": 5, "maxiter": 2})
+    res = run(data, cfg, save_dir=str(tmp_path), progress=False)
     assert len(res.genes) == 59
     assert np.mean(predict(str(tmp_path), data)["labels"] == res.labels) > 0.95
     with pytest.raises(InputError, match="^the model's genes have duplicate names \\(dup\\), so it matches only"):
