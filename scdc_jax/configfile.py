@@ -37,6 +37,14 @@ def _conform(value, hint):
     raise TypeError
 
 
+def _with_guesses(unknown: list[str], known) -> str:
+    """The unknown names, each followed by the known one it most likely misspells, if any."""
+    import difflib
+
+    guesses = {k: difflib.get_close_matches(k, list(known), n=1) for k in unknown}
+    return ", ".join(f"{k} (did you mean {g[0]}?)" if g else k for k, g in guesses.items())
+
+
 def load_dataclass_config(cls, path: str | None, section: str, overrides: dict):
     """``cls`` built from its defaults, then the TOML file's values (top level or a ``[section]``
     table), then the non-None ``overrides``; returns ``cls(...).validate()``.
@@ -58,12 +66,17 @@ def load_dataclass_config(cls, path: str | None, section: str, overrides: dict):
         values = values.get(section, values)
     hints = typing.get_type_hints(cls)
     unknown = sorted(set(values) - set(hints))
+    tables = [k for k in unknown if isinstance(values[k], dict)]
+    if tables:  # another command's file, or a misspelt table
+        raise InputError(f"config file {path} has a [{tables[0]}] table, but this command reads its settings from "
+                         f"[{section}] or the top level.")
     if unknown:
-        raise InputError(f"config file {path} has unknown setting(s): {', '.join(unknown)}.")
+        raise InputError(f"config file {path} has unknown setting(s): {_with_guesses(unknown, hints)}.")
     overrides = {k: v for k, v in overrides.items() if v is not None}
     unknown = sorted(set(overrides) - set(hints))
     if unknown:
-        raise InputError(f"unknown setting(s): {', '.join(unknown)} (the settings are the fields of {cls.__name__}).")
+        raise InputError(f"unknown setting(s): {_with_guesses(unknown, hints)} (the settings are the fields of "
+                         f"{cls.__name__}).")
     for source, given in (("file", values), ("override", overrides)):
         for key, value in given.items():
             try:

@@ -43,3 +43,16 @@ def test_overrides_are_checked_too():
         cluster_config(None, pretrain_epochs="twenty")
     with pytest.raises(InputError, match=r"unknown setting\(s\): pretrain_epoch "):
         cluster_config(None, pretrain_epoch=3)
+
+
+def test_a_misspelt_setting_is_named_with_its_likely_meaning_and_another_commands_table_is_told(tmp_path):
+    with pytest.raises(InputError, match=r"unknown setting\(s\): n_cluster \(did you mean n_clusters\?\), zzz\.$"):
+        cluster_config(toml(tmp_path, "[scdeepcluster]\nn_cluster = 3\nzzz = 1\n"))
+    path = toml(tmp_path, "[gsrcl]\nepochs = 3\n")  # GsRCL's file given to the clustering
+    with pytest.raises(InputError) as exc:
+        cluster_config(path)
+    assert str(exc.value) == (f"config file {path} has a [gsrcl] table, but this command reads its settings from "
+                              "[scdeepcluster] or the top level.")
+    with pytest.raises(InputError, match=r"has a \[scdeepcluster\] table, but this command reads its settings "
+                                         r"from \[gsrcl\]"):
+        gsrcl_config(toml(tmp_path, "[scdeepcluster]\nmaxiter = 3\n"))
