@@ -38,17 +38,15 @@ DRAWS = 3
 TRAIN_SHARE = 0.7
 
 
-def mean_fill_labels(model_dir: str, query, missing: np.ndarray, share: np.ndarray) -> np.ndarray:
-    """Labels of ``query`` (on the model's genes, the columns ``missing`` removed and here given
-    back) with the ``mean`` fill of the module docstring; -1 for cells without counts."""
+def load_model(model_dir: str) -> dict:
+    """The saved model's network, parameters and training normalisation, read once per model."""
     import jax
     import jax.numpy as jnp
 
     from scdc_jax import checkpoint
     from scdc_jax.cluster import ClusterConfig
     from scdc_jax.cluster.inference import _model_dir
-    from scdc_jax.cluster.train import abstract_model, device_data, make_assign
-    from scdc_jax.preprocess import Prepared
+    from scdc_jax.cluster.train import abstract_model, make_assign
 
     where = _model_dir(model_dir)
     meta = checkpoint.read_meta(where)
@@ -59,6 +57,17 @@ def mean_fill_labels(model_dir: str, query, missing: np.ndarray, share: np.ndarr
     state, _ = checkpoint.restore(where, template)
     norm = {"median_total": meta["median_total"], "mean": np.asarray(state["norm_mean"], np.float64),
             "std": np.asarray(state["norm_std"])}
+    return {"assign": make_assign(graphdef, cfg.alpha), "params": state["params"], "norm": norm, "n_genes": g}
+
+
+def mean_fill_labels(model: dict, query, missing: np.ndarray, share: np.ndarray) -> np.ndarray:
+    """Labels of ``query`` (on the genes of ``model``, a :func:`load_model`; the columns
+    ``missing`` removed and here given back) with the ``mean`` fill of the module docstring; -1
+    for cells without counts."""
+    from scdc_jax.cluster.train import device_data
+    from scdc_jax.preprocess import Prepared
+
+    norm = model["norm"]
     X = np.asarray(query.X, np.float64).copy()
     X[:, missing] = 0
     counted = X.sum(1)
@@ -67,9 +76,9 @@ def mean_fill_labels(model_dir: str, query, missing: np.ndarray, share: np.ndarr
     raw = X[cells]
     raw[:, missing] = np.expm1(norm["mean"][missing])[None] * (totals / float(norm["median_total"]))[:, None]
     prep = Prepared(raw=raw.astype(np.float32), totals=totals, data=query.subset(cells=cells), cells=cells,
-                    genes=np.arange(g), norm=norm)
+                    genes=np.arange(model["n_genes"]), norm=norm)
     labels = np.full(query.n_cells, -1, np.int64)
-    labels[cells] = np.asarray(make_assign(graphdef, cfg.alpha)(state["params"], device_data(prep))[3])
+    labels[cells] = np.asarray(model["assign"](model["params"], device_data(prep))[3])
     return labels
 
 
@@ -99,7 +108,7 @@ def one_seed(dataset: str, seed: int, data_dir: str) -> list[dict]:
         on_model = query.subset(genes=model_cols)
         tr = np.asarray(train.subset(genes=model_cols).X, np.float64)
         share = tr.sum(0) / tr.sum()
-        n_genes = len(model_cols)
+        n_genes, model = len(model_cols), load_model(d)
         print(f"{dataset} seed {seed}: trained and assigned in {time.perf_counter() - t0:.0f} s", flush=True)
         for frac in FRACTIONS:
             for draw in range(DRAWS):
@@ -108,7 +117,7 @@ def one_seed(dataset: str, seed: int, data_dir: str) -> list[dict]:
                 lacking = on_model.subset(genes=np.setdiff1d(np.arange(n_genes), missing))
                 zero = predict(d, lacking, fill_missing_genes=True)
                 assert zero["genes_missing"] == len(missing)
-                mean = mean_fill_labels(d, on_model, missing, share)
+                mean = mean_fill_labels(model, on_model, missing, share)
                 X = np.asarray(on_model.X, np.float64)
                 ok = (full["labels"] >= 0) & (zero["labels"] >= 0) & (mean >= 0)
                 rows.append({"dataset": dataset, "seed": seed, "fraction": frac, "draw": draw,

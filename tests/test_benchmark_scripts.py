@@ -345,5 +345,5 @@ def test_missing_genes_mean_fill_with_no_gene_missing_is_predict(tmp_path):
     run(data.subset(cells=np.arange(150)), cfg, save_dir=str(tmp_path), progress=False)
     query = data.subset(cells=np.arange(150, 200))
     share = np.full(60, 1 / 60)
-    got = missing_genes.mean_fill_labels(str(tmp_path), query, np.array([], np.int64), share)
+    got = missing_genes.mean_fill_labels(missing_genes.load_model(str(tmp_path)), query, np.array([], np.int64), share)
     np.testing.assert_array_equal(got, predict(str(tmp_path), query)["labels"])
