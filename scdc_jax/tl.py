@@ -107,8 +107,9 @@ def gsrcl_annotate(adata, reference: str, *, layer: str | None = None, cutoff: f
         per-type probabilities (n_cells, n_types), normalised to sum to 1, columns in the order
         of ``.uns[key_added]["cell_types"]``;
     ``.uns[key_added]``
-        ``params`` (``reference``: its absolute path, ``cutoff``, and ``layer`` when given) and
-        ``cell_types`` (the reference's types).
+        ``params`` (``reference``: its absolute path, ``cutoff``, and ``layer`` when given),
+        ``cell_types`` (the reference's types) and ``cells_without_counts`` (cells without counts
+        in the reference's genes: Unassigned, their probabilities NaN).
     """
     import pandas as pd
 
@@ -133,5 +134,6 @@ def gsrcl_annotate(adata, reference: str, *, layer: str | None = None, cutoff: f
     params = {"reference": os.path.abspath(reference), "cutoff": float(cutoff)}
     if layer is not None:
         params["layer"] = layer
-    adata.uns[key_added] = {"params": params, "cell_types": types}
+    adata.uns[key_added] = {"params": params, "cell_types": types,
+                            "cells_without_counts": int(df[types].isna().all(axis=1).sum())}
     return adata if copy else None

@@ -216,6 +216,12 @@ def test_tl_gsrcl_annotate_writes_the_scanpy_fields_and_copy_leaves_the_input(tm
     top = np.array(names)[probs.argmax(1)]
     np.testing.assert_array_equal(calls.to_numpy(), np.where(probs.max(1) > 0.5, top, UNASSIGNED))
     assert out.uns["gsrcl"]["params"] == {"reference": str(tmp_path / "ref"), "cutoff": 0.5, "layer": "counts"}
+    assert out.uns["gsrcl"]["cells_without_counts"] == 0
+    few = q[:5].copy()
+    few.layers["counts"][0] = 0  # an empty droplet
+    few = scdc_jax.tl.gsrcl_annotate(few, str(tmp_path / "ref"), layer="counts", copy=True)
+    assert few.uns["gsrcl"]["cells_without_counts"] == 1 and few.obs["gsrcl"].iloc[0] == UNASSIGNED
+    assert np.isnan(few.obsm["gsrcl_probs"][0]).all() and not np.isnan(few.obsm["gsrcl_probs"][1:]).any()
     assert scdc_jax.tl.gsrcl_annotate(q, str(tmp_path / "ref"), layer="counts", key_added="ann") is None
     assert q.obs["ann"].tolist() == calls.tolist() and "X_ann" in q.obsm and "params" in q.uns["ann"]
     out.write_h5ad(tmp_path / "annotated.h5ad")
