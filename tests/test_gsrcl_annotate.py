@@ -112,6 +112,8 @@ def test_cli_train_reference_and_annotate_record_their_provenance(tmp_path, capf
     r = cli_here(["train-reference", "--data-file", ref, "--out", str(tmp_path / "model"), "--config", str(toml),
                   "--seed", "7"], capfd)
     assert r.returncode == 0, r.stderr[-3000:]
+    assert "reference encoder: 100%" in r.stderr and "10/10" in r.stderr  # the epochs' progress bar
+    assert "fitting 2 calibrated SVMs (one per cell type)" in r.stdout
     meta = json.loads((tmp_path / "model" / "reference.json").read_text())
     assert meta["seed"] == 7 and meta["config"]["seed"] == 7 and meta["config"]["encoder"] == [16, 8]
     assert meta["n_devices"] == 1 and {"jax", "flax", "scikit-learn"} <= set(meta["versions"])
@@ -396,3 +398,10 @@ def test_cells_without_counts_in_the_reference_genes_are_unassigned(shared):
     alone, _ = annotate(str(shared["ref"]), q.subset(cells=rest))
     np.testing.assert_allclose(df[types].to_numpy()[rest], alone[types].to_numpy(), rtol=1e-6)
     assert list(df["call"].to_numpy()[rest]) == list(alone["call"])
+
+
+def test_the_progress_bar_leaves_the_reference_as_it_is(shared, tmp_path, capfd):
+    train_reference(shared["data"], shared["cfg"], str(tmp_path / "ref"), log=lambda m: None, progress=True)
+    assert "reference encoder: 100%" in capfd.readouterr().err
+    pd.testing.assert_frame_equal(annotate(str(tmp_path / "ref"), shared["query"])[0],
+                                  annotate(str(shared["ref"]), shared["query"])[0], check_exact=True)

@@ -244,7 +244,7 @@ def cmd_train_reference(args, argv) -> int:
     data = _read(args)
     from .annotate import train_reference
 
-    meta = train_reference(data, cfg, args.out, resume=args.resume,
+    meta = train_reference(data, cfg, args.out, resume=args.resume, progress=not args.quiet,
                            command="python -m scdc_jax.gsrcl " + shlex.join(argv))
     if not distributed.is_primary():
         return 0

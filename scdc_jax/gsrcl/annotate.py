@@ -58,14 +58,35 @@ def call_types(probs: np.ndarray, names: list[str], cutoff: float = 0.5):
     return probs, calls
 
 
+class _EpochBar:
+    """A progress bar over the encoder's epochs, moved at each of :meth:`Trainer.fit`'s callbacks
+    (every ``eval_every`` epochs); it has nothing to checkpoint, so a checkpoint holds what it
+    holds without it and a continued training starts the bar where it stopped."""
+
+    def __init__(self, total: int):
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=total, desc="reference encoder", unit="epoch")
+
+    def __call__(self, epoch: int, state) -> None:
+        self.bar.update(epoch - self.bar.n)
+
+    def checkpoint(self):
+        return {}, {}
+
+    def restore(self, arrays, meta) -> None:
+        pass
+
+
 def train_reference(data, cfg: GsRCLConfig, out_dir: str, *, log=print, resume: bool = False,
-                    command: str | None = None) -> dict:
+                    command: str | None = None, progress: bool = False) -> dict:
     """Train the reference encoder (NT-Xent on all cells) and one calibrated SVM per cell type.
 
     The encoder is checkpointed in ``out_dir/.partial`` every ``cfg.eval_every`` epochs; with
     ``resume`` an interrupted training continues from there (and ends as an uninterrupted one).
     Returns the metadata written to ``reference.json``: the provenance of the run (seed,
-    configuration, versions, devices, ``command``), the genes' count and the cell types.
+    configuration, versions, devices, ``command``), the genes' count and the cell types.  With
+    ``progress``, a progress bar of the encoder's epochs on stderr.
 
     In a multi-process run every process trains (on the global mesh) and fits the SVMs on the same
     representation; all save the encoder's checkpoints, the first alone writes the other files.
@@ -112,7 +133,11 @@ def train_reference(data, cfg: GsRCLConfig, out_dir: str, *, log=print, resume: 
     ckpt_dir = os.path.join(partial, "encoder")
     if (epoch := checkpoint.latest_step(ckpt_dir)) is not None:
         log(f"continuing the reference encoder's training from its checkpoint at epoch {epoch}")
-    params, losses = trainer.fit(x, None, cfg.seed, ckpt_dir=ckpt_dir)
+    bar = _EpochBar(cfg.n_epochs) if progress and primary else None
+    params, losses = trainer.fit(x, None, cfg.seed, callback=bar, ckpt_dir=ckpt_dir)
+    if bar is not None:
+        bar.bar.close()
+    log(f"fitting {len(types)} calibrated SVMs (one per cell type) on the representation of {len(x)} cells")
     h = trainer.encode(params, x)
     svms = svm_arrays(h, [svm_parameters(calibrated_svm(h, (data.labels == c).astype(np.int64), cfg, cfg.seed + c))
                           for c in types])
