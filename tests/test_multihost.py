@@ -110,8 +110,10 @@ LATENT_ATOL = 1e-5
 
 def product_lines(stdout: str) -> list[str]:
     """The lines of ``stdout`` that the product printed: without gloo's notes on its connections
-    (printed by gloo's threads, so a note can arrive cut in two by another one)."""
-    return [line for line in stdout.splitlines() if not line.startswith("[Gloo]") and "peer ranks" not in line]
+    (printed by gloo's threads, so a note can arrive cut in two by another one, or run into the
+    next one and leave its line ending as an empty line: CI saw ``...is : 3[Gloo] Rank 3 ...\n\n``)."""
+    return [line for line in stdout.splitlines()
+            if line.strip() and not line.startswith("[Gloo]") and "peer ranks" not in line]
 
 
 def run_json(save: str) -> dict:
