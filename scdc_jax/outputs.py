@@ -102,20 +102,17 @@ class RunFolder:
     FINGERPRINT = "fingerprint.json"
 
     def __init__(self, path: str, entries, *, resume: bool = False, overwrite: bool = False):
-        check_reuse(path, False, "", "", resume=resume, overwrite=overwrite)
-        check_writable_dir(path, "save folder")
         self.path, self.resume = path, resume
         self.entries = (*entries, self.FINGERPRINT)
         parent, name = os.path.split(os.path.abspath(path))
         self.staging = os.path.join(parent, f".{name}.overwrite")
-        self.work = path
-        if resume and os.path.isdir(self.staging):
-            self.work = self.staging
-        elif self.holds_run():
-            check_reuse(path, True, "a scdc_jax run", option("save_dir"), resume=resume, overwrite=overwrite)
-            if overwrite:
-                check_writable_dir(parent, "folder of the save folder")
-                self.work = self.staging
+        continuing = resume and os.path.isdir(self.staging)  # an interrupted --overwrite, resumed
+        held = not continuing and self.holds_run()
+        check_reuse(path, held, "a scdc_jax run", option("save_dir"), resume=resume, overwrite=overwrite)
+        check_writable_dir(path, "save folder")
+        if held and overwrite:
+            check_writable_dir(parent, "folder of the save folder")
+        self.work = self.staging if continuing or (held and overwrite) else path
 
     def holds_run(self) -> bool:
         return os.path.isdir(self.path) and any(os.path.lexists(os.path.join(self.path, e)) for e in self.entries)
